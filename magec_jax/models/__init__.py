@@ -1,0 +1,1 @@
+"""Flax networks: the StyleGAN2 generator, the loss networks and the descriptor/identity interface."""
