@@ -1,0 +1,457 @@
+"""TensorFlow.js graph models: a reader, and the converters of Human's ``faceres`` and ``emotion`` networks.
+
+A TF.js graph model is ``model.json`` + binary weight shards::
+
+    model.json  {"format": "graph-model", "generatedBy": ..., "modelTopology": {"node": [GraphDef nodes
+                 with name/op/input/attr]}, "weightsManifest": [{"paths": ["model.bin", ...],
+                 "weights": [{"name", "shape", "dtype", "quantization"?}, ...]}, ...]}
+    *.bin       each group's shards, concatenated in ``paths`` order, hold that group's tensors back to
+                back (little-endian, row-major, no padding) in ``weights`` order.
+
+Supported tensor encodings: float32 and int32, and the quantised forms the TF.js converter writes:
+``quantization.dtype`` float16 (plain half -> float32, subnormals kept) and uint8/uint16 with
+``scale``/``min`` (``q * scale + min`` in float64, then float32; int32 tensors are rounded half up, as
+TF.js does). Every problem is one :class:`~magec_jax.errors.FileFormatError` line naming the file.
+
+The converters read the graph to confirm the architecture (every non-Const node, its op, inputs and
+layout attributes must be exactly those of the network the Flax port computes), then fill the Flax
+variables through a name table of ``(regex on the graph const name -> target leaves)``, asserting that every
+weight is consumed and every target leaf filled with the right shape.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from magec_jax.errors import FileFormatError
+from magec_jax.models import emotion, faceres
+from magec_jax.weights import Converted, unflatten
+
+CONVERTER = "ports.tfjs/1"
+
+# Plain encodings: manifest dtype -> numpy dtype of the stored bytes.
+_PLAIN = {"float32": np.dtype("<f4"), "int32": np.dtype("<i4")}
+# Quantised encodings: quantization.dtype -> numpy dtype of the stored bytes.
+_QUANTISED = {"float16": np.dtype("<f2"), "uint8": np.dtype("u1"), "uint16": np.dtype("<u2")}
+
+
+@dataclasses.dataclass(frozen=True)
+class Node:
+    """One GraphDef node, with its attributes decoded (strings, ints, floats, bools and lists thereof)."""
+
+    name: str
+    op: str
+    inputs: tuple[str, ...]
+    attrs: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphModel:
+    """A TF.js graph model as read from disk.
+
+    Attributes:
+      path: the model .json.
+      nodes: name -> node, in graph order.
+      weights: const name -> array (dequantised: float32 or int32), in manifest order.
+      metadata: the JSON's top-level fields other than the topology and manifest (``format``,
+        ``generatedBy``, ``convertedBy``, ``signature``, ...).
+    """
+
+    path: Path
+    nodes: dict[str, Node]
+    weights: dict[str, np.ndarray]
+    metadata: dict[str, Any]
+
+
+def _decode_attr(value: dict[str, Any]) -> Any:
+    """Decodes a JSON AttrValue: ``s`` (base64 bytes) -> str, ``i`` -> int, ``list`` -> tuple; others as is."""
+    if "s" in value:
+        return base64.b64decode(value["s"]).decode("utf-8", errors="replace")
+    if "i" in value:
+        return int(value["i"])
+    if "f" in value:
+        return float(value["f"])
+    if "b" in value:
+        return bool(value["b"])
+    if "type" in value:
+        return value["type"]
+    if "list" in value:
+        items = value["list"]
+        if "s" in items:
+            return tuple(base64.b64decode(s).decode("utf-8", errors="replace") for s in items["s"])
+        if "i" in items:
+            return tuple(int(i) for i in items["i"])
+        if "f" in items:
+            return tuple(float(f) for f in items["f"])
+        return ()
+    return value
+
+
+def _decode_tensor(entry: dict[str, Any], data: memoryview, json_path: Path) -> tuple[np.ndarray, int]:
+    """Decodes one manifest entry from the start of ``data``; returns the array and its byte count."""
+    name, dtype, shape = entry.get("name"), entry.get("dtype"), entry.get("shape")
+    if not isinstance(name, str) or not isinstance(shape, list) or any(
+        not isinstance(d, int) or d < 0 for d in shape
+    ):
+        raise FileFormatError(json_path, f"malformed weightsManifest entry {entry!r}")
+    count = int(np.prod(shape, dtype=np.int64))
+    quant = entry.get("quantization")
+    if quant is None:
+        if dtype not in _PLAIN:
+            raise FileFormatError(json_path, f"weight {name!r} has unsupported dtype {dtype!r}")
+        stored = _PLAIN[dtype]
+    else:
+        qdtype = quant.get("dtype")
+        if qdtype not in _QUANTISED:
+            raise FileFormatError(json_path, f"weight {name!r} has unsupported quantization dtype {qdtype!r}")
+        if dtype not in _PLAIN or (qdtype == "float16" and dtype != "float32"):
+            raise FileFormatError(json_path, f"weight {name!r}: cannot dequantise {qdtype} to {dtype!r}")
+        if qdtype != "float16" and not all(isinstance(quant.get(k), (int, float)) for k in ("scale", "min")):
+            raise FileFormatError(json_path, f"weight {name!r}: {qdtype} quantization without scale/min")
+        stored = _QUANTISED[qdtype]
+    nbytes = count * stored.itemsize
+    if nbytes > len(data):
+        raise FileFormatError(json_path, f"weight {name!r} runs past the end of its shard data")
+    raw = np.frombuffer(data[:nbytes], dtype=stored).reshape(shape)
+    if quant is None:
+        return raw.astype(stored.newbyteorder("=")), nbytes
+    if stored == _QUANTISED["float16"]:
+        return raw.astype(np.float32), nbytes
+    values = raw.astype(np.float64) * quant["scale"] + quant["min"]
+    if dtype == "int32":
+        return np.floor(values + 0.5).astype(np.int32), nbytes
+    return values.astype(np.float32), nbytes
+
+
+def read_graph_model(path: str | Path) -> GraphModel:
+    """Reads a TF.js graph model (``model.json`` and the shards it lists, found beside it).
+
+    Raises:
+      FileFormatError: bad JSON, not a graph model, a missing shard, shard sizes that disagree with the
+        manifest, an unknown dtype or quantisation, or a duplicated weight name.
+    """
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise FileFormatError(path, "no such file") from None
+    except OSError as e:
+        raise FileFormatError(path, f"unreadable ({e.strerror})") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise FileFormatError(path, f"not valid JSON ({e})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("modelTopology"), dict) or not isinstance(
+        doc.get("weightsManifest"), list
+    ):
+        raise FileFormatError(path, "not a TF.js graph model (needs modelTopology and weightsManifest)")
+    if doc.get("format", "graph-model") != "graph-model":
+        raise FileFormatError(path, f"format is {doc['format']!r}, expected 'graph-model' (a layers model?)")
+
+    nodes: dict[str, Node] = {}
+    for raw in doc["modelTopology"].get("node", []):
+        try:
+            node = Node(
+                name=raw["name"], op=raw["op"], inputs=tuple(raw.get("input", ())),
+                attrs={k: _decode_attr(v) for k, v in raw.get("attr", {}).items()},
+            )
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
+            raise FileFormatError(path, f"malformed graph node {str(raw)[:80]!r} ({e!r})") from None
+        nodes[node.name] = node
+
+    weights: dict[str, np.ndarray] = {}
+    for group in doc["weightsManifest"]:
+        shards = [path.parent / p for p in group.get("paths", [])]
+        chunks = []
+        for shard in shards:
+            try:
+                chunks.append(shard.read_bytes())
+            except FileNotFoundError:
+                raise FileFormatError(shard, f"missing weight shard listed in {path.name}") from None
+            except OSError as e:
+                raise FileFormatError(shard, f"unreadable weight shard ({e.strerror})") from None
+        data = memoryview(b"".join(chunks))
+        offset = 0
+        for entry in group.get("weights", []):
+            array, nbytes = _decode_tensor(entry, data[offset:], path)
+            if entry["name"] in weights:
+                raise FileFormatError(path, f"weight {entry['name']!r} listed twice in weightsManifest")
+            weights[entry["name"]] = array
+            offset += nbytes
+        if offset != len(data):
+            where = shards[0] if len(shards) == 1 else path
+            names = ", ".join(s.name for s in shards)
+            raise FileFormatError(
+                where, f"weight shard(s) {names} hold {len(data)} bytes but {path.name} lists {offset}"
+            )
+    metadata = {k: v for k, v in doc.items() if k not in ("modelTopology", "weightsManifest")}
+    return GraphModel(path=path, nodes=nodes, weights=weights, metadata=metadata)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Architecture checks: the exact non-Const graph each Flax port computes.
+
+# name -> (op, inputs, attributes that must match)
+ExpectedGraph = dict[str, tuple[str, tuple[str, ...], dict[str, Any]]]
+
+
+def _conv_attrs(stride: int, padding: str) -> dict[str, Any]:
+    return {"strides": (1, stride, stride, 1), "padding": padding, "data_format": "NHWC",
+            "dilations": (1, 1, 1, 1)}
+
+
+def _faceres_graph() -> ExpectedGraph:
+    """The faceres graph: MobileNet-v1 with folded BN, ReLU6 as Relu -> Minimum -> Maximum, three heads."""
+    g: ExpectedGraph = {"input_1": ("Placeholder", (), {})}
+
+    def relu6(prefix: str, x: str) -> str:
+        g[f"{prefix}_relu/Relu"] = ("Relu", (x,), {})
+        g[f"{prefix}_relu/clip_by_value/Minimum"] = ("Minimum", (f"{prefix}_relu/Relu", f"{prefix}_relu/Cast"), {})
+        out = f"{prefix}_relu/clip_by_value"
+        g[out] = ("Maximum", (f"{prefix}_relu/clip_by_value/Minimum", f"{prefix}_relu/Const_1"), {})
+        return out
+
+    def conv_bn(prefix: str, x: str, stride: int) -> str:
+        bn = f"{prefix}_bn/batchnorm_1"
+        g[f"{bn}/mul_1"] = ("Conv2D", (x, f"{prefix}/convolution/merged_input"), _conv_attrs(stride, "SAME"))
+        g[f"{bn}/add_1"] = ("Add", (f"{bn}/mul_1", f"{bn}/sub"), {})
+        return relu6(prefix, f"{bn}/add_1")
+
+    x = conv_bn("conv1", "input_1", 2)
+    for k, stride in enumerate(faceres.DW_STRIDES, start=1):
+        dw, bn = f"conv_dw_{k}", f"conv_dw_{k}_bn/batchnorm_1"
+        g[f"{dw}/depthwise"] = ("DepthwiseConv2dNative", (x, f"{dw}/depthwise_kernel"), _conv_attrs(stride, "SAME"))
+        g[f"{bn}/mul_1"] = ("Mul", (f"{dw}/depthwise", f"{bn}/mul"), {})
+        g[f"{bn}/add_1"] = ("Add", (f"{bn}/mul_1", f"{bn}/sub"), {})
+        x = conv_bn(f"conv_pw_{k}", relu6(dw, f"{bn}/add_1"), 1)
+    g["global_pooling/Mean"] = ("Mean", (x, "global_pooling/Mean/reduction_indices"), {"keep_dims": False})
+    dense = {"transpose_a": False, "transpose_b": False}
+    g["feats/Relu"] = ("_FusedMatMul", ("global_pooling/Mean", "feats/kernel", "feats/bias"),
+                       {**dense, "fused_ops": ("BiasAdd", "Relu")})
+    for head in ("gender_pred", "age_pred"):
+        g[f"{head}/BiasAdd"] = ("_FusedMatMul", ("feats/Relu", f"{head}/kernel", f"{head}/bias"),
+                                {**dense, "fused_ops": ("BiasAdd",)})
+    g["gender_pred/Sigmoid"] = ("Sigmoid", ("gender_pred/BiasAdd",), {})
+    g["age_pred/Softmax"] = ("Softmax", ("age_pred/BiasAdd",), {})
+    return g
+
+
+_EMO = "StatefulPartitionedCall/model_1/"
+
+
+def _emotion_graph() -> ExpectedGraph:
+    """The emotion graph (mini-Xception, two residual blocks), node names without the ``_EMO`` prefix
+    except ``input_1``, ``Identity`` and the depthwise/head consts ``unknown_*``."""
+    bias, bias_relu = ("BiasAdd",), ("BiasAdd", "Relu")
+
+    def fused(x: str, layer: str, stride: int, padding: str, ops: tuple[str, ...]) -> tuple:
+        weights = (f"{_EMO}{layer}_weights", f"{_EMO}{layer}_bn_offset")
+        return ("_FusedConv2D", (x, *weights), {**_conv_attrs(stride, padding), "fused_ops": ops})
+
+    def depthwise(x: str, const: str) -> tuple:
+        return ("DepthwiseConv2dNative", (x, const), _conv_attrs(1, "SAME"))
+
+    pool = {"ksize": (1, 3, 3, 1), "strides": (1, 2, 2, 1), "padding": "SAME", "data_format": "NHWC"}
+    sep = "separable_conv2d_{}/separable_conv2d"
+    spec: dict[str, tuple] = {
+        "block1_conv1_act/Relu": fused("input_1", "conv2d_1/Conv2D", 2, "VALID", bias_relu),
+        "block1_conv2_act/Relu": fused(f"{_EMO}block1_conv1_act/Relu", "conv2d_2/Conv2D", 1, "VALID", bias_relu),
+        sep.format(1) + "/depthwise": depthwise(f"{_EMO}block1_conv2_act/Relu", "unknown_9"),
+        "block2_sepconv2_act/Relu": fused(
+            f"{_EMO}{sep.format(1)}/depthwise", sep.format(1), 1, "VALID", bias_relu),
+        sep.format(2) + "/depthwise": depthwise(f"{_EMO}block2_sepconv2_act/Relu", "unknown_15"),
+        "block2_sepconv2_bn/FusedBatchNormV3": fused(
+            f"{_EMO}{sep.format(2)}/depthwise", sep.format(2), 1, "VALID", bias),
+        "max_pooling2d_1/MaxPool": ("MaxPool", (f"{_EMO}block2_sepconv2_bn/FusedBatchNormV3",), pool),
+        "batch_normalization_1/FusedBatchNormV3": fused(
+            f"{_EMO}block1_conv2_act/Relu", "conv2d_3/Conv2D", 2, "SAME", bias),
+        "add_1/add": ("AddV2", (f"{_EMO}max_pooling2d_1/MaxPool", f"{_EMO}batch_normalization_1/FusedBatchNormV3"),
+                      {}),
+        "block3_sepconv1_act/Relu": ("Relu", (f"{_EMO}add_1/add",), {}),
+        sep.format(3) + "/depthwise": depthwise(f"{_EMO}block3_sepconv1_act/Relu", "unknown_26"),
+        "block3_sepconv2_act/Relu": fused(
+            f"{_EMO}{sep.format(3)}/depthwise", sep.format(3), 1, "VALID", bias_relu),
+        sep.format(4) + "/depthwise": depthwise(f"{_EMO}block3_sepconv2_act/Relu", "unknown_32"),
+        "block3_sepconv2_bn/FusedBatchNormV3": fused(
+            f"{_EMO}{sep.format(4)}/depthwise", sep.format(4), 1, "VALID", bias),
+        "max_pooling2d_2/MaxPool": ("MaxPool", (f"{_EMO}block3_sepconv2_bn/FusedBatchNormV3",), pool),
+        "batch_normalization_2/FusedBatchNormV3": fused(f"{_EMO}add_1/add", "conv2d_4/Conv2D", 2, "SAME", bias),
+        "add_2/add": ("AddV2", (f"{_EMO}max_pooling2d_2/MaxPool", f"{_EMO}batch_normalization_2/FusedBatchNormV3"),
+                      {}),
+        "conv2d_5/BiasAdd": ("_FusedConv2D", (f"{_EMO}add_2/add", "unknown_43", "unknown_44"),
+                             {**_conv_attrs(1, "SAME"), "fused_ops": bias}),
+        "global_average_pooling2d_1/Mean": (
+            "Mean", (f"{_EMO}conv2d_5/BiasAdd", f"{_EMO}global_average_pooling2d_1/Mean/reduction_indices"),
+            {"keep_dims": False}),
+        "predictions/Softmax": ("Softmax", (f"{_EMO}global_average_pooling2d_1/Mean",), {}),
+    }
+    g: ExpectedGraph = {"input_1": ("Placeholder", (), {})}
+    g.update({_EMO + name: node for name, node in spec.items()})
+    g["Identity"] = ("Identity", (f"{_EMO}predictions/Softmax",), {})
+    return g
+
+
+def _check_graph(model: GraphModel, expected: ExpectedGraph, network: str) -> None:
+    """Asserts that the graph's non-Const nodes are exactly ``expected`` and its consts are the weights."""
+    computed = {name: node for name, node in model.nodes.items() if node.op != "Const"}
+    missing = [name for name in expected if name not in computed]
+    if missing:
+        raise FileFormatError(
+            model.path, f"not the {network} graph: no node {missing[0]!r} ({len(missing)} of "
+            f"{len(expected)} expected nodes missing; generatedBy {model.metadata.get('generatedBy')!r})"
+        )
+    extra = [name for name in computed if name not in expected]
+    if extra:
+        raise FileFormatError(model.path, f"not the {network} graph: unexpected node {extra[0]!r}")
+    for name, (op, inputs, attrs) in expected.items():
+        node = computed[name]
+        if node.op != op or node.inputs != inputs:
+            raise FileFormatError(
+                model.path, f"not the {network} graph: node {name!r} is {node.op}{list(node.inputs)}, "
+                f"expected {op}{list(inputs)}"
+            )
+        for key, want in attrs.items():
+            if node.attrs.get(key) != want:
+                raise FileFormatError(
+                    model.path, f"not the {network} graph: node {name!r} has {key}={node.attrs.get(key)!r}, "
+                    f"expected {want!r}"
+                )
+    consts = {name for name, node in model.nodes.items() if node.op == "Const"}
+    if consts != set(model.weights):
+        odd = sorted(consts ^ set(model.weights))[0]
+        raise FileFormatError(model.path, f"const {odd!r} is in only one of the graph and the weightsManifest")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Name tables: (regex on the const name -> function of (match, array) producing {target leaf: array}).
+
+Rule = tuple[str, Callable[[re.Match, np.ndarray], dict[str, np.ndarray]]]
+
+
+def _leaf(template: str, transform: Callable[[np.ndarray], np.ndarray] = np.asarray):
+    """A rule body storing ``transform(array)`` at ``template`` expanded with the match groups."""
+    return lambda m, w: {m.expand(template): transform(w)}
+
+
+def _const(value: Any, meaning: str):
+    """A rule body that consumes a const after checking that it holds ``value`` (it is not a parameter)."""
+
+    def check(m: re.Match, w: np.ndarray) -> dict[str, np.ndarray]:
+        if w.shape != np.shape(value) or not np.array_equal(w, value):
+            raise ValueError(f"holds {w.tolist()!r}, expected {value!r} ({meaning})")
+        return {}
+
+    return check
+
+
+def _depthwise_to_hwio(w_HxWxCx1: np.ndarray) -> np.ndarray:
+    """TF depthwise ``[kh, kw, C, 1]`` -> Flax grouped-conv ``[kh, kw, 1, C]``."""
+    if w_HxWxCx1.ndim != 4 or w_HxWxCx1.shape[3] != 1:
+        raise ValueError(f"depthwise kernel has shape {w_HxWxCx1.shape}, expected [kh, kw, C, 1]")
+    return np.transpose(w_HxWxCx1, (0, 1, 3, 2))
+
+
+_FACERES_TABLE: list[Rule] = [
+    (r"(conv1|conv_pw_\d+)/convolution/merged_input", _leaf(r"params/\1/kernel")),
+    (r"(conv1|conv_pw_\d+)_bn/batchnorm_1/sub", _leaf(r"params/\1_bn/bias")),
+    (r"(conv_dw_\d+)/depthwise_kernel", _leaf(r"params/\1/kernel", _depthwise_to_hwio)),
+    (r"(conv_dw_\d+)_bn/batchnorm_1/mul", _leaf(r"params/\1_bn/scale")),
+    (r"(conv_dw_\d+)_bn/batchnorm_1/sub", _leaf(r"params/\1_bn/bias")),
+    (r"(feats|gender_pred|age_pred)/(kernel|bias)", _leaf(r"params/\1/\2")),
+    (r"(conv1|conv_dw_\d+|conv_pw_\d+)_relu/Cast", _const(np.float32(6.0), "ReLU6 upper clip")),
+    (r"(conv1|conv_dw_\d+|conv_pw_\d+)_relu/Const_1", _const(np.float32(0.0), "ReLU6 lower clip")),
+    (r"global_pooling/Mean/reduction_indices", _const(np.array([1, 2], np.int32), "mean over H, W")),
+]
+
+_EMO_RE = re.escape(_EMO)
+_EMOTION_TABLE: list[Rule] = [
+    (_EMO_RE + r"(conv2d_\d)/Conv2D_weights", _leaf(r"params/\1/kernel")),
+    (_EMO_RE + r"(conv2d_\d)/Conv2D_bn_offset", _leaf(r"params/\1/bias")),
+    (_EMO_RE + r"(separable_conv2d_\d)/separable_conv2d_weights", _leaf(r"params/\1/pointwise/kernel")),
+    (_EMO_RE + r"(separable_conv2d_\d)/separable_conv2d_bn_offset", _leaf(r"params/\1/pointwise/bias")),
+    (r"unknown_9", _leaf("params/separable_conv2d_1/depthwise/kernel", _depthwise_to_hwio)),
+    (r"unknown_15", _leaf("params/separable_conv2d_2/depthwise/kernel", _depthwise_to_hwio)),
+    (r"unknown_26", _leaf("params/separable_conv2d_3/depthwise/kernel", _depthwise_to_hwio)),
+    (r"unknown_32", _leaf("params/separable_conv2d_4/depthwise/kernel", _depthwise_to_hwio)),
+    (r"unknown_43", _leaf("params/conv2d_5/kernel")),
+    (r"unknown_44", _leaf("params/conv2d_5/bias")),
+    (_EMO_RE + r"global_average_pooling2d_1/Mean/reduction_indices",
+     _const(np.array([1, 2], np.int32), "mean over H, W")),
+]
+
+
+def _apply_table(model: GraphModel, table: list[Rule], targets: dict[str, jax.ShapeDtypeStruct]) -> dict:
+    """Maps every weight through ``table``; asserts each weight is used once and each target filled."""
+    produced: dict[str, np.ndarray] = {}
+    for name, value in model.weights.items():
+        hits = [(m, fn) for pattern, fn in table if (m := re.fullmatch(pattern, name))]
+        if len(hits) != 1:
+            why = "matches no rule of the converter table" if not hits else f"matches {len(hits)} rules"
+            raise FileFormatError(model.path, f"weight {name!r} {why}")
+        m, fn = hits[0]
+        try:
+            leaves = fn(m, value)
+        except ValueError as e:
+            raise FileFormatError(model.path, f"weight {name!r} {e}") from None
+        for leaf, array in leaves.items():
+            if leaf in produced:
+                raise FileFormatError(model.path, f"weight {name!r} fills {leaf!r} a second time")
+            if leaf not in targets:
+                raise FileFormatError(model.path, f"weight {name!r} maps to {leaf!r}, which the model lacks")
+            if array.shape != targets[leaf].shape:
+                raise FileFormatError(
+                    model.path, f"weight {name!r} has shape {list(array.shape)} for {leaf!r}, "
+                    f"expected {list(targets[leaf].shape)}"
+                )
+            produced[leaf] = array.astype(targets[leaf].dtype)
+    unfilled = [leaf for leaf in targets if leaf not in produced]
+    if unfilled:
+        raise FileFormatError(model.path, f"no weight fills {unfilled[0]!r} ({len(unfilled)} leaves unfilled)")
+    return unflatten(produced)
+
+
+def _target_leaves(module: flax.linen.Module, input_shape: tuple[int, ...]) -> dict[str, jax.ShapeDtypeStruct]:
+    """The Flax variables' leaves of ``module`` as ``{'params/a/b': ShapeDtypeStruct}``."""
+    shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, *input_shape), jnp.float32))
+    return flax.traverse_util.flatten_dict(flax.core.unfreeze(shapes), sep="/")
+
+
+def _convert(
+    path: str | Path, network: str | None, *, kind: str, description: str, expected: ExpectedGraph,
+    table: list[Rule], module: flax.linen.Module, config: dict[str, Any],
+) -> Converted:
+    path = Path(path)
+    if network not in (None, kind):
+        raise FileFormatError(path, f"a TF.js graph model holds one network; --network {network!r} does not apply")
+    model = read_graph_model(path)
+    _check_graph(model, expected, description)
+    variables = _apply_table(model, table, _target_leaves(module, tuple(config["input_shape"])))
+    extra = {k: model.metadata[k] for k in ("generatedBy", "convertedBy") if k in model.metadata}
+    return Converted(kind=kind, config=config, variables=variables,
+                     manifest={"converter": CONVERTER, "extra": extra})
+
+
+def convert_faceres(path: str | Path, *, network: str | None = None) -> Converted:
+    """Converts Human's ``faceres.json`` (+ shard) to :class:`magec_jax.models.faceres.FaceRes` variables."""
+    return _convert(
+        path, network, kind="faceres", description="faceres (HSE FaceRec MobileNet)", expected=_faceres_graph(),
+        table=_FACERES_TABLE, module=faceres.FaceRes(),
+        config={"input_shape": [faceres.INPUT_SIZE, faceres.INPUT_SIZE, 3]},
+    )
+
+
+def convert_emotion(path: str | Path, *, network: str | None = None) -> Converted:
+    """Converts Human's ``emotion.json`` (+ shard) to :class:`magec_jax.models.emotion.Emotion` variables."""
+    return _convert(
+        path, network, kind="emotion", description="emotion (mini-Xception)", expected=_emotion_graph(),
+        table=_EMOTION_TABLE, module=emotion.Emotion(),
+        config={"input_shape": [emotion.INPUT_SIZE, emotion.INPUT_SIZE, 1], "labels": list(emotion.LABELS)},
+    )
