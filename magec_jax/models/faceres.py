@@ -50,9 +50,12 @@ class Affine(nn.Module):
     @nn.compact
     def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
         c = x_BxHxWxC.shape[-1]
+        per_channel = (1,) * (x_BxHxWxC.ndim - 1) + (c,)
         if self.use_scale:
-            x_BxHxWxC = x_BxHxWxC * self.param("scale", nn.initializers.ones, (c,)).astype(self.dtype)
-        return x_BxHxWxC + self.param("bias", nn.initializers.zeros, (c,)).astype(self.dtype)
+            scale = self.param("scale", nn.initializers.ones, (c,))
+            x_BxHxWxC = x_BxHxWxC * scale.reshape(per_channel).astype(self.dtype)
+        bias = self.param("bias", nn.initializers.zeros, (c,))
+        return x_BxHxWxC + bias.reshape(per_channel).astype(self.dtype)
 
 
 class FaceRes(nn.Module):

@@ -1,0 +1,116 @@
+"""The offline face models (Human's faceres and emotion) in the two roles the inversion engine uses.
+
+* :func:`faceres_identity`: the ID-loss network, the faceres 1024-d descriptor, L2-normalised. A stand-in
+  for IR-SE50/ArcFace, whose weights are not available offline.
+* :func:`face_attribute_descriptor`: MAGEC's descriptor F with K = 3 binary attributes (BCE), named as the
+  CelebA attributes they stand for::
+
+      Male     = gender_logit - logit(male_prob)
+      Young    = (age_threshold - expected_age) / age_scale
+      Smiling  = log P(happy) - log(1 - P(happy)) - logit(happy_prob)
+
+  ``expected_age = sum_i i * P(age = i)`` over faceres's 100 age bins, and the Smiling logit is computed
+  stably from the emotion logits as ``z_happy - logsumexp(z_others)``. Each logit is positive exactly when
+  the attribute is predicted present. The thresholds are fields of :class:`FaceAttributeThresholds`, with
+  defaults that are reasonable but uncalibrated: Male at P(male) = 0.5 (Human's rule), Young below 35
+  years, Smiling at P(happy) = 0.5.
+
+Both roles take project images (RGB in [-1, 1], NHWC, any resolution) and apply the preprocessing recipes
+of :mod:`magec_jax.models.faceres` and :mod:`magec_jax.models.emotion` inside ``apply``, so each is one
+differentiable, jit/vmap-friendly function of ``(variables, images)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from magec_jax.models import emotion, faceres
+from magec_jax.models.interfaces import Descriptor, IdentityEmbedder
+
+ATTRIBUTE_NAMES = ("Male", "Young", "Smiling")
+_HAPPY = emotion.LABELS.index("happy")
+
+
+@dataclasses.dataclass(frozen=True)
+class FaceAttributeThresholds:
+    """Decision thresholds of the face attributes; to be calibrated on labelled data.
+
+    Attributes:
+      male_prob: P(male) at which Male flips (Human: 0.5; upstream HSE code: 0.6).
+      age_threshold: Young when the expected age (years) is below this.
+      age_scale: years per unit of the Young logit (its softness).
+      happy_prob: P(happy) at which Smiling flips.
+    """
+
+    male_prob: float = 0.5
+    age_threshold: float = 35.0
+    age_scale: float = 5.0
+    happy_prob: float = 0.5
+
+
+def _logit(p: float) -> float:
+    return math.log(p) - math.log1p(-p)
+
+
+def _faceres_embedding(variables: Any, images_BxHxWx3: jax.Array, *, dtype: Any) -> jax.Array:
+    """Unit-norm faceres descriptors ``[B, 1024]`` of project images."""
+    d_BxD = faceres.apply(variables, faceres.preprocess(images_BxHxWx3), dtype=dtype)["descriptor"]
+    return d_BxD * jax.lax.rsqrt(jnp.maximum(jnp.sum(d_BxD * d_BxD, axis=-1, keepdims=True), 1e-12))
+
+
+def faceres_identity(variables: Any, *, dtype: Any = jnp.float32) -> IdentityEmbedder:
+    """The faceres descriptor as the identity network of the ID loss.
+
+    Args:
+      variables: faceres variables (``Converted.variables`` of ``ports.tfjs.convert_faceres``).
+      dtype: computation dtype of the network (float32, or bfloat16).
+    """
+    return IdentityEmbedder(
+        name="faceres", apply=functools.partial(_faceres_embedding, dtype=dtype), variables=variables
+    )
+
+
+def _attribute_logits(
+    variables: Any, images_BxHxWx3: jax.Array, *, thresholds: FaceAttributeThresholds, dtype: Any
+) -> jax.Array:
+    """``[B, 3]`` logits of (Male, Young, Smiling) for project images."""
+    face = faceres.apply(variables["faceres"], faceres.preprocess(images_BxHxWx3), dtype=dtype)
+    z_Bx7 = emotion.apply(variables["emotion"], emotion.preprocess(images_BxHxWx3), dtype=dtype)["logits"]
+    male_B = face["gender_logit"][:, 0] - _logit(thresholds.male_prob)
+    young_B = (thresholds.age_threshold - face["age_expected"]) / thresholds.age_scale
+    others_Bx6 = jnp.concatenate([z_Bx7[:, :_HAPPY], z_Bx7[:, _HAPPY + 1 :]], axis=-1)
+    smiling_B = z_Bx7[:, _HAPPY] - jax.nn.logsumexp(others_Bx6, axis=-1) - _logit(thresholds.happy_prob)
+    return jnp.stack([male_B, young_B, smiling_B], axis=-1)
+
+
+def face_attribute_descriptor(
+    faceres_variables: Any,
+    emotion_variables: Any,
+    *,
+    thresholds: FaceAttributeThresholds = FaceAttributeThresholds(),
+    dtype: Any = jnp.float32,
+) -> Descriptor:
+    """faceres + emotion as MAGEC's descriptor F: logits of ``ATTRIBUTE_NAMES``, trained-loss ``"bce"``.
+
+    Args:
+      faceres_variables: from ``ports.tfjs.convert_faceres``.
+      emotion_variables: from ``ports.tfjs.convert_emotion``.
+      thresholds: the attributes' decision thresholds.
+      dtype: computation dtype of both networks.
+
+    Returns:
+      A :class:`Descriptor` whose ``variables`` are ``{"faceres": ..., "emotion": ...}``.
+    """
+    return Descriptor(
+        name="faceres+emotion",
+        attribute_names=ATTRIBUTE_NAMES,
+        loss="bce",
+        apply=functools.partial(_attribute_logits, thresholds=thresholds, dtype=dtype),
+        variables={"faceres": faceres_variables, "emotion": emotion_variables},
+    )
