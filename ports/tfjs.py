@@ -97,40 +97,40 @@ def _decode_attr(value: dict[str, Any]) -> Any:
     return value
 
 
-def _decode_tensor(entry: dict[str, Any], data: memoryview, json_path: Path) -> tuple[np.ndarray, int]:
-    """Decodes one manifest entry from the start of ``data``; returns the array and its byte count."""
+def _stored_dtype(entry: dict[str, Any], json_path: Path) -> np.dtype:
+    """Validates a manifest entry and returns the numpy dtype of its stored elements."""
     name, dtype, shape = entry.get("name"), entry.get("dtype"), entry.get("shape")
     if not isinstance(name, str) or not isinstance(shape, list) or any(
         not isinstance(d, int) or d < 0 for d in shape
     ):
-        raise FileFormatError(json_path, f"malformed weightsManifest entry {entry!r}")
-    count = int(np.prod(shape, dtype=np.int64))
+        raise FileFormatError(json_path, f"malformed weightsManifest entry {str(entry)[:80]!r}")
     quant = entry.get("quantization")
     if quant is None:
         if dtype not in _PLAIN:
             raise FileFormatError(json_path, f"weight {name!r} has unsupported dtype {dtype!r}")
-        stored = _PLAIN[dtype]
-    else:
-        qdtype = quant.get("dtype")
-        if qdtype not in _QUANTISED:
-            raise FileFormatError(json_path, f"weight {name!r} has unsupported quantization dtype {qdtype!r}")
-        if dtype not in _PLAIN or (qdtype == "float16" and dtype != "float32"):
-            raise FileFormatError(json_path, f"weight {name!r}: cannot dequantise {qdtype} to {dtype!r}")
-        if qdtype != "float16" and not all(isinstance(quant.get(k), (int, float)) for k in ("scale", "min")):
-            raise FileFormatError(json_path, f"weight {name!r}: {qdtype} quantization without scale/min")
-        stored = _QUANTISED[qdtype]
-    nbytes = count * stored.itemsize
-    if nbytes > len(data):
-        raise FileFormatError(json_path, f"weight {name!r} runs past the end of its shard data")
-    raw = np.frombuffer(data[:nbytes], dtype=stored).reshape(shape)
+        return _PLAIN[dtype]
+    qdtype = quant.get("dtype")
+    if qdtype not in _QUANTISED:
+        raise FileFormatError(json_path, f"weight {name!r} has unsupported quantization dtype {qdtype!r}")
+    if dtype not in _PLAIN or (qdtype == "float16" and dtype != "float32"):
+        raise FileFormatError(json_path, f"weight {name!r}: cannot dequantise {qdtype} to {dtype!r}")
+    if qdtype != "float16" and not all(isinstance(quant.get(k), (int, float)) for k in ("scale", "min")):
+        raise FileFormatError(json_path, f"weight {name!r}: {qdtype} quantization without scale/min")
+    return _QUANTISED[qdtype]
+
+
+def _decode_tensor(entry: dict[str, Any], stored: np.dtype, data: memoryview) -> np.ndarray:
+    """Decodes one (validated) manifest entry from exactly its bytes ``data``."""
+    raw = np.frombuffer(data, dtype=stored).reshape(entry["shape"])
+    quant = entry.get("quantization")
     if quant is None:
-        return raw.astype(stored.newbyteorder("=")), nbytes
+        return raw.astype(stored.newbyteorder("="))
     if stored == _QUANTISED["float16"]:
-        return raw.astype(np.float32), nbytes
+        return raw.astype(np.float32)
     values = raw.astype(np.float64) * quant["scale"] + quant["min"]
-    if dtype == "int32":
-        return np.floor(values + 0.5).astype(np.int32), nbytes
-    return values.astype(np.float32), nbytes
+    if entry["dtype"] == "int32":
+        return np.floor(values + 0.5).astype(np.int32)
+    return values.astype(np.float32)
 
 
 def read_graph_model(path: str | Path) -> GraphModel:
@@ -169,7 +169,9 @@ def read_graph_model(path: str | Path) -> GraphModel:
 
     weights: dict[str, np.ndarray] = {}
     for group in doc["weightsManifest"]:
-        shards = [path.parent / p for p in group.get("paths", [])]
+        if not isinstance(group, dict) or not isinstance(group.get("paths"), list):
+            raise FileFormatError(path, f"malformed weightsManifest group {str(group)[:80]!r}")
+        shards = [path.parent / p for p in group["paths"]]
         chunks = []
         for shard in shards:
             try:
@@ -179,19 +181,21 @@ def read_graph_model(path: str | Path) -> GraphModel:
             except OSError as e:
                 raise FileFormatError(shard, f"unreadable weight shard ({e.strerror})") from None
         data = memoryview(b"".join(chunks))
-        offset = 0
-        for entry in group.get("weights", []):
-            array, nbytes = _decode_tensor(entry, data[offset:], path)
-            if entry["name"] in weights:
-                raise FileFormatError(path, f"weight {entry['name']!r} listed twice in weightsManifest")
-            weights[entry["name"]] = array
-            offset += nbytes
-        if offset != len(data):
+        entries = group.get("weights", [])
+        stored = [_stored_dtype(entry, path) for entry in entries]
+        sizes = [int(np.prod(e["shape"], dtype=np.int64)) * st.itemsize for e, st in zip(entries, stored)]
+        if sum(sizes) != len(data):
             where = shards[0] if len(shards) == 1 else path
             names = ", ".join(s.name for s in shards)
             raise FileFormatError(
-                where, f"weight shard(s) {names} hold {len(data)} bytes but {path.name} lists {offset}"
+                where, f"weight shard(s) {names} hold {len(data)} bytes but {path.name} lists {sum(sizes)}"
             )
+        offset = 0
+        for entry, st, size in zip(entries, stored, sizes):
+            if entry["name"] in weights:
+                raise FileFormatError(path, f"weight {entry['name']!r} listed twice in weightsManifest")
+            weights[entry["name"]] = _decode_tensor(entry, st, data[offset : offset + size])
+            offset += size
     metadata = {k: v for k, v in doc.items() if k not in ("modelTopology", "weightsManifest")}
     return GraphModel(path=path, nodes=nodes, weights=weights, metadata=metadata)
 

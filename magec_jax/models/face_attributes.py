@@ -76,6 +76,13 @@ def faceres_identity(variables: Any, *, dtype: Any = jnp.float32) -> IdentityEmb
     )
 
 
+def happy_log_odds(emotion_logits_Bx7: jax.Array) -> jax.Array:
+    """``log P(happy) - log(1 - P(happy))`` from the emotion logits, stably: ``z_happy - logsumexp(z_others)``."""
+    z = emotion_logits_Bx7
+    others_Bx6 = jnp.concatenate([z[:, :_HAPPY], z[:, _HAPPY + 1 :]], axis=-1)
+    return z[:, _HAPPY] - jax.nn.logsumexp(others_Bx6, axis=-1)
+
+
 def _attribute_logits(
     variables: Any, images_BxHxWx3: jax.Array, *, thresholds: FaceAttributeThresholds, dtype: Any
 ) -> jax.Array:
@@ -84,8 +91,7 @@ def _attribute_logits(
     z_Bx7 = emotion.apply(variables["emotion"], emotion.preprocess(images_BxHxWx3), dtype=dtype)["logits"]
     male_B = face["gender_logit"][:, 0] - _logit(thresholds.male_prob)
     young_B = (thresholds.age_threshold - face["age_expected"]) / thresholds.age_scale
-    others_Bx6 = jnp.concatenate([z_Bx7[:, :_HAPPY], z_Bx7[:, _HAPPY + 1 :]], axis=-1)
-    smiling_B = z_Bx7[:, _HAPPY] - jax.nn.logsumexp(others_Bx6, axis=-1) - _logit(thresholds.happy_prob)
+    smiling_B = happy_log_odds(z_Bx7) - _logit(thresholds.happy_prob)
     return jnp.stack([male_B, young_B, smiling_B], axis=-1)
 
 
