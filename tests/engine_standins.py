@@ -50,6 +50,7 @@ def networks(seed: int = 0) -> Networks:
         generator={"proj": 0.3 * jax.random.normal(k[0], (NUM_WS, W_DIM, npix))},
         num_ws=NUM_WS,
         w_dim=W_DIM,
+        resolution=RES,
         w_avg=0.1 * jax.random.normal(k[5], (W_DIM,)),
         lpips=_lpips,
         lpips_variables={"scale": jnp.float32(1.0)},

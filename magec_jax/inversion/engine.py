@@ -111,6 +111,7 @@ class Networks:
       synthesize: the generator's synthesis, ``(variables, ws_BxLxD, noise) -> images_BxHxWxC``.
       generator: its variables.
       num_ws, w_dim: latent shape.
+      resolution: side of the generated (square) images.
       w_avg: ``[w_dim]`` initial latent (mean of mapped z).
       noise_init: the generator's constant noise maps (tuple of ``[h, w]``), start of the noise stage.
       lpips: perceptual distance ``(variables, x, y) -> [B]`` (resizes internally).
@@ -124,6 +125,7 @@ class Networks:
     generator: Any
     num_ws: int
     w_dim: int
+    resolution: int
     w_avg: Any
     lpips: DistanceFn
     lpips_variables: Any
