@@ -1,0 +1,1 @@
+"""Evaluation metrics: the realism score and k-NN precision/recall (:mod:`magec_jax.metrics.realism`)."""
