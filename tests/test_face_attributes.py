@@ -95,11 +95,15 @@ def test_happy_log_odds_is_stable():
 
 
 def test_descriptor_is_differentiable_at_generator_resolution(variables):
-    """Gradients flow from the logits to 64x64 images through crop, resize and both networks."""
+    """Gradients flow from the logits to 64x64 images through crop, resize and both networks, per image
+    under vmap as the inversion engine calls it."""
     images = jax.random.uniform(jax.random.key(0), (2, 64, 64, 3), minval=-1.0, maxval=1.0)
     descriptor = face_attributes.face_attribute_descriptor(variables["faceres"], variables["emotion"])
-    grads = jax.grad(lambda x: descriptor.apply(descriptor.variables, x).sum())(images)
-    grads = np.asarray(grads)
+
+    def loss(v, img_HxWxC):
+        return descriptor.apply(v, img_HxWxC[None]).sum()
+
+    grads = np.asarray(jax.jit(jax.vmap(jax.grad(loss, argnums=1), in_axes=(None, 0)))(descriptor.variables, images))
     assert grads.shape == images.shape and np.isfinite(grads).all()
     # Pixels outside the face box get no gradient; pixels inside do.
     assert np.all(grads[:, :11] == 0) and np.abs(grads[:, 20:40, 20:40]).sum() > 0

@@ -7,6 +7,7 @@ independent JAX interpreter): descriptor, feats and all logits ``rtol=atol=1e-4`
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -279,8 +280,9 @@ def test_preprocessing_matches_fixture_crops(cases):
 
 
 def test_bfloat16_option(faceres_conv, emotion_conv, cases):
-    out = faceres.apply(faceres_conv.variables, cases["faceres_input_u8"].astype(np.float32), dtype=jnp.bfloat16)
+    apply_bf16 = jax.jit(functools.partial(faceres.apply, dtype=jnp.bfloat16))
+    out = apply_bf16(faceres_conv.variables, cases["faceres_input_u8"].astype(np.float32))
     assert out["descriptor"].dtype == jnp.float32
     np.testing.assert_array_equal(np.asarray(out["gender"][:, 0] > 0.5).astype(np.int32), cases["is_male"])
-    emo = emotion.apply(emotion_conv.variables, cases["emotion_input"], dtype=jnp.bfloat16)
+    emo = jax.jit(functools.partial(emotion.apply, dtype=jnp.bfloat16))(emotion_conv.variables, cases["emotion_input"])
     np.testing.assert_array_equal(np.argmax(emo["probs"], -1), np.argmax(cases["emotion_probs"], -1))
