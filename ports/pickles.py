@@ -97,11 +97,15 @@ def describe_head(head: bytes) -> str:
         return "a PNG image"
     if head.startswith(b"\x1f\x8b"):
         return "a gzip stream"
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        return f"starts with {head[:8]!r}"
-    return "a text file" if text.isprintable() or text.strip() else f"starts with {head[:8]!r}"
+    for cut in range(4):  # the head may end inside a multi-byte character
+        try:
+            text = head[: len(head) - cut].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        if text and all(c.isprintable() or c.isspace() for c in text):
+            return "a text file"
+        break
+    return f"starts with {head[:8]!r}"
 
 
 class RestrictedUnpickler(pickle.Unpickler):
