@@ -252,8 +252,11 @@ _EMO = "StatefulPartitionedCall/model_1/"
 
 
 def _emotion_graph() -> ExpectedGraph:
-    """The emotion graph (mini-Xception, two residual blocks), node names without the ``_EMO`` prefix
-    except ``input_1``, ``Identity`` and the depthwise/head consts ``unknown_*``."""
+    """The emotion graph (mini-Xception, two residual blocks).
+
+    ``spec`` lists the nodes under ``_EMO`` without that prefix (it is added below); ``input_1``,
+    ``Identity`` and the depthwise/head consts ``unknown_*`` have no prefix.
+    """
     bias, bias_relu = ("BiasAdd",), ("BiasAdd", "Relu")
 
     def fused(x: str, layer: str, stride: int, padding: str, ops: tuple[str, ...]) -> tuple:
