@@ -39,8 +39,8 @@ import numpy as np
 from magec_jax.errors import FileFormatError, MagecError
 from magec_jax.models import irse50, lpips, resnet
 from magec_jax.weights import Converted, save_converted, unflatten
-from ports.pickles import NUMPY_GLOBALS, ZIP_MAGIC, check_file, describe_head, is_pickle_head, plain, read_head
-from ports.pickles import restricted_load
+from ports.pickles import NUMPY_GLOBALS, check_file, is_pickle_head, plain, read_head, restricted_load
+from ports.torch_files import load_torch
 
 Transform = Callable[[np.ndarray], np.ndarray]
 # (regex fully matching a source name, target path template for re.Match.expand or a function of the match
@@ -214,7 +214,7 @@ def apply_rules(
     missing = set(target_shapes) - set(filled)
     if missing:
         files = " + ".join(f for f, _ in sources)
-        raise FileFormatError(files, f"incomplete {what}: {len(missing)} leaves missing: {_few(missing)}")
+        raise FileFormatError(files, f"incomplete: {len(missing)} leaves missing for {what}: {_few(missing)}")
     return unflatten(filled)
 
 
@@ -223,24 +223,14 @@ def apply_rules(
 
 
 def read_weights(path: str | Path) -> Any:
-    """Reads a torch ``.pt/.pth`` file (zip or legacy) or a plain numpy pickle, executing nothing."""
+    """Reads a torch ``.pt/.pth`` file (zip or legacy) or a plain pickle of numpy arrays, executing nothing."""
     path = check_file(path)
-    head = read_head(path)
-    if head.startswith(ZIP_MAGIC):
-        return _load_torch(path)
-    if not is_pickle_head(head):
-        raise FileFormatError(path, f"not a torch file or pickle ({describe_head(head)})")
-    with open(path, "rb") as f:
-        obj = plain(restricted_load(f, path=path, allowed=NUMPY_GLOBALS), path)
-    if isinstance(obj, int):  # a legacy (pre-1.6) torch file starts with a pickled magic number
-        return _load_torch(path)
-    return obj
-
-
-def _load_torch(path: Path) -> Any:
-    from ports.torch_files import load_torch
-
-    return load_torch(path)
+    if is_pickle_head(read_head(path)):
+        with open(path, "rb") as f:
+            obj = plain(restricted_load(f, path=path, allowed=NUMPY_GLOBALS), path)
+        if not isinstance(obj, int):  # a legacy torch file starts with a pickled magic number
+            return obj
+    return load_torch(path)  # zip or legacy torch file; refuses anything else with a one-line error
 
 
 def select_state_dict(obj: Any, path: str | Path, network: str | None) -> dict[str, Any]:

@@ -74,7 +74,8 @@ class PReLU(nn.Module):
     @nn.compact
     def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
         slope_C = self.param("negative_slope", nn.initializers.constant(0.25), (x_BxHxWxC.shape[-1],))
-        return jnp.where(x_BxHxWxC >= 0, x_BxHxWxC, slope_C.astype(x_BxHxWxC.dtype) * x_BxHxWxC)
+        slope_1x1x1xC = slope_C.astype(x_BxHxWxC.dtype).reshape(1, 1, 1, -1)
+        return jnp.where(x_BxHxWxC >= 0, x_BxHxWxC, slope_1x1x1xC * x_BxHxWxC)
 
 
 class SEModule(nn.Module):

@@ -178,17 +178,18 @@ class LPIPS(nn.Module):
 
     def setup(self):
         self.features = VGG16Features(dtype=self.dtype)
-        self.lins = [nn.Conv(1, (1, 1), use_bias=False, dtype=self.dtype, name=f"lin{k}") for k in range(5)]
+        # The heads, normalisation and means run in float32 whatever the trunk's dtype: they are cheap.
+        self.lins = [nn.Conv(1, (1, 1), use_bias=False, dtype=jnp.float32, name=f"lin{k}") for k in range(5)]
 
     def raw_taps(self, x_BxHxWx3: jax.Array) -> Taps:
         """ScalingLayer then the trunk: the five raw ReLU taps."""
-        shift = jnp.asarray(SHIFT, jnp.float32)
-        scale = jnp.asarray(SCALE, jnp.float32)
+        shift = jnp.asarray(SHIFT, jnp.float32).reshape(1, 1, 1, 3)
+        scale = jnp.asarray(SCALE, jnp.float32).reshape(1, 1, 1, 3)
         return self.features((x_BxHxWx3 - shift) / scale)
 
     def normalized_taps(self, x_BxHxWx3: jax.Array) -> Taps:
-        """The taps unit-normalised over channels."""
-        return tuple(unit_normalize(f) for f in self.raw_taps(x_BxHxWx3))
+        """The taps unit-normalised over channels, in float32."""
+        return tuple(unit_normalize(f.astype(jnp.float32)) for f in self.raw_taps(x_BxHxWx3))
 
     def compare(self, taps0: Taps, taps1: Taps, size_hw: tuple[int, int] | None = None) -> LPIPSOutput:
         """Scores two sets of normalised taps; ``size_hw`` is the input size the spatial maps upsample to."""

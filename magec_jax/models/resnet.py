@@ -140,8 +140,8 @@ class ResNet50(nn.Module):
 
 def imagenet_normalize(images_BxHxWxC: jax.Array) -> jax.Array:
     """``Normalize(mean, std)`` of ``(x + 1) / 2``: project images in [-1, 1] -> the network's input."""
-    mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
-    std = jnp.asarray(IMAGENET_STD, jnp.float32)
+    mean = jnp.asarray(IMAGENET_MEAN, jnp.float32).reshape(1, 1, 1, 3)
+    std = jnp.asarray(IMAGENET_STD, jnp.float32).reshape(1, 1, 1, 3)
     return ((images_BxHxWxC + 1.0) * 0.5 - mean) / std
 
 
