@@ -192,6 +192,8 @@ class Bundle:
             resolution=cfg.img_resolution,
             w_avg=jnp.asarray(self.w_avg()),
             lpips=lpips_lib.lpips_distance,
+            lpips_target=lpips_lib.lpips_target,
+            lpips_to_target=lpips_lib.lpips_distance_to_target,
             lpips_variables=lpips_lib.load_variables(self.part(lpips_rel) if lpips_rel else None),
             noise_init=noise_buffers(cfg, gen_vars),
             identity=self.identity(),

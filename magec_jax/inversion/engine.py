@@ -116,6 +116,9 @@ class Networks:
       noise_init: the generator's constant noise maps (tuple of ``[h, w]``), start of the noise stage.
       lpips: perceptual distance ``(variables, x, y) -> [B]`` (resizes internally).
       lpips_variables: its weights.
+      lpips_target, lpips_to_target: optional split of ``lpips`` into ``(variables, y) -> features`` and
+        ``(variables, x, features) -> [B]``; when given, the targets' features are computed once per batch
+        instead of at every step (the target half of LPIPS is constant).
       identity, descriptor: optional ID network and attribute descriptor F.
       linknet: LinkNet variables (needed when the MAGEC term is used).
       directions: ``[K, w_dim]`` or ``[K, num_ws, w_dim]`` unit boundaries in F's output order.
@@ -130,6 +133,8 @@ class Networks:
     lpips: DistanceFn
     lpips_variables: Any
     noise_init: tuple = ()
+    lpips_target: Callable[[Any, jax.Array], Any] | None = None
+    lpips_to_target: Callable[[Any, jax.Array, Any], jax.Array] | None = None
     identity: IdentityEmbedder | None = None
     descriptor: Descriptor | None = None
     linknet: Any = None
@@ -155,6 +160,7 @@ class Targets(NamedTuple):
     images: jax.Array  # [B, H, W, C]
     attributes: jax.Array  # [B, K] binarised F(x) (K = 0 when unused)
     embeddings: jax.Array  # [B, E] unit ID embeddings (E = 0 when unused)
+    lpips_features: Any  # precomputed LPIPS features of the targets (batch axis first), or None
 
 
 class State(NamedTuple):
@@ -229,9 +235,13 @@ class Engine:
         """The four loss terms of one rendered image ``img``, ``[4]``; unused terms are 0, not computed."""
         zero = jnp.zeros((), jnp.float32)
         mse = jnp.mean(jnp.square(img - target.images)) if use["mse"] else zero
-        lp = (
-            self.nets.lpips(arrays["lpips"], img[None], target.images[None])[0] if use["lpips"] else zero
-        )
+        if not use["lpips"]:
+            lp = zero
+        elif target.lpips_features is not None:
+            features = jax.tree.map(lambda f: f[None], target.lpips_features)
+            lp = self.nets.lpips_to_target(arrays["lpips"], img[None], features)[0]
+        else:
+            lp = self.nets.lpips(arrays["lpips"], img[None], target.images[None])[0]
         if use["id"]:
             emb = self.nets.identity.apply(arrays["identity"], img[None])[0]
             ident = 1.0 - jnp.dot(emb, target.embeddings)
@@ -281,7 +291,11 @@ class Engine:
             embeddings = self.nets.identity.apply(arrays["identity"], images_BxHxWxC)
         else:
             embeddings = jnp.zeros((b, 0), jnp.float32)
-        return Targets(images_BxHxWxC.astype(jnp.float32), attributes, embeddings)
+        images = images_BxHxWxC.astype(jnp.float32)
+        features = None
+        if self.nets.lpips_target is not None and self.nets.lpips_to_target is not None:
+            features = self.nets.lpips_target(arrays["lpips"], images)
+        return Targets(images, attributes, embeddings, features)
 
     def _init_impl(self, arrays, batch: int) -> State:
         rows = 1 if self.settings.latent_space == "w" else self.nets.num_ws

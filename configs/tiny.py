@@ -1,0 +1,17 @@
+"""A tiny MAGEC inversion for tests and smoke runs: the full protocol shortened to 5 + 5 steps.
+
+    python -m magec_jax.invert --config configs/tiny.py --config.bundle=BUNDLE --config.images=DIR \
+        --config.out_dir=OUT
+
+Runs in seconds on a 2-core CPU with a 32x32 bundle (as the test suite builds); the loss goes down but
+10 steps do not reconstruct anything well. ARG picks the protocol (default ``magec``).
+"""
+
+from magec_jax.inversion.protocols import job_config
+
+
+def get_config(arg: str = "magec"):
+    config = job_config(arg or "magec", steps_scale=0.05)
+    config.name = f"tiny_{arg or 'magec'}"
+    config.batch_size = 2
+    return config
