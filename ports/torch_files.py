@@ -262,6 +262,7 @@ def _torch_globals(load: _Load) -> dict[str, Any]:
 _WRONG_KIND = {
     "torch.nn.": "holds a pickled torch.nn module (torch.save(model)), not a state_dict; "
     f"re-save it with torch.save(model.state_dict(), path): {REFUSAL}",
+    "__torch__.": f"is a TorchScript archive (torch.jit.save), not a torch.save state_dict: {REFUSAL}",
 }
 
 

@@ -552,6 +552,11 @@ def test_checkpoint_of_another_kind(tmp_path):
     with pytest.raises(FileFormatError) as err:
         detect_format(other)
     _assert_one_line(err, other, "not a recognised checkpoint (a torch file with 1 keys: 'backbone.weight')")
+    module = tmp_path / "model.pt"
+    tw.write_torch_zip(module, {"model": _Evil(tw.Ref("torch.nn.modules.conv.Conv2d"), 3)})
+    with pytest.raises(FileFormatError) as err:
+        load_torch(module)
+    _assert_one_line(err, module, "pickled torch.nn module", "model.state_dict()")
     numpy_pickle = tmp_path / "arrays.pkl"
     numpy_pickle.write_bytes(pickle.dumps({"a": np.zeros(2)}))
     with pytest.raises(FileFormatError) as err:
