@@ -13,7 +13,8 @@ wall time includes imports and its peak RSS (``VmHWM``) is its own:
 * ``convert``: ``python -m ports.convert SRC DST`` (read, convert G_ema, write params.npz + manifest).
 
 Requirement: conversion well under 30 s on a 2-core CPU with peak memory under 3x the file size. Results go
-to ``benchmarks/results/convert.json``. Expect (2-core CPU) about 0.3 s and 1.1x the file size to read, 2 s and 2x to convert.
+to ``benchmarks/results/convert.json``. Expect (2-core CPU, warm page cache) about 0.3 s and 1.1x the file size
+to read, 2 s and 2x to convert.
 """
 
 from __future__ import annotations

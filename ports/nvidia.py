@@ -248,4 +248,4 @@ def load_tf_pkl(path: str | os.PathLike) -> dict[str, TFNetwork]:
         obj = restricted_load(f, path=path, allowed=allowed, wrong_kind={"torch_utils.": _TORCH_PICKLE})
     if not (isinstance(obj, tuple) and len(obj) == 3):
         raise FileFormatError(path, f"not a TF StyleGAN pickle (expected a tuple (G, D, Gs), found {_found(obj)})")
-    return {name: _tf_network(net, path, name) for name, net in zip(("G", "D", "Gs"), obj)}
+    return {name: _tf_network(net, path, name) for name, net in zip(("G", "D", "Gs"), obj, strict=True)}

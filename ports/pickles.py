@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import types
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Mapping
 
@@ -108,6 +109,25 @@ def describe_head(head: bytes) -> str:
     return f"starts with {head[:8]!r}"
 
 
+class _Sealed:
+    """An allowed function as the unpickler hands it out: callable, but immune to the BUILD opcode.
+
+    BUILD sets attributes on whatever object is on the stack; on a bare function it could set, say,
+    ``__defaults__`` of one of our builders for every later load in the process.
+    """
+
+    __slots__ = ("_fn",)
+
+    def __init__(self, fn: Callable[..., Any]):
+        self._fn = fn
+
+    def __call__(self, *args: Any) -> Any:
+        return self._fn(*args)
+
+    def __setstate__(self, state: Any) -> None:
+        raise CorruptData("BUILD on an allowed function")
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     """An unpickler that resolves globals only through ``allowed`` and persistent ids only via a callback.
 
@@ -139,7 +159,8 @@ class RestrictedUnpickler(pickle.Unpickler):
         """Returns the allowed stand-in for ``module.name``; refuses every other global."""
         dotted = f"{module}.{name}"
         if dotted in self._allowed:
-            return self._allowed[dotted]
+            target = self._allowed[dotted]
+            return _Sealed(target) if isinstance(target, types.FunctionType) else target
         for prefix, problem in self._wrong_kind.items():
             if dotted.startswith(prefix):
                 raise FileFormatError(self._path, problem)
@@ -264,6 +285,8 @@ def _np_scalar(dtype: Any, data: Any) -> np.generic:
 
 class _NdarrayType:
     """Stand-in for the ``numpy.ndarray`` global, which pickles pass only as ``_reconstruct``'s first argument."""
+
+    __slots__ = ()
 
 
 _NDARRAY = _NdarrayType()

@@ -48,7 +48,7 @@ LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)  # shared singletons: no __dict__ for a pickle's BUILD to edit
 class Elem:
     """A torch element type: its name, its numpy dtype on disk, and whether it is bfloat16 (stored as uint16)."""
 
@@ -60,6 +60,10 @@ class Elem:
     def dtype(self) -> np.dtype:
         """The numpy dtype of arrays of this type as returned (bfloat16 -> float32)."""
         return np.dtype(np.float32) if self.bfloat16 else self.disk
+
+    def __setstate__(self, state: Any) -> None:
+        """Refuses BUILD (dataclass slots would otherwise supply a __setstate__ that sets the fields)."""
+        raise CorruptData("BUILD on a torch element type")
 
 
 _ELEMS: dict[str, Elem] = {
@@ -170,7 +174,7 @@ class _Load:
 
 def _is_contiguous(size: tuple[int, ...], stride: tuple[int, ...]) -> bool:
     expected = 1
-    for n, st in zip(reversed(size), reversed(stride)):
+    for n, st in zip(reversed(size), reversed(stride), strict=True):
         if n != 1 and st != expected:
             return False
         expected *= n
@@ -194,7 +198,7 @@ def _tensor(load: _Load, storage: Any, offset: Any, size: Any, stride: Any, elem
         out = np.zeros(size, flat.dtype)
         out.flags.writeable = False
         return out
-    last = offset + sum((n_i - 1) * s_i for n_i, s_i in zip(size, stride))
+    last = offset + sum((n_i - 1) * s_i for n_i, s_i in zip(size, stride, strict=True))
     if last >= flat.size:
         raise CorruptData(f"tensor {size} (stride {stride}, offset {offset}) runs past its storage of {flat.size}")
     if _is_contiguous(size, stride):

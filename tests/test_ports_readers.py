@@ -194,10 +194,12 @@ def test_tf_pickle_equals_pytorch_snapshot():
     snap = load_nvidia_pkl(require_shared(*NVIDIA, "ada32.pkl"))
     assert list(tf) == ["G", "D", "Gs"]
     gs = tf["Gs"]
-    assert (gs.name, gs.build_func_name, gs.version, list(gs.components)) == ("Gs", "G_main", 4, ["synthesis", "mapping"])
+    assert (gs.name, gs.build_func_name, gs.version) == ("Gs", "G_main", 4)
+    assert list(gs.components) == ["synthesis", "mapping"]
     assert gs.components["synthesis"].build_func_name == "G_synthesis_stylegan2"
     assert gs.components["mapping"].static_kwargs["dlatent_broadcast"] == 8
-    assert gs.static_kwargs == {k: v for k, v in gs.components["mapping"].static_kwargs.items() if k != "dlatent_broadcast"}
+    mapping_kwargs = dict(gs.components["mapping"].static_kwargs)
+    assert mapping_kwargs.pop("dlatent_broadcast") == 8 and gs.static_kwargs == mapping_kwargs
     assert gs.variables["lod"].shape == () and gs.variables["dlatent_avg"].shape == (64,)
     syn = gs.components["synthesis"].variables
     assert list(syn)[:8] == [f"noise{i}" for i in range(7)] + ["4x4/Const/const"]
@@ -351,7 +353,8 @@ def test_nvidia_writer_mirrors_fixture_layout(tmp_path):
     assert detect_format(path) == "nvidia-pkl"
 
     def compare(a: PersistentModule, b: PersistentModule, where: str) -> None:
-        assert (a.class_name, a.init_args, a.init_kwargs, a.attrs) == (b.class_name, b.init_args, b.init_kwargs, b.attrs), where
+        assert (a.class_name, a.init_args, a.init_kwargs) == (b.class_name, b.init_args, b.init_kwargs), where
+        assert a.attrs == b.attrs and list(a.attrs) == list(b.attrs), where
         assert [(k, v.shape) for k, v in a.params.items()] == [(k, v.shape) for k, v in b.params.items()], where
         assert list(a.modules) == list(b.modules), where
         for name in a.modules:
@@ -477,8 +480,28 @@ def test_numpy_globals_cannot_smuggle_objects(tmp_path):
     raw = tw.dumps(_FlaggedVoid(), protocol=2)
     dtype = plain(restricted_load(raw, path=path, allowed=NUMPY_GLOBALS), path)
     assert dtype == np.dtype("V8") and not dtype.hasobject
-    arrays = plain(restricted_load(pickle.dumps({"a": np.arange(6.0).reshape(2, 3).T}), path=path, allowed=NUMPY_GLOBALS), path)
+    raw = pickle.dumps({"a": np.arange(6.0).reshape(2, 3).T})
+    arrays = plain(restricted_load(raw, path=path, allowed=NUMPY_GLOBALS), path)
     np.testing.assert_array_equal(arrays["a"], np.arange(6.0).reshape(2, 3).T)
+
+
+def test_build_cannot_alter_allowed_objects(tmp_path):
+    """BUILD sets attributes on the stack's top: on allowed globals it must fail, not leak into later loads."""
+    path = tmp_path / "build.pkl"
+    attacks = [
+        b"ctorch\nFloatStorage\n}X\x04\x00\x00\x00diskK\x01sb.",  # __dict__ of a shared element type
+        b"ctorch\nFloatStorage\nN}X\x04\x00\x00\x00diskK\x01s\x86b.",  # slot state of it
+        b"cnumpy.core.multiarray\nscalar\nN}X\x0c\x00\x00\x00__defaults__K\x01\x85s\x86b.",  # a builder
+        b"ccollections\nOrderedDict\nN}X\x05\x00\x00\x00itemsK\x01s\x86b.",  # a stand-in class
+        b"ctorch\nSize\nN}X\x05\x00\x00\x00countK\x01s\x86b.",  # a builtin type
+    ]
+    for body in attacks:
+        path.write_bytes(b"\x80\x02" + body)
+        with pytest.raises(FileFormatError) as err:
+            restricted_load(path.read_bytes(), path=path, allowed=torch_globals(path))
+        _assert_one_line(err, path, "truncated or corrupt pickle")
+    out = load_torch(require_shared(*NVIDIA, "ada32_G_ema_state_dict.pt"))  # later loads are unaffected
+    assert out["synthesis.b4.const"].dtype == np.float32
 
 
 # ------------------------------------------------------------------------------------------------------------

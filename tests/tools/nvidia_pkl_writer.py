@@ -148,7 +148,9 @@ class _Builder:
         m.params = {"weight": self.tensor((out_f, in_f)), "bias": self.tensor((out_f,))}
         return m
 
-    def conv2d(self, in_ch: int, out_ch: int, k: int, kwargs: dict, *, activation: str, down: int = 1, bias: bool = True) -> Module:
+    def conv2d(
+        self, in_ch: int, out_ch: int, k: int, kwargs: dict, *, activation: str, down: int = 1, bias: bool = True
+    ) -> Module:
         m = self.module(
             "Conv2dLayer", (in_ch, out_ch), kwargs,
             {"activation": activation, "up": 1, "down": down, "conv_clamp": kwargs.get("conv_clamp"),
@@ -304,7 +306,8 @@ class _Builder:
         mbstd = {"group_size": mbstd_group_size, "num_channels": 1}
         epilogue.modules = {
             "mbstd": self.module("MinibatchStdLayer", (), dict(mbstd), dict(mbstd)),
-            "conv": self.conv2d(c4 + 1, c4, 3, {"kernel_size": 3, **lrelu, "conv_clamp": conv_clamp}, activation="lrelu"),
+            "conv": self.conv2d(
+                c4 + 1, c4, 3, {"kernel_size": 3, **lrelu, "conv_clamp": conv_clamp}, activation="lrelu"),
             "fc": self.fc(c4 * 16, c4, dict(lrelu), activation="lrelu"),
             "out": self.fc(c4, 1, {}),
         }  # fmt: skip

@@ -151,7 +151,8 @@ class Tensor:
             args = (self.storage, self.offset, self.shape, self.stride, False, hooks, Ref(f"torch.{self.dtype}"))
             inner = (Ref("torch._utils._rebuild_tensor_v3"), args)
         else:
-            inner = (Ref("torch._utils._rebuild_tensor_v2"), (self.storage, self.offset, self.shape, self.stride, False, hooks))
+            args = (self.storage, self.offset, self.shape, self.stride, False, hooks)
+            inner = (Ref("torch._utils._rebuild_tensor_v2"), args)
         if not self.parameter:
             return inner
         plain = Tensor(self.storage, offset=self.offset, shape=self.shape, stride=self.stride, dtype=self.dtype)
