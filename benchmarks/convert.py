@@ -126,6 +126,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the temporary snapshot and converted output")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
+    load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="magec-convert-bench-"))
     try:
         source: dict = {}
@@ -155,7 +156,8 @@ def main() -> None:
         results = {
             "benchmark": "benchmarks/convert.py",
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                        "load_avg_1min_before": round(load_before, 2)},  # other work on the machine skews times
             "source": source,
             "repeats": args.repeats,
             "steps": steps,

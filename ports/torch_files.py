@@ -46,6 +46,7 @@ from ports.pickles import (
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
+_MAX_EXPANSION = 64  # a strided tensor may hold at most this many times its storage's elements (plus 1 Mi)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)  # shared singletons: no __dict__ for a pickle's BUILD to edit
@@ -203,6 +204,8 @@ def _tensor(load: _Load, storage: Any, offset: Any, size: Any, stride: Any, elem
         raise CorruptData(f"tensor {size} (stride {stride}, offset {offset}) runs past its storage of {flat.size}")
     if _is_contiguous(size, stride):
         return flat[offset : offset + n].reshape(size)
+    if n > _MAX_EXPANSION * flat.size + (1 << 20):  # stride-0 dims: a few bytes of file could ask for terabytes
+        raise CorruptData(f"tensor {size} (stride {stride}) would expand its storage of {flat.size} elements")
     view = as_strided(flat[offset:], shape=size, strides=[s * flat.itemsize for s in stride], writeable=False)
     out = np.ascontiguousarray(view)
     out.flags.writeable = False

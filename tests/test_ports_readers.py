@@ -323,6 +323,11 @@ def test_torch_strides_offsets_shared_storage(tmp_path, fmt):
     # Contiguous tensors over one storage share its memory (it is read once); the others are copies.
     assert np.shares_memory(out["full"], out["rows"]) and np.shares_memory(out["full"], out["unit_dim"])
     assert not np.shares_memory(out["full"], out["transposed"])
+    bomb = tmp_path / f"bomb.{fmt}.pt"
+    _WRITERS[fmt](bomb, {"x": tw.Tensor(st, shape=(2**20, 2**20), stride=(0, 0))})
+    with pytest.raises(FileFormatError) as err:
+        load_torch(bomb)
+    _assert_one_line(err, bomb, "would expand its storage of 24 elements")
 
 
 def test_torch_zip_untyped_storage_v3_big_endian_namespace(tmp_path):
