@@ -1,0 +1,253 @@
+"""The supervision job behind ``python -m magec_jax.linknet``: fits a bundle's LinkNet, boundaries and GANSpace.
+
+Stages (``config.fit``: ``linknet``, ``boundaries``, ``both`` or ``none``; ``config.ganspace.enabled``):
+
+  * **linknet**: N per-layer-mixed samples (:mod:`.samples`), labelled with F's binarised outputs, train
+    the linear LinkNet (:mod:`.train`); saved as ``BUNDLE/linknet`` (converted format, kind ``linknet``,
+    ``extra``: accuracies, N, epochs, seed, loss history) and named in the manifest.
+  * **boundaries**: N single-w samples; per attribute of F, InterFaceGAN's SVM on the top and bottom
+    ``ratio`` by F's score (bce: the logit; softmax_ce: the class log-odds), unit normal ``[w_dim]``. Written
+    into ``BUNDLE/directions.npz`` (other directions already there are kept) and named in the manifest; the
+    fit report goes to ``BUNDLE/directions_fit.json``.
+  * **ganspace**: PCA of N mapped w, saved as ``BUNDLE/ganspace.npz`` and named in the manifest as
+    ``ganspace``.
+
+Random streams: ``jax.random.key(config.seed)`` split once into ``mixed``, ``single``, ``linknet`` and
+``ganspace``. Every file is written atomically; rendered samples are cached per shard (see :mod:`.samples`),
+so a rerun, or a run that was stopped, renders only what is missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from magec_jax import images as imio
+from magec_jax.bundle import Bundle, load_bundle, update_manifest
+from magec_jax.editing.directions import fit_boundary, fit_ganspace, save_ganspace
+from magec_jax.errors import MagecError
+from magec_jax.inversion.magec_loss import binarize
+from magec_jax.models.interfaces import Descriptor, LossKind
+from magec_jax.models.linknet import LinkNetConfig
+from magec_jax.supervision.samples import SampleSettings, Samples, fingerprint, load_or_render, mapped_ws, weight_hashes
+from magec_jax.supervision.train import TrainSettings, train_linknet
+from magec_jax.weights import Converted, save_converted
+
+FITS = ("linknet", "boundaries", "both", "none")
+STREAMS = ("mixed", "single", "linknet", "ganspace")
+Log = Callable[[str], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class BoundarySettings:
+    """InterFaceGAN's recipe: top/bottom ``ratio`` of N samples, ``val_fraction`` held out, SVM ``C``."""
+
+    ratio: float = 0.02
+    val_fraction: float = 0.3
+    svm_c: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class GanSpaceSettings:
+    """PCA of ``num_samples`` mapped w (mapping only, ``batch_size`` per call)."""
+
+    enabled: bool = False
+    num_samples: int = 100_000
+    num_components: int = 80
+    batch_size: int = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class SupervisionConfig:
+    """The typed form of a ``configs/linknet_*.py`` config."""
+
+    bundle: str
+    fit: str
+    seed: int
+    cache_dir: str
+    matmul_precision: str
+    sampling: SampleSettings
+    linknet: TrainSettings
+    boundaries: BoundarySettings
+    ganspace: GanSpaceSettings
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> "SupervisionConfig":
+        job = cls(
+            bundle=str(config.bundle),
+            fit=str(config.fit),
+            seed=int(config.seed),
+            cache_dir=str(config.cache_dir),
+            matmul_precision=str(config.matmul_precision),
+            sampling=SampleSettings(**dict(config.sampling)),
+            linknet=TrainSettings(**dict(config.linknet)),
+            boundaries=BoundarySettings(**dict(config.boundaries)),
+            ganspace=GanSpaceSettings(**dict(config.ganspace)),
+        )
+        if job.fit not in FITS:
+            raise MagecError(f"config.fit is {job.fit!r}; expected one of {', '.join(FITS)}")
+        positive = dict(num_samples=job.sampling.num_samples, batch_size=job.sampling.batch_size,
+                        shard_size=job.sampling.shard_size, epochs=job.linknet.epochs,
+                        linknet_batch_size=job.linknet.batch_size)
+        for name, value in positive.items():
+            if value < 1:
+                raise MagecError(f"config: {name} must be at least 1, got {value}")
+        return job
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """A supervision config with the paper's settings (N = 50,000, 10 epochs, Adam lr 1e-3) and empty paths."""
+    config = ml_collections.ConfigDict()
+    config.bundle = ""
+    config.fit = "both"
+    config.seed = 0
+    config.cache_dir = ""  # empty: BUNDLE/supervision
+    config.matmul_precision = "highest"
+    config.sampling = ml_collections.ConfigDict(dict(num_samples=50_000, batch_size=16, shard_size=5_000,
+                                                     truncation_psi=1.0))
+    config.linknet = ml_collections.ConfigDict(dataclasses.asdict(TrainSettings()))
+    config.boundaries = ml_collections.ConfigDict(dataclasses.asdict(BoundarySettings()))
+    config.ganspace = ml_collections.ConfigDict(dataclasses.asdict(GanSpaceSettings()))
+    return config
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run(config: ml_collections.ConfigDict, *, log: Log = _stderr) -> dict[str, Any]:
+    """Runs the stages ``config`` selects on its bundle; returns a summary.
+
+    The summary has ``rendered`` (variant -> samples rendered by THIS run; 0 when all came from the cache)
+    and one entry per stage run (``linknet``, ``boundaries``, ``ganspace``) with its accuracies.
+    """
+    job = SupervisionConfig.from_config(config)
+    bundle = load_bundle(job.bundle)
+    cfg, gen_variables = bundle.generator
+    if cfg.c_dim:
+        raise MagecError(f"{bundle.path}: conditional generators (c_dim={cfg.c_dim}) are not supported")
+    w_avg = bundle.w_avg()
+    streams = dict(zip(STREAMS, jax.random.split(jax.random.key(job.seed), len(STREAMS))))
+    summary: dict[str, Any] = dict(bundle=str(bundle.path), fit=job.fit, seed=job.seed, rendered={})
+    with jax.default_matmul_precision(job.matmul_precision):
+        if job.fit != "none":
+            descriptor = bundle.descriptor()
+            if descriptor is None:
+                raise MagecError(f"{bundle.path}: the bundle has no descriptor F to label samples with; add one "
+                                 "(python -m magec_jax.bundle --face-descriptor or --resnet-descriptor)")
+            hashes = weight_hashes(bundle.path, bundle.manifest)
+            cache_root = Path(job.cache_dir) if job.cache_dir else bundle.path / "supervision"
+
+            def samples(variant) -> Samples:
+                found = load_or_render(
+                    variant, job.sampling, cfg=cfg, gen_variables=gen_variables, descriptor=descriptor,
+                    w_avg_D=w_avg, key=streams[variant], cache_root=cache_root,
+                    fingerprint_=fingerprint(variant, job.sampling, job.seed, hashes), log=log,
+                )
+                summary["rendered"][variant] = found.rendered
+                return found
+
+            if job.fit in ("linknet", "both"):
+                summary["linknet"] = fit_linknet(bundle, samples("mixed"), descriptor, job, streams["linknet"], log)
+            if job.fit in ("boundaries", "both"):
+                summary["boundaries"] = fit_boundaries(bundle, samples("single"), descriptor, job, log)
+        if job.ganspace.enabled:
+            summary["ganspace"] = fit_bundle_ganspace(bundle, w_avg, job, streams["ganspace"], log)
+    return summary
+
+
+def _floats(values) -> list[float | None]:
+    """JSON-safe floats (NaN -> None)."""
+    return [float(v) if np.isfinite(v) else None for v in np.asarray(values, np.float64).reshape(-1)]
+
+
+def fit_linknet(bundle: Bundle, samples: Samples, descriptor: Descriptor, job: SupervisionConfig,
+                key: jax.Array, log: Log) -> dict[str, Any]:
+    """Trains LinkNet on the mixed samples and saves it into the bundle; returns its report."""
+    targets = np.asarray(binarize(jnp.asarray(samples.logits), descriptor.loss))
+    names = descriptor.attribute_names
+    result = train_linknet(samples.w, targets, loss_kind=descriptor.loss, settings=job.linknet, key=key,
+                           log=log, attribute_names=names)
+    report = dict(
+        accuracies=dict(zip(names, _floats(result.val_accuracy[-1]))),
+        accuracy_mean=_floats(result.val_accuracy_mean[-1:])[0],
+        N=int(samples.w.shape[0]), num_train=result.num_train, num_val=result.num_val,
+        epochs=job.linknet.epochs, seed=job.seed, batch_size=job.linknet.batch_size,
+        learning_rate=job.linknet.learning_rate, loss=descriptor.loss, descriptor=descriptor.name,
+        attribute_names=list(names), truncation_psi=job.sampling.truncation_psi,
+        initial_loss=result.initial_loss, train_loss=_floats(result.train_loss),
+        val_loss=_floats(result.val_loss), val_accuracy_mean=_floats(result.val_accuracy_mean),
+        samples=str(samples.cache_dir),
+    )
+    cfg = bundle.generator[0]
+    link_cfg = LinkNetConfig(num_ws=cfg.num_ws, w_dim=cfg.w_dim, num_outputs=descriptor.num_outputs)
+    save_converted(bundle.path / "linknet",
+                   Converted(kind="linknet", config=link_cfg.to_dict(), variables=result.variables,
+                             manifest=dict(extra=report)),
+                   converter="magec_jax.supervision/1", overwrite=True)
+    update_manifest(bundle.path, linknet="linknet")
+    log(f"linknet: saved {bundle.path / 'linknet'}; val accuracy {report['accuracy_mean']:.3f} "
+        f"({', '.join(f'{a} {v:.3f}' for a, v in report['accuracies'].items() if v is not None)})")
+    return report
+
+
+def attribute_scores(logits_NxK: np.ndarray, loss_kind: LossKind) -> np.ndarray:
+    """F's per-attribute score for ranking samples: the logit (bce) or the class log-odds (softmax_ce)."""
+    if loss_kind == "bce":
+        return np.asarray(logits_NxK, np.float64)
+    logp = np.asarray(jax.nn.log_softmax(jnp.asarray(logits_NxK, jnp.float32), axis=-1), np.float64)
+    return logp - np.log(-np.expm1(np.minimum(logp, -1e-12)))
+
+
+def fit_boundaries(bundle: Bundle, samples: Samples, descriptor: Descriptor, job: SupervisionConfig,
+                   log: Log) -> dict[str, Any]:
+    """Fits one InterFaceGAN boundary per attribute of F on the single-w samples; writes them into the bundle."""
+    settings = job.boundaries
+    scores = attribute_scores(samples.logits, descriptor.loss)
+    fitted, report = {}, {}
+    for k, name in enumerate(descriptor.attribute_names):
+        try:
+            fit = fit_boundary(samples.w, scores[:, k], ratio=settings.ratio, val_fraction=settings.val_fraction,
+                               c=settings.svm_c, seed=job.seed)
+        except ValueError as e:
+            raise MagecError(f"boundary {name}: {e}") from None
+        fitted[name] = fit.normal
+        report[name] = dict(train_accuracy=fit.train_accuracy, val_accuracy=fit.val_accuracy,
+                            num_train=fit.num_train, num_val=fit.num_val)
+        log(f"boundary {name}: SVM accuracy train {fit.train_accuracy:.3f}, val {fit.val_accuracy:.3f} "
+            f"({fit.num_train} + {fit.num_val} samples)")
+    existing = bundle.directions()
+    kept = sorted(set(existing) - set(fitted))
+    imio.atomic_save_npz(bundle.path / "directions.npz", **{**existing, **fitted})
+    result = dict(attributes=report, N=int(samples.w.shape[0]), seed=job.seed, ratio=settings.ratio,
+                  val_fraction=settings.val_fraction, svm_c=settings.svm_c,
+                  truncation_psi=job.sampling.truncation_psi, kept=kept, samples=str(samples.cache_dir))
+    imio.atomic_write_json(bundle.path / "directions_fit.json", result)
+    update_manifest(bundle.path, directions="directions.npz")
+    log(f"boundaries: {len(fitted)} fitted into {bundle.path / 'directions.npz'}"
+        + (f" (kept {len(kept)} other directions)" if kept else ""))
+    return result
+
+
+def fit_bundle_ganspace(bundle: Bundle, w_avg: np.ndarray, job: SupervisionConfig, key: jax.Array,
+                        log: Log) -> dict[str, Any]:
+    """PCA of mapped w saved as ``BUNDLE/ganspace.npz`` (named ``ganspace`` in the manifest)."""
+    settings = job.ganspace
+    cfg, gen_variables = bundle.generator
+    w = mapped_ws(cfg, gen_variables, key, num_samples=settings.num_samples, batch_size=settings.batch_size,
+                  w_avg_D=w_avg, truncation_psi=job.sampling.truncation_psi)
+    pca = fit_ganspace(w, settings.num_components)
+    tmp = bundle.path / ".ganspace.tmp.npz"  # np.savez keeps a name ending in .npz as it is
+    save_ganspace(tmp, pca)
+    os.replace(tmp, bundle.path / "ganspace.npz")
+    update_manifest(bundle.path, ganspace="ganspace.npz")
+    log(f"ganspace: {len(pca.std)} components of {settings.num_samples} mapped w -> {bundle.path / 'ganspace.npz'}")
+    return dict(N=settings.num_samples, num_components=int(len(pca.std)), std=_floats(pca.std), seed=job.seed)

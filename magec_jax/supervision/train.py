@@ -1,0 +1,178 @@
+"""LinkNet training: the linear map W+ -> F's K logits fitted to F's binarised labels with F's own loss.
+
+METHOD.md: Adam with default hyper-parameters (lr 1e-3, b1 0.9, b2 0.999, eps 1e-8), 10 epochs, loss L_F
+(:func:`~magec_jax.inversion.magec_loss.descriptor_loss`, bce or softmax_ce). A held-out split measures
+validation accuracy.
+
+An epoch is ONE jitted call: a ``lax.scan`` over the minibatches of a fresh permutation of the training rows
+(the ragged tail is dropped; a different tail every epoch), with the parameters and Adam state donated. The
+training data stay on the device; metrics come back once per epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from magec_jax.errors import MagecError
+from magec_jax.inversion.magec_loss import descriptor_loss
+from magec_jax.models.interfaces import LossKind
+from magec_jax.models.linknet import LinkNet, LinkNetConfig, linknet_apply
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """LinkNet training hyper-parameters (defaults: METHOD.md; batch size and split are ours)."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    val_fraction: float = 0.1
+
+
+class TrainResult(NamedTuple):
+    """A trained LinkNet and its history.
+
+    Attributes:
+      variables: LinkNet Flax variables (numpy).
+      initial_loss: mean training-set loss before the first step.
+      train_loss: mean minibatch loss of each epoch ``[epochs]``.
+      val_loss: validation loss after each epoch ``[epochs]``.
+      val_accuracy: per-output validation accuracy after each epoch ``[epochs, K]`` (bce: per attribute;
+        softmax_ce: recall of each class, NaN for a class absent from the split).
+      val_accuracy_mean: ``[epochs]``; bce: mean over attributes; softmax_ce: top-1 accuracy.
+      num_train, num_val: split sizes.
+    """
+
+    variables: dict
+    initial_loss: float
+    train_loss: np.ndarray
+    val_loss: np.ndarray
+    val_accuracy: np.ndarray
+    val_accuracy_mean: np.ndarray
+    num_train: int
+    num_val: int
+
+
+def accuracy(logits_NxK: jax.Array, targets_NxK: jax.Array, loss_kind: LossKind) -> tuple[jax.Array, jax.Array]:
+    """``(per_output_K, mean)`` agreement of logits with binarised targets (see :class:`TrainResult`)."""
+    if loss_kind == "bce":
+        per_k = jnp.mean(((logits_NxK > 0) == (targets_NxK > 0.5)).astype(jnp.float32), axis=0)
+        return per_k, per_k.mean()
+    hit_N = (jnp.argmax(logits_NxK, -1) == jnp.argmax(targets_NxK, -1)).astype(jnp.float32)
+    per_class = (hit_N[:, None] * targets_NxK).sum(0) / targets_NxK.sum(0)
+    return per_class, hit_N.mean()
+
+
+def split_indices(n: int, val_fraction: float, key: jax.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A random ``(train, val)`` partition of ``range(n)`` with ``round(n * val_fraction)`` validation rows."""
+    num_val = int(round(n * val_fraction))
+    if not 0 < num_val < n:
+        raise MagecError(f"a validation fraction of {val_fraction} of {n} samples leaves an empty split")
+    perm = np.asarray(jax.random.permutation(key, n))
+    return perm[num_val:], perm[:num_val]
+
+
+def _loss(variables, w_BxLxD, targets_BxK, loss_kind: LossKind) -> jax.Array:
+    return descriptor_loss(linknet_apply(variables, w_BxLxD), targets_BxK, loss_kind).mean()
+
+
+@functools.lru_cache(maxsize=None)
+def _epoch_fn(loss_kind: LossKind, batch_size: int, num_batches: int, learning_rate: float) -> Callable:
+    """Jitted ``(variables, opt_state, w, targets, key) -> (variables, opt_state, mean_loss)``."""
+    optimizer = optax.adam(learning_rate)
+
+    def epoch(variables, opt_state, w_NxLxD, targets_NxK, key):
+        order = jax.random.permutation(key, w_NxLxD.shape[0])[: num_batches * batch_size]
+
+        def step(carry, idx_B):
+            params, state = carry
+            loss, grads = jax.value_and_grad(_loss)(params, w_NxLxD[idx_B], targets_NxK[idx_B], loss_kind)
+            updates, state = optimizer.update(grads, state, params)
+            return (optax.apply_updates(params, updates), state), loss
+
+        (variables, opt_state), losses = jax.lax.scan(
+            step, (variables, opt_state), order.reshape(num_batches, batch_size)
+        )
+        return variables, opt_state, losses.mean()
+
+    return jax.jit(epoch, donate_argnums=(0, 1))
+
+
+@functools.lru_cache(maxsize=None)
+def _eval_fn(loss_kind: LossKind) -> Callable:
+    """Jitted ``(variables, w, targets) -> (loss, per_output_accuracy, mean_accuracy)``."""
+
+    def evaluate(variables, w_NxLxD, targets_NxK):
+        logits = linknet_apply(variables, w_NxLxD)
+        return (descriptor_loss(logits, targets_NxK, loss_kind).mean(), *accuracy(logits, targets_NxK, loss_kind))
+
+    return jax.jit(evaluate)
+
+
+def train_linknet(
+    w_NxLxD: np.ndarray,
+    targets_NxK: np.ndarray,
+    *,
+    loss_kind: LossKind,
+    settings: TrainSettings,
+    key: jax.Array,
+    log: Callable[[str], None] = lambda msg: None,
+    attribute_names: tuple[str, ...] = (),
+) -> TrainResult:
+    """Fits a LinkNet to ``(w, targets)`` with a held-out validation split.
+
+    Args:
+      w_NxLxD: W+ latents.
+      targets_NxK: binarised F outputs (:func:`~magec_jax.inversion.magec_loss.binarize`).
+      loss_kind: F's loss, ``"bce"`` or ``"softmax_ce"``.
+      settings: epochs, batch size, learning rate, validation fraction.
+      key: typed key; split into the ``split``, ``init`` and ``shuffle`` streams.
+      log: receives one progress line per epoch.
+      attribute_names: names for the per-output accuracies in the progress lines.
+    """
+    n, num_ws, w_dim = w_NxLxD.shape
+    keys = dict(zip(("split", "init", "shuffle"), jax.random.split(key, 3)))
+    train_idx, val_idx = split_indices(n, settings.val_fraction, keys["split"])
+    batch_size = min(settings.batch_size, len(train_idx))
+    num_batches = len(train_idx) // batch_size
+    w_train, t_train = jnp.asarray(w_NxLxD[train_idx]), jnp.asarray(targets_NxK[train_idx])
+    w_val, t_val = jnp.asarray(w_NxLxD[val_idx]), jnp.asarray(targets_NxK[val_idx])
+
+    cfg = LinkNetConfig(num_ws=num_ws, w_dim=w_dim, num_outputs=targets_NxK.shape[1])
+    variables = LinkNet(cfg).init(keys["init"], jnp.zeros((1, num_ws, w_dim), jnp.float32))
+    opt_state = optax.adam(settings.learning_rate).init(variables)
+    epoch_fn = _epoch_fn(loss_kind, batch_size, num_batches, settings.learning_rate)
+    eval_fn = _eval_fn(loss_kind)
+    initial_loss = float(eval_fn(variables, w_train, t_train)[0])
+    log(f"linknet: {len(train_idx)} train / {len(val_idx)} val samples, {num_batches} steps of {batch_size} "
+        f"per epoch; initial loss {initial_loss:.4f}")
+    history = []
+    for epoch in range(settings.epochs):
+        variables, opt_state, train_loss = epoch_fn(variables, opt_state, w_train, t_train,
+                                                    jax.random.fold_in(keys["shuffle"], epoch))
+        metrics = jax.device_get((train_loss, *eval_fn(variables, w_val, t_val)))  # one fetch per epoch
+        if not all(np.all(np.isfinite(m)) for m in metrics[:2]):
+            raise MagecError(f"linknet: non-finite loss in epoch {epoch + 1} (learning rate {settings.learning_rate})")
+        history.append(metrics)
+        named = ", ".join(f"{a} {v:.3f}" for a, v in zip(attribute_names, metrics[2]))
+        log(f"linknet: epoch {epoch + 1}/{settings.epochs} train loss {metrics[0]:.4f} val loss {metrics[1]:.4f} "
+            f"val accuracy {metrics[3]:.3f}" + (f" ({named})" if named else ""))
+    train_loss, val_loss, val_acc, val_mean = (np.asarray([h[i] for h in history]) for i in range(4))
+    return TrainResult(
+        variables=jax.tree.map(np.asarray, jax.device_get(variables)),
+        initial_loss=initial_loss,
+        train_loss=train_loss,
+        val_loss=val_loss,
+        val_accuracy=val_acc.reshape(settings.epochs, -1),
+        val_accuracy_mean=val_mean,
+        num_train=len(train_idx),
+        num_val=len(val_idx),
+    )
+

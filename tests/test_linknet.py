@@ -1,0 +1,170 @@
+"""Supervision: samplers, LinkNet training, and ``python -m magec_jax.linknet`` end to end on a 32x32 bundle
+(random tiny StyleGAN2, real faceres+emotion descriptor): LinkNet, boundaries, GANSpace, sample cache."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bundle_tools import TINY, face_models, tiny_generator
+from conftest import REPO
+from magec_jax.bundle import build_bundle, load_bundle
+from magec_jax.editing.directions import load_ganspace
+from magec_jax.errors import MagecError
+from magec_jax.inversion.magec_loss import binarize
+from magec_jax.models import stylegan2
+from magec_jax.models.face_attributes import ATTRIBUTE_NAMES
+from magec_jax.supervision import job as sup_job
+from magec_jax.supervision.samples import sample_ws
+from magec_jax.supervision.train import TrainSettings, train_linknet
+from magec_jax.weights import load_converted
+
+
+def _config(name: str, arg: str = "both"):
+    spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+@pytest.fixture(scope="module")
+def generator_dir(tmp_path_factory):
+    return tiny_generator(tmp_path_factory.mktemp("gen") / "generator")
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory, generator_dir):
+    """A 32x32 bundle with a descriptor and no LinkNet or directions yet."""
+    root = tmp_path_factory.mktemp("bundle")
+    faceres, emotion = face_models(root / "parts")
+    descriptor = dict(kind="face_attributes", faceres=faceres, emotion=emotion)
+    return build_bundle(root / "bundle", generator=generator_dir, identity=("faceres", faceres),
+                        descriptor=descriptor, w_avg_samples=256).path
+
+
+def test_mixed_sampler_draws_a_w_per_layer_and_single_repeats_one():
+    variables = stylegan2.init_generator(TINY, jax.random.key(0))
+    key, indices = jax.random.key(1), jnp.arange(4, dtype=jnp.int32)
+    w_avg = jnp.zeros((TINY.w_dim,))
+    sample = jax.jit(functools.partial(sample_ws, TINY), static_argnames="per_layer")
+    mixed = np.asarray(sample(variables, key, indices, w_avg, 1.0, per_layer=True))
+    single = np.asarray(sample(variables, key, indices, w_avg, 1.0, per_layer=False))
+    assert mixed.shape == single.shape == (4, TINY.num_ws, TINY.w_dim)
+    np.testing.assert_array_equal(single, np.broadcast_to(single[:, :1], single.shape))
+    row_gaps = np.abs(mixed[:, :, None] - mixed[:, None, :]).max(-1)  # [B, L, L]
+    assert row_gaps[:, ~np.eye(TINY.num_ws, dtype=bool)].min() > 1e-3
+    # sample i depends on its index only, not on the batch it is drawn in
+    again = np.asarray(sample(variables, key, indices[2:], w_avg, 1.0, per_layer=True))
+    np.testing.assert_allclose(again, mixed[2:], rtol=1e-6, atol=1e-6)
+    half = np.asarray(sample(variables, key, indices, w_avg + 1.0, 0.5, per_layer=False))
+    np.testing.assert_allclose(half, 1.0 + 0.5 * (single - 1.0), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("loss_kind", ["bce", "softmax_ce"])
+def test_linknet_learns_a_linear_labelling(loss_kind):
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((2000, 4, 8)).astype(np.float32)
+    logits = w.reshape(2000, -1) @ rng.standard_normal((32, 3)).astype(np.float32)  # a linear labelling
+    targets = np.asarray(binarize(jnp.asarray(logits), loss_kind))
+    lines = []
+    result = train_linknet(w, targets, loss_kind=loss_kind, settings=TrainSettings(batch_size=16),
+                           key=jax.random.key(0), log=lines.append, attribute_names=("a", "b", "c"))
+    assert (result.num_train, result.num_val) == (1800, 200)
+    assert result.variables["params"]["fc"]["kernel"].shape == (32, 3)
+    assert result.val_accuracy.shape == (10, 3) and result.train_loss.shape == (10,)
+    assert np.all(np.diff(result.train_loss) < 0) and result.train_loss[-1] < 0.7 * result.initial_loss
+    assert result.val_accuracy_mean[-1] > 0.9, result.val_accuracy_mean
+    assert len(lines) == 11 and "epoch 10/10" in lines[-1]
+
+
+def test_attribute_scores_rank_softmax_classes_by_log_odds():
+    logits = np.array([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    scores = sup_job.attribute_scores(logits, "softmax_ce")
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    np.testing.assert_allclose(scores, np.log(p / (1 - p)), rtol=1e-5)
+    np.testing.assert_array_equal(sup_job.attribute_scores(logits, "bce"), logits)
+
+
+def test_end_to_end_linknet_boundaries_ganspace_and_cache(bundle_dir):
+    config = _config("linknet_tiny")
+    config.bundle = str(bundle_dir)
+    config.ganspace.enabled = True
+    lines = []
+    summary = sup_job.run(config, log=lines.append)
+    n, k, cfg = 128, len(ATTRIBUTE_NAMES), TINY
+    assert summary["rendered"] == {"mixed": n, "single": n}
+    assert any("samples (mixed): 128/128 ready" in line for line in lines)
+    assert sum("linknet: epoch" in line for line in lines) == 2
+
+    # LinkNet: converted format, manifest entry, report
+    link = load_converted(bundle_dir / "linknet", kind="linknet")
+    assert link.config == dict(num_ws=cfg.num_ws, w_dim=cfg.w_dim, num_outputs=k)
+    assert link.variables["params"]["fc"]["kernel"].shape == (cfg.num_ws * cfg.w_dim, k)
+    extra = link.manifest["extra"]
+    assert extra["N"] == n and extra["epochs"] == 2 and extra["seed"] == 0 and extra["num_val"] == 13
+    assert set(extra["accuracies"]) == set(ATTRIBUTE_NAMES)
+    assert extra["train_loss"][-1] < extra["initial_loss"]
+
+    # boundaries: unit vectors for every attribute, report, networks() stacks them
+    bundle = load_bundle(bundle_dir)
+    assert bundle.manifest["linknet"] == "linknet" and bundle.manifest["directions"] == "directions.npz"
+    dirs = bundle.directions()
+    assert set(dirs) == set(ATTRIBUTE_NAMES)
+    for d in dirs.values():
+        assert d.shape == (cfg.w_dim,)
+        np.testing.assert_allclose(np.linalg.norm(d), 1.0, rtol=1e-5)
+    report = json.loads((bundle_dir / "directions_fit.json").read_text())
+    assert all(report["attributes"][a]["num_train"] + report["attributes"][a]["num_val"] == 24
+               for a in ATTRIBUTE_NAMES)
+    nets = bundle.networks()
+    assert nets.directions.shape == (k, cfg.w_dim)
+    assert nets.linknet["params"]["fc"]["kernel"].shape == (cfg.num_ws * cfg.w_dim, k)
+
+    # GANSpace
+    assert bundle.manifest["ganspace"] == "ganspace.npz"
+    pca = load_ganspace(bundle_dir / "ganspace.npz")
+    assert pca.components.shape == (8, cfg.w_dim) and np.all(np.diff(pca.std) <= 0)
+
+    # a rerun renders nothing and retrains to the same LinkNet
+    shards = sorted((bundle_dir / "supervision").glob("*/shard_*.npz"))
+    assert len(shards) == 4
+    stamps = {p: p.stat().st_mtime_ns for p in shards}
+    config.ganspace.enabled = False
+    again = sup_job.run(config, log=lambda msg: None)
+    assert again["rendered"] == {"mixed": 0, "single": 0}
+    assert {p: p.stat().st_mtime_ns for p in shards} == stamps
+    assert again["linknet"]["accuracies"] == summary["linknet"]["accuracies"]
+    np.testing.assert_array_equal(load_converted(bundle_dir / "linknet").variables["params"]["fc"]["kernel"],
+                                  link.variables["params"]["fc"]["kernel"])
+
+    # an interrupted run resumes: only the missing shard is rendered
+    missing = next(p for p in shards if p.parent.name.startswith("mixed"))
+    missing.unlink()
+    config.fit = "linknet"
+    resumed = sup_job.run(config, log=lambda msg: None)
+    assert resumed["rendered"] == {"mixed": 64}
+    assert resumed["linknet"]["accuracies"] == summary["linknet"]["accuracies"]
+
+
+def test_bundle_without_descriptor_is_one_clear_error(tmp_path, generator_dir):
+    bundle = build_bundle(tmp_path / "bundle", generator=generator_dir, w_avg_samples=64)
+    config = _config("linknet_tiny")
+    config.bundle = str(bundle.path)
+    with pytest.raises(MagecError, match="no descriptor"):
+        sup_job.run(config, log=lambda msg: None)
+    config.fit = "everything"
+    with pytest.raises(MagecError, match="config.fit"):
+        sup_job.run(config, log=lambda msg: None)
+
+
+def test_paper_config_parses():
+    job = sup_job.SupervisionConfig.from_config(_config("linknet_ffhq1024"))
+    assert job.sampling.num_samples == 50_000 and job.linknet == TrainSettings(epochs=10, learning_rate=1e-3)
+    assert job.boundaries.ratio == 0.02 and job.boundaries.val_fraction == 0.3 and job.fit == "both"
+    assert sup_job.SupervisionConfig.from_config(_config("linknet_ffhq1024", "boundaries")).fit == "boundaries"
