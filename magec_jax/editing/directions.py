@@ -7,6 +7,7 @@ are W+ ``[..., num_ws, w_dim]``. Edits are pure jnp functions so they jit, vmap 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 from pathlib import Path
@@ -168,30 +169,39 @@ def fit_boundary(
 
 def _linear_svm(x_NxD: np.ndarray, y_N: np.ndarray, *, c: float, max_iter: int) -> tuple[np.ndarray, float]:
     """argmin_{w,b} 0.5 |w|^2 + c * sum(max(0, 1 - y (x.w + b))^2), by L-BFGS in float32."""
-    x = jnp.asarray(x_NxD, jnp.float32)
-    y = jnp.asarray(y_N, jnp.float32)
+    w, b = _svm_solve(jnp.asarray(x_NxD, jnp.float32), jnp.asarray(y_N, jnp.float32), jnp.float32(c),
+                      max_iter=max_iter)
+    return np.asarray(w, np.float64), float(b)
+
+
+@functools.partial(jax.jit, static_argnames="max_iter")
+def _svm_solve(x_NxD: jax.Array, y_N: jax.Array, c: jax.Array, *, max_iter: int) -> tuple[jax.Array, jax.Array]:
+    """The L-BFGS iterations as one ``lax.while_loop`` (one compile per data shape, no host sync per step),
+    until the gradient norm drops below 1e-4 or ``max_iter`` steps."""
 
     def objective(params):
         w, b = params
-        margin = jnp.maximum(0.0, 1.0 - y * (x @ w + b))
+        margin = jnp.maximum(0.0, 1.0 - y_N * (x_NxD @ w + b))
         return 0.5 * jnp.dot(w, w) + c * jnp.sum(margin**2)
 
     solver = optax.lbfgs()
     value_and_grad = optax.value_and_grad_from_state(objective)
 
-    @jax.jit
-    def step(params, state):
+    def step(carry):
+        params, state = carry
         value, grad = value_and_grad(params, state=state)
         updates, state = solver.update(grad, state, params, value=value, grad=grad, value_fn=objective)
-        return optax.apply_updates(params, updates), state, jnp.linalg.norm(jnp.concatenate([grad[0], grad[1][None]]))
+        return optax.apply_updates(params, updates), state
 
-    params = (jnp.zeros(x.shape[1], jnp.float32), jnp.float32(0.0))
-    state = solver.init(params)
-    for _ in range(max_iter):
-        params, state, gnorm = step(params, state)
-        if float(gnorm) < 1e-4:
-            break
-    return np.asarray(params[0], np.float64), float(params[1])
+    def running(carry):
+        _, state = carry
+        count = optax.tree_utils.tree_get(state, "count")
+        grad_norm = optax.tree_utils.tree_norm(optax.tree_utils.tree_get(state, "grad"))
+        return (count == 0) | ((count < max_iter) & (grad_norm >= 1e-4))
+
+    params = (jnp.zeros(x_NxD.shape[1], jnp.float32), jnp.zeros((), jnp.float32))
+    params, _ = jax.lax.while_loop(running, step, (params, solver.init(params)))
+    return params
 
 
 # ---- edits -------------------------------------------------------------------------------------------------
