@@ -9,8 +9,9 @@ bundle. ARG ``linknet`` or ``boundaries`` runs one stage (default: both); add ``
 for a GANSpace PCA of 100,000 mapped w. The samples are cached in ``BUNDLE/supervision/`` (about 1.8 GB for
 the mixed latents): an interrupted run resumes, a rerun only retrains.
 
-Runtime: dominated by rendering 100,000 images at 1024 (see the README for measured rates); training and
-fitting take a minute or two. Expected: the thesis reports 89% mean validation accuracy for the 40 CelebA
+Runtime: dominated by rendering and labelling 100,000 images at 1024 (about 151 GFLOP of G each,
+PERFORMANCE.md): an estimate of well under an hour on one H100, not yet measured; LinkNet training (10 epochs
+of 45,000 latents) and the SVMs take a minute or two. On a CPU the rendering takes days. Expected: the thesis reports 89% mean validation accuracy for the 40 CelebA
 attributes of its ResNet-50 F; boundaries fit with high SVM accuracy (InterFaceGAN: above 90% for clear
 attributes such as Male and Smiling).
 """
@@ -23,5 +24,4 @@ def get_config(arg: str = "both"):
     config.fit = arg or "both"
     config.bundle = "weights/ffhq1024_bundle"
     config.matmul_precision = "default"  # labelling tolerates TF32 on GPUs; training is tiny either way
-    config.sampling.batch_size = 16
     return config

@@ -146,11 +146,11 @@ def run(config: ml_collections.ConfigDict, *, log: Log = _stderr) -> dict[str, A
             hashes = weight_hashes(bundle.path, bundle.manifest)
             cache_root = Path(job.cache_dir) if job.cache_dir else bundle.path / "supervision"
 
-            def samples(variant) -> Samples:
+            def samples(variant: str) -> Samples:
                 found = load_or_render(
                     variant, job.sampling, cfg=cfg, gen_variables=gen_variables, descriptor=descriptor,
                     w_avg_D=w_avg, key=streams[variant], cache_root=cache_root,
-                    fingerprint_=fingerprint(variant, job.sampling, job.seed, hashes), log=log,
+                    cache_key=fingerprint(variant, job.sampling, job.seed, hashes), log=log,
                 )
                 summary["rendered"][variant] = found.rendered
                 return found

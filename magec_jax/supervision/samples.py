@@ -143,18 +143,29 @@ def load_or_render(
     w_avg_D: np.ndarray,
     key: jax.Array,
     cache_root: Path,
-    fingerprint_: dict,
+    cache_key: dict,
     log: Callable[[str], None],
 ) -> Samples:
     """A variant's N samples, from the cache where rendered before, else rendered shard by shard.
 
     Shards are rendered in batches of ``settings.batch_size`` (the last batch padded, so the labeller compiles
     once) and written atomically as each finishes; results are fetched from the device once per shard.
+
+    Args:
+      variant: ``"mixed"`` or ``"single"``.
+      settings: N, batch and shard sizes, truncation.
+      cfg, gen_variables: the generator.
+      descriptor: F; its raw logits are stored.
+      w_avg_D: the truncation centre.
+      key: the variant's stream key.
+      cache_root: the cache folder (one subfolder per variant and ``cache_key``).
+      cache_key: :func:`fingerprint` of the settings and weights.
+      log: receives one progress line per rendered shard.
     """
-    digest = hashlib.sha256(json.dumps(fingerprint_, sort_keys=True).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(json.dumps(cache_key, sort_keys=True).encode()).hexdigest()[:16]
     cache_dir = cache_root / f"{variant}-{digest}"
     cache_dir.mkdir(parents=True, exist_ok=True)
-    imio.atomic_write_json(cache_dir / "meta.json", fingerprint_)
+    imio.atomic_write_json(cache_dir / "meta.json", cache_key)
     n, size, batch = settings.num_samples, settings.shard_size, settings.batch_size
     sampler = _sampler(cfg, variant == "mixed")
     labeller = _labeller(cfg, descriptor.apply)
