@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -102,8 +103,9 @@ def _run(argv: list[str]) -> dict:
     proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()
-        return {"error": tail[-1] if tail else f"exit status {proc.returncode}"}
+        lines = (proc.stderr or proc.stdout).strip().splitlines()
+        errors = [line for line in lines if re.match(r"[\w.]+(Error|Exception|Exit)\b|error:", line)]
+        return {"error": (errors or lines or [f"exit status {proc.returncode}"])[-1]}
     result = {"wall_s": round(wall, 3)}
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if lines:
