@@ -10,12 +10,14 @@ Layout (every entry but ``generator`` and ``w_avg`` optional)::
                                         "image_size": 224}
                                      | {"kind": "face_attributes", "faceres": "faceres", "emotion": "emotion",
                                         "thresholds": {...}},
-                         "linknet": "linknet", "directions": "directions.npz"}
+                         "linknet": "linknet", "directions": "directions.npz",
+                         "ganspace": "ganspace.npz"}
       generator/        converted StyleGAN2 (python -m ports.convert)
       w_avg.npy         float32 [w_dim]: mean of mapping(z) over N z (METHOD.md: 50,000, fixed seed)
       identity/, descriptor/, faceres/, emotion/, lpips/   converted networks
       linknet/          converted LinkNet (kind "linknet"; python -m magec_jax.linknet)
       directions.npz    one unit boundary per attribute name: [w_dim] or [num_ws, w_dim]
+      ganspace.npz      GANSpace PCA of W (mean, components, std), for GANSpace edits
 
 Build one with ``python -m magec_jax.bundle DST --generator G ...`` (see ``--help``); LinkNet training and
 boundary fitting add their parts to an existing bundle. :func:`load_bundle` checks that every named part
@@ -166,6 +168,15 @@ class Bundle:
         except (OSError, ValueError) as e:
             raise FileFormatError(path, f"unreadable directions file ({e})") from None
 
+    def ganspace(self):
+        """The bundle's GANSpace PCA (``editing.directions.GanSpace``), or None."""
+        rel = self.manifest.get("ganspace")
+        if not rel:
+            return None
+        from magec_jax.editing.directions import load_ganspace
+
+        return load_ganspace(self.part(rel))
+
     def networks(self) -> Networks:
         """Everything the inversion engine needs, checked for consistency."""
         from magec_jax.models import lpips as lpips_lib
@@ -245,7 +256,7 @@ def load_bundle(path: str | Path) -> Bundle:
 
 def _named_parts(manifest: dict) -> list[str]:
     parts = [manifest["generator"], manifest["w_avg"]]
-    parts += [manifest[k] for k in ("lpips", "linknet", "directions") if manifest.get(k)]
+    parts += [manifest[k] for k in ("lpips", "linknet", "directions", "ganspace") if manifest.get(k)]
     if manifest.get("identity"):
         parts.append(manifest["identity"]["path"])
     desc = manifest.get("descriptor")
