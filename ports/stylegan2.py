@@ -80,8 +80,7 @@ def _check_filter(expected: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
 # ---------------------------------------------------------------------------------------------- the engine
 def _expected_leaves(cfg: sg2.StyleGAN2Config) -> dict[str, jax.ShapeDtypeStruct]:
     """``{'params/synthesis/b4/const': ShapeDtypeStruct, ...}`` of the Flax variables of ``cfg``."""
-    shapes = jax.eval_shape(lambda k: sg2.init_generator(cfg, k), jax.random.key(0))
-    leaves, _ = jax.tree_util.tree_flatten_with_path(shapes)
+    leaves, _ = jax.tree_util.tree_flatten_with_path(sg2.variable_shapes(cfg))
     return {"/".join(str(k.key) for k in keys): leaf for keys, leaf in leaves}
 
 
@@ -263,12 +262,17 @@ def convert_state_dict(path: str | os.PathLike, *, network: str | None = None) -
     sd = load_torch(path)
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
         sd = sd["state_dict"]
-    if not isinstance(sd, dict) or not all(isinstance(v, np.ndarray) for v in sd.values()):
-        raise FileFormatError(path, "not a flat state dict of tensors")
+    if not isinstance(sd, dict):
+        raise FileFormatError(path, f"not a stylegan2-ada-pytorch generator state dict (a {type(sd).__name__})")
     sd = {str(k).removeprefix("module."): v for k, v in sd.items()}
     if "synthesis.b4.const" not in sd or "mapping.w_avg" not in sd:
-        shown = ", ".join(list(sd)[:4])
-        raise FileFormatError(path, f"not a stylegan2-ada-pytorch generator state dict (keys: {shown}, ...)")
+        hint = " (a rosinality checkpoint: use convert_rosinality)" if "g_ema" in sd else ""
+        raise FileFormatError(
+            path, f"not a stylegan2-ada-pytorch generator state dict (keys {list(sd)[:4]}...){hint}"
+        )
+    bad = [k for k, v in sd.items() if not isinstance(v, np.ndarray)]
+    if bad:
+        raise FileFormatError(path, f"state dict entry {bad[0]!r} is not a tensor")
     fcs = sorted(int(m[1]) for k in sd if (m := re.fullmatch(r"mapping\.fc(\d+)\.weight", k)))
     blocks = sorted(int(m[1]) for k in sd if (m := re.fullmatch(r"synthesis\.b(\d+)\.conv1\.weight", k)))
     if not fcs or not blocks:

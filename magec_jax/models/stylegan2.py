@@ -35,6 +35,7 @@ from typing import Any, Literal, Mapping, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from magec_jax import ops
 from magec_jax.weights import load_converted
@@ -81,6 +82,11 @@ class StyleGAN2Config:
     architecture: str = "skip"
 
     def __post_init__(self):
+        # Canonical form: a width equal to w_dim is stored as None, so that equal architectures read from
+        # different formats (TF pickles spell the default out) compare and hash equal.
+        for name in ("layer_features", "embed_features"):
+            if getattr(self, name) == self.w_dim:
+                object.__setattr__(self, name, None)
         res = self.img_resolution
         if res < 4 or res & (res - 1):
             raise ValueError(f"img_resolution must be a power of two >= 4, got {res}")
@@ -446,11 +452,36 @@ class Generator(nn.Module):
         )
 
 
+def variable_shapes(cfg: StyleGAN2Config) -> dict:
+    """The variables' structure as ``jax.ShapeDtypeStruct`` leaves (no computation)."""
+    z = jax.ShapeDtypeStruct((1, cfg.z_dim), jnp.float32)
+    c = jax.ShapeDtypeStruct((1, cfg.c_dim), jnp.float32) if cfg.c_dim else None
+    return jax.eval_shape(lambda k, z, c: Generator(cfg).init({"params": k}, z, c), jax.random.key(0), z, c)
+
+
 def init_generator(cfg: StyleGAN2Config, key: jax.Array) -> dict:
-    """Randomly initialised variables (``{'params', 'buffers'}``) with NVIDIA's initialisation."""
-    z = jnp.zeros((1, cfg.z_dim), jnp.float32)
-    c = jnp.zeros((1, cfg.c_dim), jnp.float32) if cfg.c_dim else None
-    return jax.jit(lambda k: Generator(cfg).init({"params": k}, z, c))(key)
+    """Randomly initialised variables (``{'params', 'buffers'}``), distributed as NVIDIA initialises them.
+
+    Same laws as the modules' own initialisers (``Generator(cfg).init``): N(0, 1) weights, constants and
+    noise buffers (mapping weights N(0, 1) / lr_multiplier), affine biases 1, other biases, noise strengths
+    and ``w_avg`` 0. The values come from ONE normal draw sliced over the leaves, because compiling a
+    random-number kernel per leaf (what ``Generator.init`` does) takes minutes on a small CPU.
+    """
+    paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(variable_shapes(cfg))
+    names = ["/".join(str(k.key) for k in path) for path, _ in paths_leaves]
+    is_random = [n.rsplit("/", 1)[-1] in ("weight", "const", "noise_const") for n in names]
+    sizes = [math.prod(leaf.shape) for _, leaf in paths_leaves]
+    unit = np.asarray(jax.random.normal(key, (sum(s for s, r in zip(sizes, is_random) if r),), jnp.float32))
+    leaves, offset = [], 0
+    for name, (_, leaf), size, random in zip(names, paths_leaves, sizes, is_random):
+        if random:
+            scale = 1.0 / cfg.mapping_lr_multiplier if name.startswith("params/mapping/fc") else 1.0
+            value = unit[offset : offset + size].reshape(leaf.shape) * scale
+            offset += size
+        else:
+            value = np.full(leaf.shape, 1.0 if name.endswith("affine/bias") else 0.0, np.float32)
+        leaves.append(jnp.asarray(value, jnp.float32))
+    return jax.tree.unflatten(treedef, leaves)
 
 
 def load_generator(path) -> tuple[StyleGAN2Config, dict]:
