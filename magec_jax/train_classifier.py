@@ -204,6 +204,35 @@ class Loader:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+def train_batches(
+    loader: Loader, train: np.ndarray, labels_NxK: np.ndarray, cfg: TrainConfig, start: int, stop: int
+):
+    """Yields ``(step, images, labels, flips)`` for steps ``start .. stop - 1``, decoding one batch ahead.
+
+    The order is a function of (seed, epoch, step) only, so a resumed run sees the batches it would have seen.
+    """
+    steps_per_epoch = len(train) // cfg.batch_size
+
+    @functools.lru_cache(maxsize=2)
+    def epoch_plan(epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        order = epoch_batches(len(train), cfg.batch_size, cfg.seed, epoch)
+        flips = np.random.default_rng([cfg.seed, 2, epoch]).random(order.shape) < (0.5 if cfg.flip else 0.0)
+        return train[order], flips
+
+    def plan(step: int) -> tuple[np.ndarray, np.ndarray]:
+        epoch, position = divmod(step, steps_per_epoch)
+        indices, flips = epoch_plan(epoch)
+        return indices[position], flips[position]
+
+    upcoming = loader.submit(plan(start)[0]) if start < stop else None
+    for step in range(start, stop):
+        indices, flips = plan(step)
+        images = upcoming.result()
+        if step + 1 < stop:
+            upcoming = loader.submit(plan(step + 1)[0])
+        yield step, images, labels_NxK[indices], flips
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Model, optimiser and the pure steps.
 
@@ -334,7 +363,8 @@ def evaluate(state: TrainState, loader: Loader, val: np.ndarray, labels_NxK: np.
     for start in range(0, len(val), batch_size):
         idx = val[start : start + batch_size]
         padded = np.concatenate([idx, np.repeat(idx[-1:], batch_size - len(idx))])
-        logits = np.asarray(eval_step(state.params, state.batch_stats, put(loader.submit(padded).result()), setup=setup))
+        images = put(loader.submit(padded).result())
+        logits = np.asarray(eval_step(state.params, state.batch_stats, images, setup=setup))
         correct += np.sum((logits[: len(idx)] > 0) == (labels_NxK[idx] > 0.5), axis=0)
     return correct / len(val)
 
@@ -393,30 +423,21 @@ def run(config: ml_collections.ConfigDict, *, max_steps: int | None = None) -> d
         step = int(state.step)
         losses: list[jax.Array] = []
         t0, images_seen = time.perf_counter(), 0
-        pending = None
-        while step < stop:
-            epoch, position = divmod(step, steps_per_epoch)
-            batches = epoch_batches(len(train), cfg.batch_size, cfg.seed, epoch)
-            flips = np.random.default_rng([cfg.seed, 2, epoch]).random(batches.shape) < 0.5 if cfg.flip else np.zeros(batches.shape, bool)
-            pending = pending or loader.submit(train[batches[position]])
-            images = pending.result()
-            pending = None
-            if step + 1 < stop and position + 1 < len(batches):
-                pending = loader.submit(train[batches[position + 1]])
-            labels = data.labels_NxK[train[batches[position]]]
-            state, loss = train_step(state, put(images), put(labels), put(flips[position]), setup=setup,
-                                     head_only=step < setup.head_steps)
+        for index, images, labels, flips in train_batches(loader, train, data.labels_NxK, cfg, step, stop):
+            head_only = index < setup.head_steps
+            state, loss = train_step(state, put(images), put(labels), put(flips), setup=setup, head_only=head_only)
             losses.append(loss)
-            step += 1
+            step = index + 1
             images_seen += cfg.batch_size
             if step % cfg.log_every == 0 or step == stop:
                 mean_loss = float(np.mean(jax.device_get(losses)))
                 rate = images_seen / (time.perf_counter() - t0)
-                print(f"step {step}/{total}  epoch {epoch}  loss {mean_loss:.4f}  {rate:.1f} img/s")
+                print(f"step {step}/{total}  loss {mean_loss:.4f} (epoch mean)  {rate:.1f} img/s")
             if step % steps_per_epoch == 0 or step == stop:
-                accuracy = evaluate(state, loader, val, data.labels_NxK, setup, cfg.batch_size, put) if len(val) else None
-                entry = {"step": step, "epoch": step / steps_per_epoch, "train_loss": float(np.mean(jax.device_get(losses)))}
-                if accuracy is not None:
+                train_loss = float(np.mean(jax.device_get(losses)))
+                entry = {"step": step, "epoch": step / steps_per_epoch, "train_loss": train_loss}
+                if len(val):
+                    accuracy = evaluate(state, loader, val, data.labels_NxK, setup, cfg.batch_size, put)
                     entry["val_accuracy"] = dict(zip(data.attribute_names, map(float, accuracy)))
                     entry["val_accuracy_mean"] = float(np.mean(accuracy))
                     print(f"epoch {step / steps_per_epoch:g}: val accuracy mean {entry['val_accuracy_mean']:.4f}  "

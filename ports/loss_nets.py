@@ -258,7 +258,8 @@ def select_state_dict(obj: Any, path: str | Path, network: str | None) -> dict[s
 
 
 def _converted(kind: str, config: dict, variables: dict, converter: str) -> Converted:
-    return Converted(kind=kind, config=config, variables=variables, manifest={"converter": f"ports.loss_nets.{converter}/1"})
+    manifest = {"converter": f"ports.loss_nets.{converter}/1"}
+    return Converted(kind=kind, config=config, variables=variables, manifest=manifest)
 
 
 def convert_lpips_vgg16_state_dicts(sources: Sequence[tuple[str, Mapping[str, Any]]]) -> Converted:
@@ -306,12 +307,17 @@ def convert_resnet50_state_dict(
     """
     fc = state_dict.get("fc.weight")
     if not isinstance(fc, np.ndarray) or fc.ndim != 2:
-        raise FileFormatError(source, f"not a torchvision ResNet-50 state dict: no 2-D 'fc.weight' (found {_few(state_dict)})")
+        raise FileFormatError(
+            source, f"not a torchvision ResNet-50 state dict: no 2-D 'fc.weight' (found {_few(state_dict)})"
+        )
     k = fc.shape[0]
     if attribute_names is None:
-        attribute_names = resnet.CELEBA_ATTRIBUTES if k == len(resnet.CELEBA_ATTRIBUTES) else [f"output_{i}" for i in range(k)]
+        celeba = resnet.CELEBA_ATTRIBUTES
+        attribute_names = celeba if k == len(celeba) else [f"output_{i}" for i in range(k)]
     if len(attribute_names) != k:
-        raise FileFormatError(source, f"'fc.weight' has {k} outputs but {len(attribute_names)} attribute names were given")
+        raise FileFormatError(
+            source, f"'fc.weight' has {k} outputs but {len(attribute_names)} attribute names were given"
+        )
     config = resnet.ResNetConfig(attribute_names=tuple(attribute_names), image_size=image_size)
     shapes = _model_shapes(resnet.ResNet50(num_classes=k), jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
     variables = apply_rules([(source, state_dict)], RESNET50_RULES, shapes, what="a torchvision ResNet-50 state dict")
@@ -340,10 +346,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("kind", choices=("lpips-vgg16", "irse50", "resnet50"))
     parser.add_argument("src", type=Path, help="foreign weights file")
     parser.add_argument("dst", type=Path, help="output directory (converted-weights format)")
-    parser.add_argument("--heads", type=Path, help="lpips-vgg16: lpips' vgg.pth with the lin heads, when SRC is a bare torchvision vgg16")
+    parser.add_argument(
+        "--heads", type=Path, help="lpips-vgg16: lpips' vgg.pth (lin heads) when SRC is a bare torchvision vgg16"
+    )
     parser.add_argument("--network", help="key of the state dict inside a nested checkpoint")
-    parser.add_argument("--attributes", help="resnet50: comma-separated output names (default: CelebA's 40 when K = 40)")
-    parser.add_argument("--image-size", type=int, default=224, help="resnet50: input size the classifier was trained at")
+    parser.add_argument("--attributes", help="resnet50: comma-separated output names (default: CelebA's when K = 40)")
+    parser.add_argument("--image-size", type=int, default=224, help="resnet50: the input size it was trained at")
     parser.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     args = parser.parse_args(argv)
     try:
@@ -353,8 +361,12 @@ def main(argv: list[str] | None = None) -> int:
             converted = convert_irse50(args.src, network=args.network)
         else:
             names = args.attributes.split(",") if args.attributes else None
-            converted = convert_resnet50(args.src, network=args.network, attribute_names=names, image_size=args.image_size)
-        save_converted(args.dst, converted, source=args.src, converter=converted.manifest["converter"], overwrite=args.overwrite)
+            converted = convert_resnet50(
+                args.src, network=args.network, attribute_names=names, image_size=args.image_size
+            )
+        save_converted(
+            args.dst, converted, source=args.src, converter=converted.manifest["converter"], overwrite=args.overwrite
+        )
     except (MagecError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -32,7 +32,9 @@ def torch_lpips(ckpt_variables):
         trunk[f"features.{n}.bias"] = leaf["bias"]
     trunk["classifier.0.weight"] = np.ones((4, 8), np.float32)
     trunk["classifier.0.bias"] = np.ones((4,), np.float32)
-    heads = {f"lin{k}.model.1.weight": np.ascontiguousarray(p[f"lin{k}"]["kernel"].transpose(3, 2, 0, 1)) for k in range(5)}
+    heads = {
+        f"lin{k}.model.1.weight": np.ascontiguousarray(p[f"lin{k}"]["kernel"].transpose(3, 2, 0, 1)) for k in range(5)
+    }
     return trunk, heads
 
 
@@ -123,9 +125,10 @@ def test_irse50_state_dict_variants(irse_sd):
     # Checkpoints without num_batches_tracked, nested under 'state_dict' and saved by nn.DataParallel.
     without = {k: v for k, v in irse_sd.items() if not k.endswith("num_batches_tracked")}
     nested = {"state_dict": {f"module.{k}": v for k, v in without.items()}, "epoch": np.zeros((), np.int64)}
-    _assert_same(loss_nets.convert_irse50_state_dict(loss_nets.select_state_dict(nested, "x.pth", None)).variables, variables)
+    for obj, network in ((nested, None), ({"model": irse_sd, "optimizer": {}}, "model")):
+        selected = loss_nets.select_state_dict(obj, "x.pth", network)
+        _assert_same(loss_nets.convert_irse50_state_dict(selected).variables, variables)
     by_key = {"model": irse_sd, "optimizer": {}}
-    _assert_same(loss_nets.convert_irse50_state_dict(loss_nets.select_state_dict(by_key, "x.pth", "model")).variables, variables)
     with pytest.raises(FileFormatError, match=r"^x\.pth: has no entry 'net'"):
         loss_nets.select_state_dict(by_key, "x.pth", "net")
 
@@ -135,7 +138,8 @@ def test_irse50_linear_takes_nchw_flatten_order():
     weight = rng.standard_normal((5, 3 * 7 * 7)).astype(np.float32)  # torch Linear [out, C*H*W]
     feat_CxHxW = rng.standard_normal((3, 7, 7)).astype(np.float32)
     kernel = loss_nets._linear_from_nchw_flatten(7, 7)(weight)
-    np.testing.assert_allclose(feat_CxHxW.transpose(1, 2, 0).reshape(-1) @ kernel, weight @ feat_CxHxW.reshape(-1), rtol=1e-5)
+    nhwc_flat, nchw_flat = feat_CxHxW.transpose(1, 2, 0).reshape(-1), feat_CxHxW.reshape(-1)
+    np.testing.assert_allclose(nhwc_flat @ kernel, weight @ nchw_flat, rtol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -163,7 +167,8 @@ def test_irse50_rejects_bad_state_dicts(irse_sd, edit, needles):
 
 
 def test_irse50_refuses_a_resnet_file(tmp_path, resnet_sd):
-    path = write_torch_zip(tmp_path / "classifier.pth", {k: v for k, v in resnet_sd.items() if k.startswith(("conv1", "bn1", "fc"))})
+    stem_and_head = {k: v for k, v in resnet_sd.items() if k.startswith(("conv1", "bn1", "fc"))}
+    path = write_torch_zip(tmp_path / "classifier.pth", stem_and_head)
     with pytest.raises(FileFormatError) as e:
         loss_nets.convert_irse50(path)
     _one_line_error(e, path, "not an IR-SE50 state dict: no tensor name matches", "'bn1.bias'")

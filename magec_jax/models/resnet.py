@@ -176,7 +176,9 @@ def resnet_descriptor(
     """The ResNet-50 attribute classifier in the engine's :class:`Descriptor` role (loss ``'bce'``)."""
     num_classes = variables["params"]["fc"]["kernel"].shape[-1]
     if num_classes != len(attribute_names):
-        raise ValueError(f"the fc layer has {num_classes} outputs but {len(attribute_names)} attribute names were given")
+        raise ValueError(
+            f"the fc layer has {num_classes} outputs but {len(attribute_names)} attribute names were given"
+        )
     return Descriptor(
         name=name, attribute_names=tuple(attribute_names), loss="bce", apply=_logits_fn(image_size, dtype),
         variables=variables,
