@@ -260,6 +260,8 @@ class StepSetup:
 
 
 class TrainState(NamedTuple):
+    """Everything a checkpoint holds: steps done, the variables and the optimiser state."""
+
     step: jax.Array
     params: Any
     batch_stats: Any
