@@ -154,6 +154,7 @@ def run(
     config: ml_collections.ConfigDict,
     *,
     networks: Networks | None = None,
+    engine: Engine | None = None,
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True),
 ) -> dict[str, Any]:
     """Runs the inversion job described by ``config``; returns the summary (also written to disk).
@@ -161,12 +162,16 @@ def run(
     Args:
       config: an inversion config (``configs/*.py``).
       networks: already-built networks; by default the config's bundle is loaded.
+      engine: an engine built for these networks and the config's settings, to reuse its compiled steps
+        across jobs (the evaluation inverts originals and edited images with one engine per method).
       log: where one-line reports go.
     """
     job = JobConfig.from_config(config)
     init_distributed(job.distributed)
     jax.config.update("jax_default_matmul_precision", job.matmul_precision)
-    if networks is None:
+    if engine is not None and engine.settings != job.settings:
+        raise ValueError("the engine given was built for other inversion settings than the config's")
+    if networks is None and engine is None:
         from magec_jax.bundle import load_bundle
 
         networks = load_bundle(job.bundle).networks()
@@ -194,8 +199,8 @@ def run(
         f"on {jax.device_count()} device(s)"
     )
 
-    engine = Engine(networks, job.settings)
-    resolution = networks.resolution
+    engine = engine if engine is not None else Engine(networks, job.settings)
+    resolution = engine.nets.resolution
     summary: dict[str, Any] = dict(
         config=job.name, images=len(sources), already_done=len(sources) - len(pending), done=0,
         failed=[], skipped=[], seconds=0.0, steps=job.settings.total_steps

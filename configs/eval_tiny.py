@@ -1,0 +1,46 @@
+"""A tiny evaluation for tests and smoke runs: MAGEC vs w/o MAGEC at configs/tiny.py length (5 + 5 steps).
+
+    python -m magec_jax.evaluate --config configs/eval_tiny.py --config.bundle=BUNDLE \
+        --config.images=FACES --config.out_dir=OUT --config.ganspace=PCA.npz
+
+    python -m magec_jax.evaluate --config configs/eval_tiny.py:ifg ...   # InterFaceGAN edit only, no PCA
+
+Edits: InterFaceGAN "to male" (strength 3, scored on the images F calls female) and, unless ARG is ``ifg``,
+GANSpace component 0 on all 8 layers of a 32x32 generator (strength 2, no target: every image). The realism
+score needs more than ``realism.k`` = 3 reference images (``realism.reference_images``, default the evaluated
+images) and uses the substitute VGG16 feature unless ``realism.vgg16_weights`` is set.
+
+Runtime on a 2-core CPU with the 32x32 test bundle (tests/bundle_tools.py), 3 faces: about 2 minutes (two
+inversion jobs and two re-projection jobs of 10 steps, one compile per method). Expected result: results.json,
+results.md and figures/*.png; 10 steps reconstruct nothing well, so the numbers only test the plumbing.
+"""
+
+import ml_collections
+
+from magec_jax.inversion.protocols import job_config
+
+
+def get_config(arg: str = ""):
+    config = ml_collections.ConfigDict()
+    config.name = "eval_tiny"
+    config.bundle = ""
+    config.images = ""
+    config.out_dir = ""
+    config.num_images = 0
+    config.batch_size = 4
+    config.ganspace = ""
+    config.methods = ml_collections.ConfigDict()
+    for name, label in (("magec", "MAGEC"), ("wo_magec", "w/o MAGEC")):
+        job = job_config(name, steps_scale=0.05)
+        job.batch_size = 4
+        job.label = label
+        config.methods[name] = job
+    config.method_order = ("magec", "wo_magec")
+    config.edits = ml_collections.ConfigDict()
+    config.edits.ifg_male = dict(kind="interfacegan", attribute="Male", strength=3.0, target="Male")
+    config.edits.gs_c0 = dict(kind="ganspace", component=0, layers=(0, 8), strength=2.0, target="")
+    config.edit_order = ("ifg_male",) if arg == "ifg" else ("ifg_male", "gs_c0")
+    config.realism = ml_collections.ConfigDict(dict(k=3, clamp_percentile=50.0, reference_images="", vgg16_weights=""))
+    config.figures = ml_collections.ConfigDict(dict(num_images=3, num_extremes=1))
+    config.significance = 0.05
+    return config

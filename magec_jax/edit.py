@@ -1,0 +1,70 @@
+"""Edit inverted latents and render them: InterFaceGAN, GANSpace, interpolation.
+
+    python -m magec_jax.edit out/magec --bundle BUNDLE --out out/edits \\
+        --attribute Smiling --attribute Male --strengths -3,0,3 \\
+        --component 46 --layers 4:5 --gs-strengths -20,20 [--pca ffhq_pca.npz] \\
+        --interpolate-to out/magec/other.npz --steps 5
+
+LATENTS are the inversion job's ``<name>.npz`` files or its output folders. Each ``--attribute`` (a direction
+of the bundle) and each ``--component`` (of the GANSpace PCA: ``--pca`` or the bundle's ``ganspace`` entry;
+``--layers START:END``, end exclusive, default all) is one row of the grid, swept over its strengths.
+Per latent ``<name>`` it writes ``OUT/<name>.png`` (rows: input | reconstruction | edits; the input is found
+through the inversion's ``<name>.json``), ``OUT/<name>/<label>.npz`` (edited latents, key ``w``
+``[1, num_ws, w_dim]``) and ``OUT/<name>.json``. A rerun skips latents already done with the same edits.
+Argparse rather than a config file: this is an interactive tool whose arguments change every call (like
+``python -m ports.convert``); the library call is :func:`magec_jax.editing.render.run_edits`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from magec_jax.editing.render import Edit, EditJob, parse_floats, run_edits
+from magec_jax.errors import MagecError
+
+
+def parse_args(argv: list[str] | None = None) -> EditJob:
+    """The command line as an :class:`EditJob`."""
+    parser = argparse.ArgumentParser(prog="python -m magec_jax.edit", description=__doc__.split("\n\n")[0])
+    parser.add_argument("latents", nargs="+", help="inversion .npz files or output folders")
+    parser.add_argument("--bundle", required=True, help="model bundle (generator, directions, ganspace)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--attribute", action="append", default=[], help="InterFaceGAN direction (repeatable)")
+    parser.add_argument("--strengths", default="-3,0,3", help="InterFaceGAN strengths (default -3,0,3)")
+    parser.add_argument("--component", action="append", type=int, default=[], help="GANSpace component (repeatable)")
+    parser.add_argument("--layers", default="", help="GANSpace layers START:END, end exclusive (default all)")
+    parser.add_argument("--gs-strengths", default="-2,0,2", help="GANSpace strengths in stdevs (default -2,0,2)")
+    parser.add_argument("--pca", default="", help="GANSpace PCA file (.npz or e4e ffhq_pca.pt)")
+    parser.add_argument("--interpolate-to", default="", help="second latent: add an interpolation row")
+    parser.add_argument("--steps", type=int, default=5, help="interpolation points, t = 0..1 (default 5)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per generator call (default 8)")
+    args = parser.parse_args(argv)
+    layers = None
+    if args.layers:
+        try:
+            start, end = (int(v) for v in args.layers.split(":"))
+        except ValueError:
+            raise MagecError(f"--layers: expected START:END, got {args.layers!r}") from None
+        layers = (start, end)
+    sweeps = [tuple(Edit("interfacegan", s, attribute=a) for s in parse_floats(args.strengths, "--strengths"))
+              for a in args.attribute]
+    sweeps += [tuple(Edit("ganspace", s, component=c, layers=layers)
+                     for s in parse_floats(args.gs_strengths, "--gs-strengths")) for c in args.component]
+    if args.steps < 2 or args.batch_size < 1:
+        raise MagecError("--steps must be at least 2 and --batch-size at least 1")
+    return EditJob(bundle=args.bundle, latents=tuple(args.latents), out_dir=args.out, sweeps=tuple(sweeps),
+                   interpolate_to=args.interpolate_to, steps=args.steps, pca=args.pca, batch_size=args.batch_size)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        run_edits(parse_args(argv))
+    except MagecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

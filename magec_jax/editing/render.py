@@ -1,0 +1,414 @@
+"""Edits of inverted latents, rendered: the library behind ``python -m magec_jax.edit`` and the evaluation.
+
+Data flow::
+
+    inversion output <name>.npz (w [1, L, D], optional noise_<i>) + <name>.json (input image path)
+      --load_latent--> Latent --Editor.apply(Edit)--> edited w --Renderer--> images [N, R, R, 3] in [-1, 1]
+
+* :class:`Edit` is one additive latent edit (InterFaceGAN boundary or GANSpace component); its
+  :meth:`Edit.inverse` is the same edit with the opposite strength, as the Edit-Consistency Score needs.
+* :class:`Renderer` runs the generator's synthesis jitted on fixed-size batches (the last one padded), so
+  it compiles once per batch size. Every image is rendered with explicit noise maps: the ones the inversion
+  optimised (Image2StyleGAN++'s noise stage) where the latent file has them, else the generator's constant
+  buffers, exactly as the inversion job rendered its reconstruction.
+* :func:`run_edits` is the edit tool: per latent, a PNG grid (one row per edit sweep: input | reconstruction
+  | edits) and every edited latent as ``.npz`` (key ``w``, the inversion's noise maps copied along).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from magec_jax import images as imio
+from magec_jax.editing.directions import GanSpace, ganspace_edit, interfacegan_edit, interpolate, load_ganspace
+from magec_jax.errors import FileFormatError, MagecError
+
+EditKind = Literal["interfacegan", "ganspace"]
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.+-]")
+
+
+# ---- latents -----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Latent:
+    """One inverted latent as the inversion job wrote it.
+
+    Attributes:
+      name: the file's stem (the job's output name).
+      path: the ``.npz`` file.
+      w_LxD: float32 ``[num_ws, w_dim]``.
+      noise: the noise maps the inversion optimised (``[h, w]`` each, ``noise_shapes`` order), or None.
+      image: the input image named by the inversion's ``<name>.json``, or None when there is no JSON.
+    """
+
+    name: str
+    path: Path
+    w_LxD: np.ndarray
+    noise: tuple[np.ndarray, ...] | None
+    image: Path | None
+
+
+def load_latent(path: str | Path) -> Latent:
+    """Reads an inversion ``.npz`` (key ``w`` ``[1, L, D]`` or ``[L, D]``, optional ``noise_<i>``) and the
+    ``image`` entry of the ``.json`` beside it."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError) as e:
+        raise FileFormatError(path, f"unreadable latent file ({e.__class__.__name__}: {e})") from None
+    if "w" not in arrays:
+        raise FileFormatError(path, f"no key 'w' (found {', '.join(sorted(arrays)) or 'nothing'})")
+    w = np.asarray(arrays["w"], np.float32)
+    if w.ndim == 3 and w.shape[0] == 1:
+        w = w[0]
+    if w.ndim != 2 or not np.all(np.isfinite(w)):
+        raise FileFormatError(path, f"'w' must be a finite [1, num_ws, w_dim] latent, got shape {arrays['w'].shape}")
+    count = sum(1 for k in arrays if re.fullmatch(r"noise_\d+", k))
+    missing = [i for i in range(count) if f"noise_{i}" not in arrays]
+    if missing:
+        raise FileFormatError(path, f"noise maps are not numbered 0..{count - 1} (missing noise_{missing[0]})")
+    noise = tuple(np.asarray(arrays[f"noise_{i}"], np.float32) for i in range(count)) or None
+    image = None
+    record = path.with_suffix(".json")
+    if record.is_file():
+        try:
+            source = json.loads(record.read_text()).get("image")
+        except (OSError, ValueError) as e:
+            raise FileFormatError(record, f"unreadable inversion record ({e})") from None
+        image = Path(source) if source else None
+    return Latent(name=path.stem, path=path, w_LxD=w, noise=noise, image=image)
+
+
+def list_latents(sources: Sequence[str | Path]) -> list[Path]:
+    """The ``.npz`` latents named by ``sources``: files as given, folders (inversion outputs) by their sorted
+    top-level ``*.npz``."""
+    found: list[Path] = []
+    for source in map(Path, sources):
+        if source.is_dir():
+            found += sorted(p for p in source.glob("*.npz") if p.is_file())
+        elif source.is_file():
+            found.append(source)
+        else:
+            raise FileFormatError(source, "no such latent file or folder")
+    if not found:
+        raise MagecError(f"{', '.join(map(str, sources))}: no .npz latents found")
+    return found
+
+
+# ---- edits -------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Edit:
+    """An additive latent edit.
+
+    Attributes:
+      kind: ``"interfacegan"`` (``w + strength * n_attribute`` on every layer, or per layer for a
+        ``[num_ws, w_dim]`` boundary) or ``"ganspace"`` (``w + strength * std_c * v_c`` on layers
+        ``[start, end)``).
+      strength: boundary units (InterFaceGAN) or standard deviations along the component (GANSpace).
+      attribute: InterFaceGAN: the direction's name in the bundle.
+      component: GANSpace: the principal component's index.
+      layers: GANSpace: ``(start, end)`` layer range, end exclusive; None for every layer.
+    """
+
+    kind: EditKind
+    strength: float
+    attribute: str = ""
+    component: int = 0
+    layers: tuple[int, int] | None = None
+
+    def inverse(self) -> "Edit":
+        """The edit that undoes this one: the opposite strength."""
+        return dataclasses.replace(self, strength=-self.strength)
+
+    @property
+    def label(self) -> str:
+        """A short file-safe name, e.g. ``ifg_Smiling_+3`` or ``gs_c46_l4-5_-20``."""
+        if self.kind == "interfacegan":
+            return _safe(f"ifg_{self.attribute}_{self.strength:+g}")
+        span = "all" if self.layers is None else f"{self.layers[0]}-{self.layers[1]}"
+        return _safe(f"gs_c{self.component}_l{span}_{self.strength:+g}")
+
+
+def _safe(text: str) -> str:
+    return _UNSAFE.sub("_", text)
+
+
+@dataclasses.dataclass(frozen=True)
+class Editor:
+    """The edits available for one generator.
+
+    Attributes:
+      num_ws, w_dim: the latent shape.
+      directions: InterFaceGAN boundaries by attribute name (``[w_dim]`` or ``[num_ws, w_dim]``).
+      pca: the GANSpace PCA of W, or None.
+      pca_source: where the PCA came from (for messages).
+    """
+
+    num_ws: int
+    w_dim: int
+    directions: Mapping[str, np.ndarray]
+    pca: GanSpace | None = None
+    pca_source: str = ""
+
+    def check(self, edit: Edit) -> None:
+        """Raises :class:`MagecError` (one line) when ``edit`` cannot be applied to this generator."""
+        if edit.kind == "interfacegan":
+            if edit.attribute not in self.directions:
+                known = ", ".join(sorted(self.directions)) or "none"
+                raise MagecError(f"no InterFaceGAN direction {edit.attribute!r} in the bundle (it has: {known})")
+            shape = self.directions[edit.attribute].shape
+            if shape not in ((self.w_dim,), (self.num_ws, self.w_dim)):
+                raise MagecError(f"direction {edit.attribute!r} has shape {shape}, the generator's latent is "
+                                 f"[{self.num_ws}, {self.w_dim}]")
+        elif edit.kind == "ganspace":
+            if self.pca is None:
+                raise MagecError("a GANSpace edit needs a PCA: give a PCA file or add 'ganspace' to the bundle")
+            if not 0 <= edit.component < len(self.pca.std):
+                raise MagecError(f"{self.pca_source}: GANSpace component {edit.component} out of range "
+                                 f"0..{len(self.pca.std) - 1}")
+            if edit.layers is not None and not 0 <= edit.layers[0] < edit.layers[1] <= self.num_ws:
+                raise MagecError(f"GANSpace layer range {edit.layers} outside 0..{self.num_ws}")
+        else:
+            raise MagecError(f"unknown edit kind {edit.kind!r} (interfacegan or ganspace)")
+
+    def apply(self, edit: Edit, ws_xLxD: np.ndarray) -> np.ndarray:
+        """``edit`` applied to latents ``[..., num_ws, w_dim]`` (float32 numpy)."""
+        ws = jnp.asarray(ws_xLxD, jnp.float32)
+        if edit.kind == "interfacegan":
+            out = interfacegan_edit(ws, jnp.asarray(self.directions[edit.attribute]), edit.strength)
+        else:
+            out = ganspace_edit(ws, self.pca, edit.component, edit.strength, edit.layers)
+        return np.asarray(out, np.float32)
+
+
+def load_pca(bundle: Any, path: str | Path | None, w_dim: int) -> tuple[GanSpace | None, str]:
+    """The GANSpace PCA from ``path`` if given, else the bundle manifest's ``ganspace`` entry, else None;
+    returned with its source. Its dimension must be ``w_dim``."""
+    if path:
+        source = Path(path)
+    elif bundle is not None and bundle.manifest.get("ganspace"):
+        source = bundle.part(bundle.manifest["ganspace"])
+    else:
+        return None, ""
+    if not source.is_file():
+        raise FileFormatError(source, "no such GANSpace PCA file")
+    pca = load_ganspace(source)
+    if pca.components.shape[1] != w_dim or pca.mean.shape != (w_dim,):
+        raise FileFormatError(source, f"PCA of {pca.components.shape[1]}-d latents, the generator's w has {w_dim}")
+    return pca, str(source)
+
+
+# ---- batched rendering -------------------------------------------------------------------------------------
+
+
+def map_batches(fn: Callable[..., Any], *args: Any, batch_size: int) -> Any:
+    """``fn`` over fixed-size batches of ``args`` (pytrees with a common leading axis), results concatenated.
+
+    The last batch is padded by repeating its last row (real data, so no special values reach ``fn``) and the
+    padding is cut from the outputs; ``fn`` (jitted by the caller) therefore sees one shape.
+    """
+    n = jax.tree.leaves(args)[0].shape[0]
+    outs = []
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        pad = batch_size - (stop - start)
+
+        def take(a):
+            a = np.asarray(a[start:stop])
+            return np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) if pad else a
+
+        out = fn(*jax.tree.map(take, args))
+        outs.append(jax.tree.map(lambda o: np.asarray(o)[: batch_size - pad], out))
+    return jax.tree.map(lambda *parts: np.concatenate(parts), *outs)
+
+
+class Renderer:
+    """G(ws, noise) on batches of ``batch_size``, jitted once.
+
+    Args:
+      synthesize: ``(variables, ws_BxLxD, noise) -> images_BxHxWxC`` (``magec_jax.bundle.synthesize_fn``).
+      variables: the generator's variables.
+      noise_const: the generator's constant noise buffers (``[h, w]`` each).
+      batch_size: images per compiled call.
+    """
+
+    def __init__(self, synthesize: Callable, variables: Any, noise_const: Sequence[Any], batch_size: int):
+        self.variables = variables
+        self.noise_const = tuple(np.asarray(n, np.float32) for n in noise_const)
+        self.batch_size = batch_size
+        self._synthesize = jax.jit(synthesize)
+
+    def noise_for(self, latents: Sequence[Latent]) -> tuple[np.ndarray, ...]:
+        """Per-layer ``[N, h, w]`` noise: each latent's own maps, or the constant buffers."""
+        layers = []
+        for i, const in enumerate(self.noise_const):
+            layers.append(np.stack([const if lat.noise is None else lat.noise[i] for lat in latents]))
+        for lat in latents:
+            if lat.noise is not None and len(lat.noise) != len(self.noise_const):
+                raise FileFormatError(lat.path, f"{len(lat.noise)} noise maps, the generator has {len(self.noise_const)}")
+        return tuple(layers)
+
+    def __call__(self, ws_NxLxD: np.ndarray, noise: tuple[np.ndarray, ...] | None = None) -> np.ndarray:
+        """Images ``[N, R, R, 3]`` (float32, [-1, 1] nominal, not clamped); ``noise`` per layer ``[N, h, w]``
+        (default: the constant buffers)."""
+        ws = np.asarray(ws_NxLxD, np.float32)
+        if noise is None:
+            noise = tuple(np.broadcast_to(n, (ws.shape[0], *n.shape)) for n in self.noise_const)
+        return map_batches(
+            lambda w, nz: self._synthesize(self.variables, w, nz), ws, tuple(noise), batch_size=self.batch_size
+        )
+
+
+def load_input(image: Path | None, resolution: int, log: Callable[[str], None]) -> np.ndarray:
+    """The inversion's input image by the job's input policy (any size accepted), or a mid-grey tile with a
+    one-line report when it is unknown or unreadable."""
+    if image is not None:
+        try:
+            return imio.load_image(image, resolution, min_size=0)
+        except FileFormatError as e:
+            log(f"warning: {e}; showing a grey tile")
+    return np.zeros((resolution, resolution, 3), np.float32)
+
+
+def blank(resolution: int) -> np.ndarray:
+    """A white tile (uint8), for padding grid rows."""
+    return np.full((resolution, resolution, 3), 255, np.uint8)
+
+
+# ---- the edit tool -----------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class EditJob:
+    """What ``python -m magec_jax.edit`` does.
+
+    Attributes:
+      bundle: model bundle (its generator renders; its directions and ``ganspace`` entry edit).
+      latents: ``.npz`` files and/or inversion output folders.
+      out_dir: output folder.
+      sweeps: rows of the grids, each a sequence of edits (e.g. one attribute at several strengths).
+      interpolate_to: a second latent; adds a row interpolating each latent towards it.
+      steps: number of interpolation points from t = 0 to t = 1.
+      pca: GANSpace PCA file (default: the bundle's ``ganspace`` entry).
+      batch_size: images per compiled generator call.
+    """
+
+    bundle: str
+    latents: tuple[str, ...]
+    out_dir: str
+    sweeps: tuple[tuple[Edit, ...], ...] = ()
+    interpolate_to: str = ""
+    steps: int = 5
+    pca: str = ""
+    batch_size: int = 8
+
+
+def run_edits(job: EditJob, *, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> dict:
+    """Renders every edit of every latent; returns ``{name: record}`` (each also written as ``<name>.json``).
+
+    Per latent ``<name>``: ``<name>.png`` (grid), ``<name>/<label>.npz`` (edited latents, key ``w``
+    ``[1, L, D]``) and ``<name>.json`` (written last: its presence with the same rows marks the latent as done,
+    so a rerun skips it).
+    """
+    from magec_jax.bundle import load_bundle, noise_buffers, synthesize_fn
+
+    if not job.sweeps and not job.interpolate_to:
+        raise MagecError("nothing to do: give InterFaceGAN, GANSpace or interpolation edits")
+    bundle = load_bundle(job.bundle)
+    cfg, variables = bundle.generator
+    pca, pca_source = load_pca(bundle, job.pca, cfg.w_dim)
+    editor = Editor(cfg.num_ws, cfg.w_dim, bundle.directions(), pca, pca_source)
+    for sweep in job.sweeps:
+        for edit in sweep:
+            editor.check(edit)
+    other = load_latent(job.interpolate_to) if job.interpolate_to else None
+    latents = [load_latent(p) for p in list_latents(job.latents)]
+    for lat in latents + ([other] if other else []):
+        if lat.w_LxD.shape != (cfg.num_ws, cfg.w_dim):
+            raise FileFormatError(lat.path, f"latent of shape {lat.w_LxD.shape}, the generator's is "
+                                            f"({cfg.num_ws}, {cfg.w_dim})")
+    rows = [[e.label for e in sweep] for sweep in job.sweeps]
+    if other is not None:
+        ts = np.linspace(0.0, 1.0, max(job.steps, 2))
+        rows.append([_safe(f"interp_{other.name}_{t:.3f}") for t in ts])
+    out = Path(job.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pending = [lat for lat in latents if not _edits_done(out, lat.name, rows)]
+    log(f"edit: {len(latents)} latents, {len(latents) - len(pending)} already done; "
+        f"{sum(map(len, rows))} edits each in {len(rows)} rows")
+    renderer = Renderer(synthesize_fn(cfg), variables, noise_buffers(cfg, variables), job.batch_size)
+    per_latent = 1 + sum(map(len, rows))
+    group = max(1, job.batch_size // per_latent)
+    results = {}
+    for g in range(0, len(pending), group):
+        chunk = pending[g: g + group]
+        ws, noise = [], []
+        for lat in chunk:
+            edited = [lat.w_LxD] + [editor.apply(e, lat.w_LxD) for sweep in job.sweeps for e in sweep]
+            if other is not None:
+                edited += [np.asarray(interpolate(lat.w_LxD, other.w_LxD, t)) for t in ts]
+            ws += edited
+            noise += [lat] * len(edited)
+        images = renderer(np.stack(ws), renderer.noise_for(noise))
+        for i, lat in enumerate(chunk):
+            mine = images[i * per_latent: (i + 1) * per_latent]
+            latents_i = ws[i * per_latent: (i + 1) * per_latent]
+            results[lat.name] = _write_latent_edits(out, lat, rows, mine, latents_i, cfg.img_resolution, log)
+        log(f"edit: {min(g + group, len(pending))}/{len(pending)} latents rendered")
+    return results
+
+
+def _edits_done(out: Path, name: str, rows: list[list[str]]) -> bool:
+    record = out / f"{name}.json"
+    if not record.is_file() or not (out / f"{name}.png").is_file():
+        return False
+    try:
+        return json.loads(record.read_text()).get("rows") == rows
+    except (OSError, ValueError):
+        return False
+
+
+def _write_latent_edits(out: Path, lat: Latent, rows: list[list[str]], images: np.ndarray,
+                        ws: list[np.ndarray], resolution: int, log: Callable[[str], None]) -> dict:
+    x = imio.to_uint8(load_input(lat.image, resolution, log))
+    recon = imio.to_uint8(images[0])
+    width = 2 + max(map(len, rows))
+    tiles, k = [], 1
+    for row in rows:
+        edited = [imio.to_uint8(images[k + j]) for j in range(len(row))]
+        tiles += [x, recon] + edited + [blank(resolution)] * (width - 2 - len(row))
+        k += len(row)
+    noise = {} if lat.noise is None else {f"noise_{i}": n for i, n in enumerate(lat.noise)}
+    labels = [label for row in rows for label in row]
+    for label, w in zip(labels, ws[1:]):
+        imio.atomic_save_npz(out / lat.name / f"{label}.npz", w=w[None].astype(np.float32), **noise)
+    imio.atomic_write_bytes(out / f"{lat.name}.png", imio.png_bytes(imio.grid(tiles, columns=width)))
+    record = dict(latent=str(lat.path), image=None if lat.image is None else str(lat.image), rows=rows,
+                  columns="input | reconstruction | edits", edited_latents=f"{lat.name}/<label>.npz")
+    imio.atomic_write_json(out / f"{lat.name}.json", record)
+    return record
+
+
+def parse_floats(text: str, what: str) -> tuple[float, ...]:
+    """``"-3,0,3"`` -> ``(-3.0, 0.0, 3.0)``; a one-line :class:`MagecError` naming ``what`` otherwise."""
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise MagecError(f"{what}: expected comma-separated numbers, got {text!r}") from None
+    if not values or not all(math.isfinite(v) for v in values):
+        raise MagecError(f"{what}: expected finite numbers, got {text!r}")
+    return values

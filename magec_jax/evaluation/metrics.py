@@ -1,0 +1,50 @@
+"""The paper's per-image editing metrics and their aggregation (METHOD.md, "Evaluation"; paper section 4.2).
+
+* Edit-Consistency Score (paper eq. 4): with ``w = p(x)``, ``x_edit = G(e(w))``, ``w' = p(x_edit)`` and
+  ``x_cyc = G(e^-1(w'))``::
+
+      ecs = 2 * LPIPS(G(w), x_cyc) / (LPIPS(G(w), x_edit) + LPIPS(x_edit, x_cyc))
+
+  0 is perfect; above 1 the cycle drifts further than either edit moved. ECS (eq. 5) is its mean over the
+  images that lack the edit's target attribute according to the descriptor F (on the real image x).
+* Improved-target score ``t = P_F(target | x_edit) - P_F(target | G(w))``: how much F's probability of the
+  targeted attribute rose with the edit (before = the reconstruction, which the edit starts from).
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from magec_jax.models.interfaces import LossKind
+
+
+def edit_consistency(lpips_gw_cyc: np.ndarray, lpips_gw_edit: np.ndarray, lpips_edit_cyc: np.ndarray) -> np.ndarray:
+    """Per-image ecs from the three LPIPS distances (float64). A zero denominator (the edit did not move the
+    image and the cycle returned exactly) gives NaN: the score is undefined there."""
+    d3, d1, d2 = (np.asarray(v, np.float64) for v in (lpips_gw_cyc, lpips_gw_edit, lpips_edit_cyc))
+    denominator = d1 + d2
+    safe = np.where(denominator > 0, denominator, 1.0)
+    return np.where(denominator > 0, 2.0 * d3 / safe, np.nan)
+
+
+def improved_target(p_before: np.ndarray, p_after: np.ndarray) -> np.ndarray:
+    """Per-image ``t = p_after - p_before`` (float64)."""
+    return np.asarray(p_after, np.float64) - np.asarray(p_before, np.float64)
+
+
+def attribute_probabilities(logits_BxK: np.ndarray, loss: LossKind) -> np.ndarray:
+    """F's probabilities: independent sigmoids for ``bce``, one softmax for ``softmax_ce``."""
+    logits = np.asarray(logits_BxK, np.float32)
+    if loss == "bce":
+        return np.asarray(jax.nn.sigmoid(logits))
+    if loss == "softmax_ce":
+        return np.asarray(jax.nn.softmax(logits, axis=-1))
+    raise ValueError(f"unknown descriptor loss {loss!r}")
+
+
+def mean_or_nan(values: np.ndarray) -> float:
+    """The mean of the finite values (NaN when there are none)."""
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if v.size else float("nan")

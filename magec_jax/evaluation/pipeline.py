@@ -1,0 +1,388 @@
+"""The evaluation run behind ``python -m magec_jax.evaluate``: inversion methods compared on reconstruction
+and editability (paper section 4.2; METHOD.md "Evaluation").
+
+Stages, per method (each one's outputs are files written atomically; a rerun skips whatever exists)::
+
+    images --descriptor F--> real/descriptor.npz        which images lack each edit's target attribute
+    references --features--> real/features.npz          the real manifold of the realism score
+    images --inversion job--> <m>/inversions/           w = p(x), G(w); MSE, LPIPS, steps, seconds
+    w --edit e, render--> <m>/edits/<e>__<name>.png     x_edit = G(e(w)) (and its latent, .npz key w)
+    x_edit --inversion job--> <m>/reprojections/        w' = p(x_edit)      (same job, same engine)
+    --> <m>/scores/<e>.npz                              LPIPS(G(w), x_edit), LPIPS(x_edit, x_cyc),
+                                                        LPIPS(G(w), x_cyc) with x_cyc = G(e^-1(w')),
+                                                        P_F(target) of G(w) and x_edit, realism features
+    --> results.json, results.md, figures/*.png         rebuilt from the files above on every run
+
+Edits are scored only on the images that lack their target attribute according to F on the real image
+(every image when the edit has no target), so the subsets are the same for every method and the paired
+t-tests pair the same images. An image that failed in any method is left out of every method's means.
+Images are rendered with the noise maps their inversion used (the optimised ones for Image2StyleGAN++'s
+noise stage, else the generator's constant buffers). One :class:`Engine` per method serves both inversion
+jobs, so each method compiles once.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from magec_jax import images as imio
+from magec_jax.editing.render import Editor, Latent, Renderer, load_latent, load_pca, map_batches
+from magec_jax.errors import FileFormatError, MagecError
+from magec_jax.evaluation.config import EditSpec, EvalConfig, MethodSpec
+from magec_jax.evaluation.features import realism_extractor
+from magec_jax.inversion import job as job_lib
+from magec_jax.inversion.engine import Engine, Networks
+from magec_jax.inversion.magec_loss import binarize
+
+Log = Callable[[str], None]
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class Evaluator:
+    """The loaded networks, compiled functions and file layout of one evaluation run.
+
+    Args:
+      cfg: the evaluation settings.
+      nets: the bundle's networks.
+      bundle: the loaded bundle (directions and GANSpace PCA).
+      log: where progress lines go.
+    """
+
+    def __init__(self, cfg: EvalConfig, nets: Networks, bundle: Any, log: Log = _stderr):
+        self.cfg, self.nets, self.log = cfg, nets, log
+        self.out = Path(cfg.out_dir)
+        pca, pca_source = load_pca(bundle, cfg.ganspace, nets.w_dim)
+        self.editor = Editor(nets.num_ws, nets.w_dim, bundle.directions(), pca, pca_source)
+        names = () if nets.descriptor is None else nets.descriptor.attribute_names
+        for spec in cfg.edits:
+            self.editor.check(spec.edit)
+            if spec.target and spec.target not in names:
+                raise MagecError(f"edit {spec.name!r}: target {spec.target!r} is not an output of the bundle's "
+                                 f"descriptor ({', '.join(names) or 'the bundle has none'})")
+        self.renderer = Renderer(nets.synthesize, nets.generator, nets.noise_init, cfg.batch_size)
+        self.extractor = realism_extractor(cfg.realism.vgg16_weights, nets.lpips_variables)
+        self._lpips = jax.jit(nets.lpips)
+        self._features = jax.jit(self.extractor.apply)
+        self._logits = None if nets.descriptor is None else jax.jit(nets.descriptor.apply)
+
+    # ---- compiled batch functions (one shape each: batches of cfg.batch_size) ------------------------------
+
+    def lpips(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """LPIPS per image pair ``[N]``."""
+        fn = lambda a, b: self._lpips(self.nets.lpips_variables, a, b)  # noqa: E731
+        return map_batches(fn, x, y, batch_size=self.cfg.batch_size)
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        """F's logits ``[N, K]``."""
+        fn = lambda a: self._logits(self.nets.descriptor.variables, a)  # noqa: E731
+        return map_batches(fn, images, batch_size=self.cfg.batch_size)
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        """Realism features ``[N, F]``."""
+        fn = lambda a: self._features(self.extractor.variables, a)  # noqa: E731
+        return map_batches(fn, images, batch_size=self.cfg.batch_size)
+
+    def probability(self, images: np.ndarray, target: str) -> np.ndarray:
+        """F's probability of ``target`` per image ``[N]``."""
+        from magec_jax.evaluation.metrics import attribute_probabilities
+
+        desc = self.nets.descriptor
+        return attribute_probabilities(self.logits(images), desc.loss)[:, desc.attribute_names.index(target)]
+
+    # ---- layout -------------------------------------------------------------------------------------------
+
+    def method_dir(self, method: MethodSpec) -> Path:
+        return self.out / method.name
+
+    def inversions(self, method: MethodSpec) -> Path:
+        return self.method_dir(method) / "inversions"
+
+    def reprojections(self, method: MethodSpec) -> Path:
+        return self.method_dir(method) / "reprojections"
+
+    def edited(self, method: MethodSpec, spec: EditSpec, name: str) -> Path:
+        """The edited image ``x_edit`` (``.png``; its latent is the ``.npz`` beside it)."""
+        return self.method_dir(method) / "edits" / f"{spec.name}__{name}.png"
+
+    def scores_file(self, method: MethodSpec, spec: EditSpec) -> Path:
+        return self.method_dir(method) / "scores" / f"{spec.name}.npz"
+
+    def load_input(self, path: Path) -> np.ndarray:
+        return imio.load_image(path, self.nets.resolution)
+
+    # ---- stage 1: the real images -------------------------------------------------------------------------
+
+    def real_images(self) -> "RealImages":
+        """Lists the evaluated images, writes ``images.txt`` and F's logits of the real images."""
+        sources = imio.list_images(self.cfg.images)
+        if self.cfg.num_images:
+            sources = sources[: self.cfg.num_images]
+        if not sources:
+            raise MagecError(f"{self.cfg.images}: no images to evaluate")
+        names = [imio.output_name(p, None) for p in sources]
+        if len(set(names)) != len(names):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            raise MagecError(f"{self.cfg.images}: several images share a file name ({', '.join(dup[:5])}); "
+                             "the evaluation names outputs by file name")
+        paths = [p.resolve() for p in sources]
+        list_file = self.out / "images.txt"
+        imio.atomic_write_bytes(list_file, ("".join(f"{p}\n" for p in paths)).encode())
+        logits = {}
+        if self.nets.descriptor is not None:
+            cache = self.out / "real" / "descriptor.npz"
+            logits = _read_rows(cache, "logits")
+            todo = [(n, p) for n, p in zip(names, paths) if n not in logits]
+            if todo:
+                self.log(f"evaluate: descriptor F on {len(todo)} real images")
+                for chunk in _chunks(todo, self.cfg.batch_size):
+                    loaded = self._load_many(chunk)
+                    if loaded:
+                        rows = self.logits(np.stack([img for _, img in loaded]))
+                        logits.update({n: r for (n, _), r in zip(loaded, rows)})
+                _write_rows(cache, "logits", logits, attribute_names=np.asarray(self.nets.descriptor.attribute_names))
+        return RealImages(names=names, paths=paths, list_file=list_file, logits=logits)
+
+    def _load_many(self, items: Sequence[tuple[str, Path]]) -> list[tuple[str, np.ndarray]]:
+        loaded = []
+        for name, path in items:
+            try:
+                loaded.append((name, self.load_input(path)))
+            except FileFormatError as e:
+                self.log(f"skipped {e}")
+        return loaded
+
+    def lacks(self, real: "RealImages", spec: EditSpec, name: str) -> bool:
+        """Whether the real image ``name`` lacks the edit's target by F (True for edits without target)."""
+        if not spec.target:
+            return True
+        if name not in real.logits:
+            return False
+        desc = self.nets.descriptor
+        hard = np.asarray(binarize(real.logits[name], desc.loss))
+        return not hard[desc.attribute_names.index(spec.target)]
+
+    def reference_features(self, real: "RealImages") -> tuple[list[str], np.ndarray]:
+        """Realism features of the real reference images (cached in ``real/features.npz``)."""
+        refs = real.paths if not self.cfg.realism.reference_images else [
+            p.resolve() for p in imio.list_images(self.cfg.realism.reference_images)]
+        cache = self.out / "real" / "features.npz"
+        rows = _read_rows(cache, "features", kind=self.extractor.name)
+        todo = [(str(p), p) for p in refs if str(p) not in rows]
+        if todo:
+            self.log(f"evaluate: realism features ({self.extractor.name}) of {len(todo)} reference images")
+            for chunk in _chunks(todo, self.cfg.batch_size):
+                loaded = self._load_many(chunk)
+                if loaded:
+                    feats = self.features(np.stack([img for _, img in loaded]))
+                    rows.update({n: f for (n, _), f in zip(loaded, feats)})
+            _write_rows(cache, "features", rows, kind=np.asarray(self.extractor.name))
+        keys = [str(p) for p in refs if str(p) in rows]
+        if len(keys) <= self.cfg.realism.k:
+            raise MagecError(f"{self.cfg.realism.reference_images or self.cfg.images}: the realism score needs more "
+                             f"than realism.k={self.cfg.realism.k} readable reference images, found {len(keys)}")
+        return keys, np.stack([rows[k] for k in keys])
+
+    # ---- stage 2: inversions --------------------------------------------------------------------------------
+
+    def job_config(self, method: MethodSpec, images: Path, out_dir: Path, name: str) -> ml_collections.ConfigDict:
+        job = ml_collections.ConfigDict(method.job.to_dict())
+        job.bundle, job.images, job.out_dir, job.name = self.cfg.bundle, str(images), str(out_dir), name
+        return job
+
+    def invert(self, method: MethodSpec, real: "RealImages", engine: Engine) -> None:
+        """p(x) for every image (the inversion job; it resumes by itself)."""
+        self.log(f"evaluate [{method.name}]: inverting the images")
+        job_lib.run(self.job_config(method, real.list_file, self.inversions(method), method.name),
+                    networks=self.nets, engine=engine, log=self.log)
+
+    def subset(self, method: MethodSpec, real: "RealImages", spec: EditSpec) -> list[str]:
+        """The images an edit is scored on for a method: inverted, and lacking the target."""
+        inv = self.inversions(method)
+        return [n for n in real.names if job_lib.is_done(inv, n) and self.lacks(real, spec, n)]
+
+    def write_edits(self, method: MethodSpec, real: "RealImages") -> Path:
+        """x_edit = G(e(w)) as PNG (and its latent) for every (edit, image) of the subsets; returns the list
+        file of the edited images to re-project."""
+        todo, wanted = [], []
+        for spec in self.cfg.edits:
+            for name in self.subset(method, real, spec):
+                path = self.edited(method, spec, name)
+                wanted.append(path)
+                if not path.is_file():
+                    todo.append((spec, name))
+        if todo:
+            self.log(f"evaluate [{method.name}]: rendering {len(todo)} edited images")
+        for chunk in _chunks(todo, self.cfg.batch_size):
+            lats = [load_latent(self.inversions(method) / f"{name}.npz") for _, name in chunk]
+            ws = np.stack([self.editor.apply(spec.edit, lat.w_LxD) for (spec, _), lat in zip(chunk, lats)])
+            images = self.renderer(ws, self.renderer.noise_for(lats))
+            for (spec, name), lat, w, img in zip(chunk, lats, ws, images):
+                path = self.edited(method, spec, name)
+                noise = {} if lat.noise is None else {f"noise_{i}": n for i, n in enumerate(lat.noise)}
+                imio.atomic_save_npz(path.with_suffix(".npz"), w=w[None], **noise)
+                imio.atomic_write_bytes(path, imio.png_bytes(img))
+        list_file = self.method_dir(method) / "reproject.txt"
+        imio.atomic_write_bytes(list_file, "".join(f"{p.resolve()}\n" for p in wanted).encode())
+        return list_file
+
+    def reproject(self, method: MethodSpec, list_file: Path, engine: Engine) -> None:
+        """w' = p(x_edit) with the method's own inversion (the same job and engine)."""
+        if not list_file.read_text().strip():
+            self.log(f"evaluate [{method.name}]: no edited images to re-project")
+            return
+        self.log(f"evaluate [{method.name}]: re-projecting the edited images")
+        job_lib.run(self.job_config(method, list_file, self.reprojections(method), f"{method.name}-reproject"),
+                    networks=self.nets, engine=engine, log=self.log)
+
+    # ---- stage 3: per-image scores ---------------------------------------------------------------------------
+
+    def score(self, method: MethodSpec, real: "RealImages") -> None:
+        """LPIPS triple, F probabilities and realism features of every scored (edit, image); cached per edit."""
+        for spec in self.cfg.edits:
+            names = [n for n in self.subset(method, real, spec)
+                     if job_lib.is_done(self.reprojections(method), f"{spec.name}__{n}")]
+            path = self.scores_file(method, spec)
+            cached = read_scores(path, self.extractor.name)
+            todo = [n for n in names if n not in cached]
+            if not todo:
+                continue
+            self.log(f"evaluate [{method.name}]: scoring {spec.name} on {len(todo)} images")
+            t0 = time.perf_counter()
+            for done, chunk in enumerate(_chunks(todo, self.cfg.batch_size), start=1):
+                cached.update(self._score_chunk(method, spec, chunk))
+                write_scores(path, cached, self.extractor.name)
+                elapsed = time.perf_counter() - t0
+                left = elapsed / done * (-(-len(todo) // self.cfg.batch_size) - done)
+                self.log(f"evaluate [{method.name}] {spec.name}: {min(done * self.cfg.batch_size, len(todo))}/"
+                         f"{len(todo)} scored, {elapsed:.0f} s, ETA {left:.0f} s")
+
+    def _score_chunk(self, method: MethodSpec, spec: EditSpec, names: Sequence[str]) -> dict[str, dict]:
+        lats = [load_latent(self.inversions(method) / f"{n}.npz") for n in names]
+        again = [load_latent(self.reprojections(method) / f"{spec.name}__{n}.npz") for n in names]
+        w = np.stack([lat.w_LxD for lat in lats])
+        noise, noise_again = self.renderer.noise_for(lats), self.renderer.noise_for(again)
+        x_gw = self.renderer(w, noise)
+        x_edit = self.renderer(self.editor.apply(spec.edit, w), noise)
+        x_cyc = self.renderer(self.editor.apply(spec.edit.inverse(), np.stack([a.w_LxD for a in again])), noise_again)
+        rows = dict(
+            lpips_gw_edit=self.lpips(x_gw, x_edit),
+            lpips_edit_cyc=self.lpips(x_edit, x_cyc),
+            lpips_gw_cyc=self.lpips(x_gw, x_cyc),
+            features=self.features(x_edit),
+        )
+        if spec.target:
+            rows["p_before"] = self.probability(x_gw, spec.target)
+            rows["p_after"] = self.probability(x_edit, spec.target)
+        else:
+            rows["p_before"] = rows["p_after"] = np.full(len(names), np.nan, np.float32)
+        return {n: {k: v[i] for k, v in rows.items()} for i, n in enumerate(names)}
+
+    # ---- rendering for the figures -------------------------------------------------------------------------
+
+    def latent(self, method: MethodSpec, name: str, spec: EditSpec | None = None) -> Latent:
+        """The inversion of an image, or (with ``spec``) of its edited image."""
+        if spec is None:
+            return load_latent(self.inversions(method) / f"{name}.npz")
+        return load_latent(self.reprojections(method) / f"{spec.name}__{name}.npz")
+
+
+class RealImages:
+    """The evaluated images: output names, absolute paths, the list file the jobs read, and F's logits of
+    the readable ones (empty without a descriptor)."""
+
+    def __init__(self, names: list[str], paths: list[Path], list_file: Path, logits: dict[str, np.ndarray]):
+        self.names, self.paths, self.list_file, self.logits = names, paths, list_file, logits
+        self.path_of = dict(zip(names, paths))
+
+
+# ---- small cache files: {key: row} as one atomic .npz ------------------------------------------------------
+
+SCORE_KEYS = ("lpips_gw_edit", "lpips_edit_cyc", "lpips_gw_cyc", "p_before", "p_after", "features")
+
+
+def _read_rows(path: Path, key: str, kind: str | None = None) -> dict[str, np.ndarray]:
+    """``{name: row}`` from a cache written by :func:`_write_rows` (empty when absent or of another kind)."""
+    if not path.is_file():
+        return {}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if kind is not None and str(z["kind"]) != kind:
+                return {}
+            return dict(zip(map(str, z["names"]), z[key]))
+    except (OSError, ValueError, KeyError) as e:
+        raise FileFormatError(path, f"unreadable evaluation cache ({e}); delete it to recompute") from None
+
+
+def _write_rows(path: Path, key: str, rows: dict[str, np.ndarray], **extra: np.ndarray) -> None:
+    names = sorted(rows)
+    imio.atomic_save_npz(path, names=np.asarray(names, dtype=str), **{key: np.stack([rows[n] for n in names])}, **extra)
+
+
+def read_scores(path: Path, kind: str) -> dict[str, dict[str, np.ndarray]]:
+    """Per-image scores of one (method, edit): ``{name: {key: value}}`` (empty when absent or computed with
+    another realism feature)."""
+    if not path.is_file():
+        return {}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["kind"]) != kind:
+                return {}
+            names = list(map(str, z["names"]))
+            return {n: {k: z[k][i] for k in SCORE_KEYS} for i, n in enumerate(names)}
+    except (OSError, ValueError, KeyError) as e:
+        raise FileFormatError(path, f"unreadable scores file ({e}); delete it to recompute") from None
+
+
+def write_scores(path: Path, scores: dict[str, dict[str, np.ndarray]], kind: str) -> None:
+    names = sorted(scores)
+    arrays = {k: np.stack([np.asarray(scores[n][k], np.float32) for n in names]) for k in SCORE_KEYS}
+    imio.atomic_save_npz(path, names=np.asarray(names, dtype=str), kind=np.asarray(kind), **arrays)
+
+
+def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[i: i + size] for i in range(0, len(items), size)]
+
+
+# ---- the run -------------------------------------------------------------------------------------------------
+
+
+def run(config: ml_collections.ConfigDict, *, networks: Networks | None = None, log: Log = _stderr) -> dict:
+    """Runs (or resumes) the evaluation described by ``config``; returns the results (also ``results.json``).
+
+    Args:
+      config: an evaluation config (``configs/eval_*.py``).
+      networks: the bundle's networks if already built (tests); by default the bundle is loaded.
+      log: where progress lines go.
+    """
+    from magec_jax.bundle import load_bundle
+    from magec_jax.evaluation import report
+
+    cfg = EvalConfig.from_config(config)
+    bundle = load_bundle(cfg.bundle)
+    nets = networks if networks is not None else bundle.networks()
+    ev = Evaluator(cfg, nets, bundle, log)
+    t0 = time.perf_counter()
+    real = ev.real_images()
+    reference = ev.reference_features(real)
+    log(f"evaluate: {len(real.names)} images, {len(cfg.methods)} methods, {len(cfg.edits)} edits -> {ev.out}")
+    for method in cfg.methods:
+        engine = Engine(nets, job_lib.JobConfig.from_config(ev.job_config(method, real.list_file, ev.out, "")).settings)
+        ev.invert(method, real, engine)
+        list_file = ev.write_edits(method, real)
+        ev.reproject(method, list_file, engine)
+        ev.score(method, real)
+        log(f"evaluate [{method.name}]: done, {time.perf_counter() - t0:.0f} s since start")
+    results = report.build(ev, real, reference)
+    report.write(ev, real, results)
+    log(f"evaluate: results in {ev.out / 'results.md'} ({time.perf_counter() - t0:.0f} s)")
+    return results

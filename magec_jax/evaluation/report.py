@@ -1,0 +1,300 @@
+"""The evaluation report: per-image numbers, means, paired t-tests, the Markdown table and the figures.
+
+``results.json``::
+
+    realism_features   {name, description, substitute}: which feature the realism score used
+    methods            {m: {label, images: {name: {mse, lpips, steps, seconds}},
+                            edits: {e: {name: {ecs, lpips_gw_edit, lpips_edit_cyc, lpips_gw_cyc,
+                                               p_before, p_after, t, realism}}}}}
+    common             {reconstruction: [names], edits: {e: [names]}}: the images every method has
+    means              {m: {mse, lpips, steps, seconds, ecs/<e>, realism/<e>, t/<e>}}: over ``common``
+    ttests             {metric: {m: {statistic, p_value, df, mean_difference, n}}}: each method against
+                       the reference method (the first), paired over ``common``
+
+``results.md`` holds the table in the paper's layout (rows = methods; MSE, LPIPS, steps, s/image, ECS per
+edit, realism per edit, t per targeted edit; a value is bold when it is the best of its column and its paired
+t-test against every other method has p below ``significance``) and the p-values. Figures (``figures/``):
+``comparison.png`` (paper Fig. 3: per image, one row per method: input | G(w) | G(e(w)) per edit) and
+``ecs_<method>_<edit>.png`` (paper Fig. 4b: the best then the worst ecs images: x | G(w) | x_edit | x_cyc).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from magec_jax import images as imio
+from magec_jax.evaluation.metrics import edit_consistency, improved_target, mean_or_nan
+from magec_jax.evaluation.stats import paired_ttest
+from magec_jax.inversion import job as job_lib
+from magec_jax.metrics.realism import evaluate as realism_evaluate, fit_manifold
+
+if TYPE_CHECKING:
+    from magec_jax.evaluation.pipeline import Evaluator, RealImages
+
+# metric key prefix -> (column title, format, higher is better)
+_COLUMNS = {
+    "mse": ("MSE", "{:.4f}", False),
+    "lpips": ("LPIPS", "{:.3f}", False),
+    "steps": ("steps", "{:.0f}", None),
+    "seconds": ("s/image", "{:.2f}", None),
+    "ecs": ("ECS", "{:.3f}", False),
+    "realism": ("realism", "{:.3f}", True),
+    "t": ("t", "{:.3f}", True),
+}
+
+
+def _read_json(path) -> dict:
+    import json
+
+    return json.loads(path.read_text())
+
+
+def build(ev: "Evaluator", real: "RealImages", reference: tuple[list[str], np.ndarray]) -> dict[str, Any]:
+    """Collects every per-image number from the stage files and computes means and t-tests."""
+    from magec_jax.evaluation.pipeline import read_scores
+
+    cfg = ev.cfg
+    manifold = fit_manifold(reference[1], k=cfg.realism.k, clamp_to_percentile=cfg.realism.clamp_percentile)
+    methods: dict[str, Any] = {}
+    for method in cfg.methods:
+        inv = ev.inversions(method)
+        images = {}
+        for name in real.names:
+            if job_lib.is_done(inv, name):
+                rec = _read_json(inv / f"{name}.json")
+                images[name] = dict(mse=rec["losses"]["mse"], lpips=rec["losses"]["lpips"], steps=rec["steps"],
+                                    seconds=rec["seconds"])
+        edits = {}
+        for spec in cfg.edits:
+            scores = read_scores(ev.scores_file(method, spec), ev.extractor.name)
+            names = [n for n in real.names if n in scores]
+            rows: dict[str, dict] = {}
+            if names:
+                col = {k: np.asarray([scores[n][k] for n in names], np.float64) for k in next(iter(scores.values()))}
+                ecs = edit_consistency(col["lpips_gw_cyc"], col["lpips_gw_edit"], col["lpips_edit_cyc"])
+                t = improved_target(col["p_before"], col["p_after"])
+                realism = realism_evaluate(manifold, col["features"].astype(np.float32)).realism
+                for i, n in enumerate(names):
+                    rows[n] = dict(ecs=ecs[i], t=t[i], realism=float(realism[i]),
+                                   **{k: float(col[k][i]) for k in
+                                      ("lpips_gw_edit", "lpips_edit_cyc", "lpips_gw_cyc", "p_before", "p_after")})
+            edits[spec.name] = rows
+        methods[method.name] = dict(label=method.label, images=images, edits=edits)
+
+    common_rec = [n for n in real.names if all(n in methods[m.name]["images"] for m in cfg.methods)]
+    common_edits = {s.name: [n for n in real.names if all(n in methods[m.name]["edits"][s.name] for m in cfg.methods)]
+                    for s in cfg.edits}
+    per_image = {m.name: _per_image_columns(methods[m.name], cfg, common_rec, common_edits) for m in cfg.methods}
+    means = {m: {k: mean_or_nan(v) for k, v in cols.items()} for m, cols in per_image.items()}
+    reference_method = cfg.methods[0].name
+    ttests: dict[str, dict] = {}
+    for key in per_image[reference_method]:
+        if key in ("steps", "seconds"):
+            continue
+        ttests[key] = {}
+        for m in cfg.methods[1:]:
+            a, b = per_image[reference_method][key], per_image[m.name][key]
+            ok = np.isfinite(a) & np.isfinite(b)
+            ttests[key][m.name] = paired_ttest(a[ok], b[ok])._asdict()
+    pairwise = {key: _pairwise_p(per_image, key) for key in ttests}
+    return dict(
+        name=cfg.name,
+        bundle=cfg.bundle,
+        images=len(real.names),
+        reference_method=reference_method,
+        realism_features=dict(name=ev.extractor.name, description=ev.extractor.description,
+                              substitute=ev.extractor.substitute, k=cfg.realism.k,
+                              clamp_percentile=cfg.realism.clamp_percentile, reference_images=len(reference[0])),
+        edits={s.name: dict(kind=s.edit.kind, attribute=s.edit.attribute, component=s.edit.component,
+                            layers=s.edit.layers, strength=s.edit.strength, target=s.target) for s in cfg.edits},
+        methods=methods,
+        common=dict(reconstruction=common_rec, edits=common_edits),
+        means=means,
+        ttests=ttests,
+        pairwise_p=pairwise,
+        significance=cfg.significance,
+    )
+
+
+def _per_image_columns(method: dict, cfg, common_rec: list[str], common_edits: dict[str, list[str]]) -> dict:
+    """Every metric of one method as an array over the common images (NaN where undefined)."""
+    cols = {k: np.asarray([method["images"][n][k] for n in common_rec], np.float64)
+            for k in ("mse", "lpips", "steps", "seconds")}
+    for spec in cfg.edits:
+        rows = method["edits"][spec.name]
+        names = common_edits[spec.name]
+        cols[f"ecs/{spec.name}"] = np.asarray([rows[n]["ecs"] for n in names], np.float64)
+    for spec in cfg.edits:
+        rows = method["edits"][spec.name]
+        cols[f"realism/{spec.name}"] = np.asarray([rows[n]["realism"] for n in common_edits[spec.name]], np.float64)
+    for spec in cfg.edits:
+        if spec.target:
+            rows = method["edits"][spec.name]
+            cols[f"t/{spec.name}"] = np.asarray([rows[n]["t"] for n in common_edits[spec.name]], np.float64)
+    return cols
+
+
+def _pairwise_p(per_image: dict[str, dict], key: str) -> dict[str, dict[str, float]]:
+    """Two-sided p of the paired t-test between every two methods on one metric."""
+    out: dict[str, dict[str, float]] = {}
+    for a in per_image:
+        out[a] = {}
+        for b in per_image:
+            if a != b:
+                x, y = per_image[a][key], per_image[b][key]
+                ok = np.isfinite(x) & np.isfinite(y)
+                out[a][b] = paired_ttest(x[ok], y[ok]).p_value
+    return out
+
+
+# ---- Markdown ----------------------------------------------------------------------------------------------
+
+
+def _title(key: str) -> str:
+    kind, _, edit = key.partition("/")
+    title = _COLUMNS[kind][0]
+    if kind == "realism":
+        title += "†"
+    return f"{title} {edit}" if edit else title
+
+
+def _best_is_significant(results: dict, key: str, method: str) -> bool:
+    kind = key.partition("/")[0]
+    higher = _COLUMNS[kind][2]
+    if higher is None or key not in results["pairwise_p"]:
+        return False
+    values = {m: results["means"][m][key] for m in results["means"]}
+    if not all(math.isfinite(v) for v in values.values()):
+        return False
+    best = max(values, key=values.get) if higher else min(values, key=values.get)
+    if best != method:
+        return False
+    ps = results["pairwise_p"][key][method].values()
+    return all(math.isfinite(p) and p < results["significance"] for p in ps)
+
+
+def markdown(results: dict) -> str:
+    """The report as Markdown."""
+    methods = list(results["means"])
+    keys = list(results["means"][methods[0]])
+    feat = results["realism_features"]
+    lines = [f"# Evaluation {results['name']}".rstrip(), ""]
+    lines.append(f"{results['images']} images; bundle `{results['bundle']}`; reference method "
+                 f"`{results['reference_method']}`. Means over the images that every method inverted "
+                 f"({len(results['common']['reconstruction'])}); ECS, realism and t over the images lacking each "
+                 "edit's target attribute (by the descriptor F on the real image).")
+    lines.append("")
+    head = ["method"] + [_title(k) for k in keys]
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("| " + " | ".join("---" for _ in head) + " |")
+    for m in methods:
+        cells = [results["methods"][m]["label"]]
+        for k in keys:
+            v = results["means"][m][k]
+            text = _COLUMNS[k.partition("/")[0]][1].format(v) if math.isfinite(v) else "n/a"
+            cells.append(f"**{text}**" if _best_is_significant(results, k, m) else text)
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(f"† realism score (k = {feat['k']}, radii pruned at percentile {feat['clamp_percentile']}, "
+                 f"{feat['reference_images']} real reference images) on features `{feat['name']}`: "
+                 f"{feat['description']}.")
+    lines.append("")
+    lines.append("Images scored per edit: " + ", ".join(
+        f"{e} ({len(n)}{', target ' + results['edits'][e]['target'] if results['edits'][e]['target'] else ''})"
+        for e, n in results["common"]["edits"].items()) + ".")
+    lines.append("")
+    if len(methods) > 1:
+        tested = [k for k in keys if k in results["ttests"]]
+        lines.append(f"Paired Student's t-tests against {results['methods'][results['reference_method']]['label']} "
+                     "(two-sided p; t statistic; bold: p < " + f"{results['significance']}):")
+        lines.append("")
+        lines.append("| method | " + " | ".join(_title(k) for k in tested) + " |")
+        lines.append("| --- | " + " | ".join("---" for _ in tested) + " |")
+        for m in methods[1:]:
+            cells = []
+            for k in tested:
+                r = results["ttests"][k][m]
+                if not math.isfinite(r["p_value"]):
+                    cells.append("n/a")
+                    continue
+                text = f"p={r['p_value']:.3g} (t={r['statistic']:.2f}, n={r['n']})"
+                cells.append(f"**{text}**" if r["p_value"] < results["significance"] else text)
+            lines.append(f"| {results['methods'][m]['label']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines.append("Figures: `figures/comparison.png` (per image, one row per method in table order: input | G(w) | "
+                 "G(e(w)) for " + ", ".join(results["edits"]) + "); `figures/ecs_<method>_<edit>.png` (best then "
+                 "worst ecs: x | G(w) | x_edit | x_cyc).")
+    return "\n".join(lines) + "\n"
+
+
+# ---- writing ---------------------------------------------------------------------------------------------------
+
+
+def write(ev: "Evaluator", real: "RealImages", results: dict) -> None:
+    """``results.json`` (non-finite numbers as null), ``results.md`` and the figures, atomically."""
+    imio.atomic_write_json(ev.out / "results.json", _jsonable(results))
+    imio.atomic_write_bytes(ev.out / "results.md", markdown(results).encode())
+    _comparison_figure(ev, real, results)
+    for method in ev.cfg.methods:
+        for spec in ev.cfg.edits:
+            _ecs_figure(ev, real, results, method, spec)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def _comparison_figure(ev: "Evaluator", real: "RealImages", results: dict) -> None:
+    names = results["common"]["reconstruction"][: ev.cfg.figures.num_images]
+    if not names:
+        return
+    ws, lats, tiles_x = [], [], {}
+    for name in names:
+        tiles_x[name] = imio.to_uint8(ev.load_input(real.path_of[name]))
+        for method in ev.cfg.methods:
+            lat = ev.latent(method, name)
+            ws += [lat.w_LxD] + [ev.editor.apply(s.edit, lat.w_LxD) for s in ev.cfg.edits]
+            lats += [lat] * (1 + len(ev.cfg.edits))
+    images = ev.renderer(np.stack(ws), ev.renderer.noise_for(lats))
+    per_row = 1 + len(ev.cfg.edits)
+    tiles, k = [], 0
+    for name in names:
+        for _ in ev.cfg.methods:
+            tiles += [tiles_x[name]] + [imio.to_uint8(img) for img in images[k: k + per_row]]
+            k += per_row
+    path = ev.out / "figures" / "comparison.png"
+    imio.atomic_write_bytes(path, imio.png_bytes(imio.grid(tiles, columns=1 + per_row)))
+
+
+def _ecs_figure(ev: "Evaluator", real: "RealImages", results: dict, method, spec) -> None:
+    rows = results["methods"][method.name]["edits"][spec.name]
+    ranked = sorted((v["ecs"], n) for n, v in rows.items() if math.isfinite(v["ecs"]))
+    count = ev.cfg.figures.num_extremes
+    chosen = [n for _, n in ranked] if len(ranked) <= 2 * count else [n for _, n in ranked[:count] + ranked[-count:]]
+    if not chosen:
+        return
+    lats = [ev.latent(method, n) for n in chosen]
+    again = [ev.latent(method, n, spec) for n in chosen]
+    w = np.stack([lat.w_LxD for lat in lats])
+    noise = ev.renderer.noise_for(lats)
+    x_gw = ev.renderer(w, noise)
+    x_edit = ev.renderer(ev.editor.apply(spec.edit, w), noise)
+    x_cyc = ev.renderer(ev.editor.apply(spec.edit.inverse(), np.stack([a.w_LxD for a in again])),
+                        ev.renderer.noise_for(again))
+    tiles = []
+    for i, name in enumerate(chosen):
+        tiles += [imio.to_uint8(ev.load_input(real.path_of[name]))] + [
+            imio.to_uint8(img[i]) for img in (x_gw, x_edit, x_cyc)]
+    path = ev.out / "figures" / f"ecs_{method.name}_{spec.name}.png"
+    imio.atomic_write_bytes(path, imio.png_bytes(imio.grid(tiles, columns=4)))

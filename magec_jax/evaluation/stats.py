@@ -1,0 +1,93 @@
+"""Paired Student's t-test (the paper's significance test between inversion methods), without scipy.
+
+The two-sided p-value of ``t`` with ``df`` degrees of freedom is the regularised incomplete beta function
+``I_x(df / 2, 1 / 2)`` at ``x = df / (df + t^2)``, evaluated by its continued fraction (modified Lentz), with
+the symmetry ``I_x(a, b) = 1 - I_{1-x}(b, a)`` where the fraction converges slowly. Float64 throughout;
+agrees with ``scipy.stats`` to about 1e-13 (checked in the tests).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+_TINY = 1e-300
+_EPS = 1e-15
+
+
+def _beta_fraction(a: float, b: float, x: float) -> float:
+    """The continued fraction of ``I_x(a, b)`` (converges fast for ``x < (a + 1) / (a + b + 2)``)."""
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > _TINY else _TINY)
+    h = d
+    for m in range(1, 10_000):
+        m2 = 2 * m
+        for num in (m * (b - m) * x / ((qam + m2) * (a + m2)), -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > _TINY else _TINY)
+            c = 1.0 + num / c
+            c = c if abs(c) > _TINY else _TINY
+            h *= d * c
+        if abs(d * c - 1.0) < _EPS:
+            return h
+    raise ArithmeticError(f"incomplete beta continued fraction did not converge (a={a}, b={b}, x={x})")
+
+
+def betainc(a: float, b: float, x: float) -> float:
+    """The regularised incomplete beta function ``I_x(a, b)`` for ``a, b > 0`` and ``0 <= x <= 1``."""
+    if not (a > 0 and b > 0 and 0.0 <= x <= 1.0):
+        raise ValueError(f"betainc needs a, b > 0 and 0 <= x <= 1, got a={a}, b={b}, x={x}")
+    if x in (0.0, 1.0):
+        return x
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _beta_fraction(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _beta_fraction(b, a, 1.0 - x) / b
+
+
+def student_t_two_sided_p(t: float, df: float) -> float:
+    """``P(|T| >= |t|)`` for Student's T with ``df`` degrees of freedom (0 for infinite ``t``)."""
+    if math.isnan(t) or not df > 0:
+        return math.nan
+    if math.isinf(t):
+        return 0.0
+    return betainc(df / 2.0, 0.5, df / (df + t * t))
+
+
+class TTest(NamedTuple):
+    """A paired t-test of ``a - b``.
+
+    Attributes:
+      statistic: ``mean(d) / (std(d, ddof=1) / sqrt(n))``; ``±inf`` when every difference is the same
+        non-zero value, NaN when there are none or all are zero (as scipy).
+      p_value: two-sided.
+      df: ``n - 1``.
+      mean_difference: ``mean(a - b)``.
+      n: number of pairs.
+    """
+
+    statistic: float
+    p_value: float
+    df: int
+    mean_difference: float
+    n: int
+
+
+def paired_ttest(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> TTest:
+    """Paired Student's t-test of two equally long samples (``scipy.stats.ttest_rel`` semantics, two-sided)."""
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    if d.ndim != 1:
+        raise ValueError(f"paired samples must be 1-D and of equal length, got {np.shape(a)} and {np.shape(b)}")
+    n = d.size
+    if n < 2:
+        return TTest(math.nan, math.nan, max(n - 1, 0), float(d.mean()) if n else math.nan, n)
+    mean = float(d.mean())
+    se = float(d.std(ddof=1)) / math.sqrt(n)
+    if se == 0.0:
+        statistic = math.nan if mean == 0.0 else math.copysign(math.inf, mean)
+    else:
+        statistic = mean / se
+    return TTest(statistic, student_t_two_sided_p(statistic, n - 1), n - 1, mean, n)
