@@ -103,7 +103,8 @@ def write_torch_zip(path: Path, obj: dict) -> Path:
     def wrap(x):
         if isinstance(x, dict):
             return OrderedDict((k, wrap(v)) for k, v in x.items())
-        storage = _Storage(str(len(storages)), np.ascontiguousarray(x))
+        x = np.array(x, order="C")  # a copy; np.ascontiguousarray would turn a 0-d array into 1-d
+        storage = _Storage(str(len(storages)), x)
         storages.append(storage)
         return _Tensor(storage)
 

@@ -137,6 +137,18 @@ class LPIPSOutput(NamedTuple):
         return None if self.spatial_layers_Bx5xHxW is None else self.spatial_layers_Bx5xHxW.sum(axis=1)
 
 
+def max_pool_2x2(x_BxHxWxC: jax.Array) -> jax.Array:
+    """2x2/2 max-pool, floor mode (an odd last row/column is dropped), as a reshape and a max.
+
+    Same values as ``nn.max_pool``; its gradient is a mask instead of XLA's select-and-scatter, which made
+    LPIPS forward + backward at 256x256 about 8% slower on CPU. (At ties the gradient is shared instead of
+    going to one element; ties come from ReLU zeros, whose gradient is zero anyway.)
+    """
+    b, h, w, c = x_BxHxWxC.shape
+    x = x_BxHxWxC[:, : h // 2 * 2, : w // 2 * 2]
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
 class VGG16Features(nn.Module):
     """torchvision's ``vgg16().features`` up to relu5_3; returns the five ReLU taps (raw, not normalised)."""
 
@@ -148,7 +160,7 @@ class VGG16Features(nn.Module):
         taps = []
         for stage, (convs, width) in enumerate(zip(VGG16_STAGES, VGG16_WIDTHS)):
             if stage:
-                x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")  # floor mode
+                x = max_pool_2x2(x)
             for index in convs:
                 conv = nn.Conv(width, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, name=str(index))
                 x = nn.relu(conv(x))
