@@ -83,3 +83,11 @@ def test_identity_apply_is_stable_per_dtype(variables):
 def test_rejects_wrong_input_size(variables):
     with pytest.raises(ValueError, match=r"\[B, 112, 112, 3\]"):
         irse50.IRSE50().apply(variables, jnp.zeros((1, 128, 128, 3)))
+
+
+def test_bfloat16_option_is_close(cases, variables):
+    x = _images(cases["x112_u8"][:2])
+    out = jax.jit(irse50.IRSE50(dtype=jnp.bfloat16).apply)(variables, x)
+    assert out.embedding_BxE.dtype == jnp.float32
+    cos = jnp.sum(out.embedding_BxE * cases["feat"][:2], axis=-1)
+    assert np.all(np.asarray(cos) > 0.999), cos  # measured 0.99993
