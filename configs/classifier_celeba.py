@@ -4,8 +4,8 @@
         --config.images=celeba/img_align_celeba --config.attributes=celeba/list_attr_celeba.txt \
         --config.init_weights=weights/resnet50_imagenet --config.workdir=runs/classifier_celeba
 
-``init_weights``: a converted torchvision ImageNet ResNet-50 (``python -m ports.loss_nets resnet50
-resnet50-0676ba61.pth weights/resnet50_imagenet``) for every layer but the head; leave it empty to train from
+``init_weights``: a converted torchvision ImageNet ResNet-50 (``python -m ports.convert
+resnet50-0676ba61.pth weights/resnet50_imagenet --format resnet50``) for every layer but the head; leave it empty to train from
 scratch (much worse). Schedule: 2 epochs of the last layer at lr 0.02, then 4 epochs of all layers with
 discriminative lrs 0.002..0.02 (AdamW, one cycle per phase), 224x224, batch 64: about 19k steps on the ~203k
 CelebA images, a few hours on one H100 (image decoding bound), far too long for a CPU. A well-trained CelebA

@@ -1,16 +1,21 @@
 """Convert a foreign checkpoint into the project's converted-weights format.
 
     python -m ports.convert SRC DST [--format FORMAT] [--network G_ema] [--overwrite]
+    python -m ports.convert vgg16.pth DST --format lpips-vgg16 --heads vgg.pth   # torchvision trunk + lpips heads
+    python -m ports.convert resnet50.pth DST --format resnet50 --attributes Male,Smiling --image-size 224
 
 FORMAT is detected from the file when not given. Each format maps to a converter function
-``convert(src: Path, *, network: str | None) -> magec_jax.weights.Converted`` in the module named below;
-the module does the reading (via ``ports.pickles`` / ``ports.torch_files``) and its name table.
+``convert(src: Path, *, network: str | None, **options) -> magec_jax.weights.Converted`` in the module named
+below; the module does the reading (via ``ports.pickles`` / ``ports.torch_files``) and its name table.
+Format-specific options (``--heads``, ``--attributes``, ``--image-size``) are passed only to the converters that
+take them.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import sys
 import time
 from pathlib import Path
@@ -41,13 +46,22 @@ def converter_for(fmt: str):
     return getattr(importlib.import_module(module), func)
 
 
-def convert(src: str | Path, *, fmt: str | None = None, network: str | None = None) -> Converted:
-    """Reads ``src`` (format detected when ``fmt`` is None) and returns the converted network."""
+def convert(src: str | Path, *, fmt: str | None = None, network: str | None = None, **options) -> Converted:
+    """Reads ``src`` (format detected when ``fmt`` is None) and returns the converted network.
+
+    ``options`` (None values ignored) go to the format's converter; one it does not take is an error.
+    """
     from ports.detect import detect_format
 
     src = Path(src)
     fmt = fmt or detect_format(src)
-    return converter_for(fmt)(src, network=network)
+    func = converter_for(fmt)
+    options = {k: v for k, v in options.items() if v is not None}
+    unknown = sorted(set(options) - set(inspect.signature(func).parameters))
+    if unknown:
+        flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
+        raise MagecError(f"{src}: {flags} does not apply to format {fmt}")
+    return func(src, network=network, **options)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,11 +72,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--network", help="which network of a multi-network file (StyleGAN2 pickles: G_ema (default), G, D)"
     )
+    parser.add_argument("--heads", type=Path,
+                        help="lpips-vgg16: lpips' vgg.pth lin heads, when SRC is a bare torchvision vgg16")
+    parser.add_argument("--attributes", help="resnet50: comma-separated output names (default: CelebA's when K = 40)")
+    parser.add_argument("--image-size", type=int, help="resnet50: the input size it was trained at (default 224)")
     parser.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     try:
-        converted = convert(args.src, fmt=args.fmt, network=args.network)
+        converted = convert(
+            args.src, fmt=args.fmt, network=args.network, heads=args.heads, image_size=args.image_size,
+            attribute_names=args.attributes.split(",") if args.attributes else None,
+        )
         save_converted(
             args.dst, converted, source=args.src, converter=converted.manifest.get("converter", ""),
             overwrite=args.overwrite,

