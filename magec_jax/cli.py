@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from typing import Any, Callable
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from magec_jax.errors import MagecError
@@ -32,6 +32,7 @@ def config_main(run: Callable[[Any], Any], doc: str) -> Callable[[], None]:
             sys.exit(2)
 
     def main() -> None:
+        logging.set_verbosity(logging.WARNING)  # libraries (orbax) log INFO lines per checkpoint otherwise
         app.run(_main)
 
     main.__doc__ = doc

