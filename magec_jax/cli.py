@@ -23,6 +23,8 @@ def config_main(run: Callable[[Any], Any], doc: str) -> Callable[[], None]:
     flags.mark_flags_as_required(["config"])
 
     def _main(argv):
+        if not flags.FLAGS["verbosity"].present:
+            logging.set_verbosity(logging.WARNING)  # libraries (orbax) log INFO lines per checkpoint otherwise
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
         try:
@@ -32,7 +34,6 @@ def config_main(run: Callable[[Any], Any], doc: str) -> Callable[[], None]:
             sys.exit(2)
 
     def main() -> None:
-        logging.set_verbosity(logging.WARNING)  # libraries (orbax) log INFO lines per checkpoint otherwise
         app.run(_main)
 
     main.__doc__ = doc
