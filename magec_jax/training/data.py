@@ -1,0 +1,214 @@
+"""Face images for GAN training: read from a tar or a folder, cropped, resized, cached, split by person.
+
+Source layout: ``<Person>/<Person>_NNNN.jpg`` (LFW's), inside a tar (read member by member, never extracted)
+or under a folder. The person of an image is its parent folder's name.
+
+Preprocessing (:func:`preprocess`): the central ``crop`` x ``crop`` box of the image (LFW deep-funneled
+faces are centred in 250x250 frames; a 128 px box holds the face from chin to hairline with a little
+background), then a Lanczos resize (antialiased when shrinking) to ``resolution``. Images are decoded once into
+a uint8 array ``[N, R, R, 3]`` and cached as ``<cache_dir>/<source>_r<R>_c<crop>[_n<max>].npy``, with the
+image paths in a ``.txt`` file beside it (one per line, in array order).
+
+Held-out split (:func:`is_heldout`, :func:`split_by_person`): a person is held out when the first 8 bytes
+of ``sha256(name)`` read as a fraction of 2**64 fall below ``heldout_fraction``. It depends only on the name
+and the fraction: the same people are held out whatever the data source, order or subset, so the training
+run, the demo and any evaluation agree on which faces the generator never saw.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from magec_jax.errors import FileFormatError
+from magec_jax.images import IMAGE_SUFFIXES, atomic_write_bytes
+
+DEFAULT_HELDOUT_FRACTION = 0.1
+DEFAULT_CROP = 128
+
+
+@dataclasses.dataclass(frozen=True)
+class FaceDataset:
+    """Decoded images and where they came from.
+
+    Attributes:
+      images_NxHxWx3: uint8 pixels.
+      paths: the image's path inside the source (``Person/Person_0001.jpg``), one per image.
+    """
+
+    images_NxHxWx3: np.ndarray
+    paths: tuple[str, ...]
+
+    @property
+    def people(self) -> tuple[str, ...]:
+        """The person of each image (its parent folder's name)."""
+        return tuple(person_of(p) for p in self.paths)
+
+
+def person_of(path: str) -> str:
+    """``'Person/Person_0001.jpg'`` -> ``'Person'`` (the parent folder's name; ``''`` at the top level)."""
+    parts = Path(path).parts
+    return parts[-2] if len(parts) > 1 else ""
+
+
+def is_heldout(person: str, fraction: float = DEFAULT_HELDOUT_FRACTION) -> bool:
+    """Whether ``person`` belongs to the held-out set: ``sha256(person)[:8] / 2**64 < fraction``."""
+    digest = hashlib.sha256(person.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64 < fraction
+
+
+def split_by_person(
+    paths: Sequence[str], fraction: float = DEFAULT_HELDOUT_FRACTION
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(train, heldout)`` into ``paths``, sorted; an image is held out when its person is."""
+    heldout_N = np.asarray([is_heldout(person_of(p), fraction) for p in paths], bool)
+    return np.flatnonzero(~heldout_N), np.flatnonzero(heldout_N)
+
+
+def heldout_people(paths: Iterable[str], fraction: float = DEFAULT_HELDOUT_FRACTION) -> list[str]:
+    """The sorted held-out people among those of ``paths``."""
+    return sorted({person_of(p) for p in paths if is_heldout(person_of(p), fraction)})
+
+
+def preprocess(img: Image.Image, resolution: int, crop: int) -> np.ndarray:
+    """Central ``crop`` box (clipped to the image), Lanczos resize to ``resolution``: uint8 ``[R, R, 3]``."""
+    img = img.convert("RGB")
+    w, h = img.size
+    side = min(crop, w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    img = img.crop((left, top, left + side, top + side))
+    if side != resolution:
+        img = img.resize((resolution, resolution), Image.LANCZOS)
+    return np.asarray(img, np.uint8)
+
+
+def _decode(name: str, data: bytes, resolution: int, crop: int) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return preprocess(im, resolution, crop)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise FileFormatError(name, f"unreadable or corrupt image ({e.__class__.__name__}: {e})") from None
+
+
+def list_source(source: str | os.PathLike) -> list[str]:
+    """The image paths of a tar or a folder, relative to its root, sorted."""
+    source = Path(source)
+    if source.is_dir():
+        return sorted(
+            p.relative_to(source).as_posix()
+            for p in source.rglob("*")
+            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+        )
+    if source.is_file():
+        try:
+            with tarfile.open(source) as tar:
+                return sorted(m.name for m in tar.getmembers() if m.isfile() and Path(m.name).suffix.lower() in IMAGE_SUFFIXES)
+        except tarfile.TarError as e:
+            raise FileFormatError(source, f"not a readable tar ({e})") from None
+    raise FileFormatError(source, "no such folder or tar file")
+
+
+def decode_source(
+    source: str | os.PathLike, paths: Sequence[str], resolution: int, crop: int
+) -> np.ndarray:
+    """Decodes ``paths`` (from :func:`list_source`) of a tar or folder: uint8 ``[len(paths), R, R, 3]``."""
+    source = Path(source)
+    out = np.empty((len(paths), resolution, resolution, 3), np.uint8)
+    if source.is_dir():
+        for i, p in enumerate(paths):
+            out[i] = _decode(str(source / p), (source / p).read_bytes(), resolution, crop)
+        return out
+    with tarfile.open(source) as tar:
+        members = {m.name: m for m in tar.getmembers() if m.isfile()}
+        for i, p in enumerate(paths):
+            out[i] = _decode(f"{source}:{p}", tar.extractfile(members[p]).read(), resolution, crop)
+    return out
+
+
+def cache_stem(source: str | os.PathLike, resolution: int, crop: int, max_images: int | None) -> str:
+    """The cache file name (without suffix) for a source and preprocessing."""
+    name = Path(source).name.split(".")[0]
+    return f"{name}_r{resolution}_c{crop}" + (f"_n{max_images}" if max_images else "")
+
+
+def load_faces(
+    source: str | os.PathLike,
+    resolution: int,
+    *,
+    crop: int = DEFAULT_CROP,
+    cache_dir: str | os.PathLike | None = None,
+    max_images: int | None = None,
+) -> FaceDataset:
+    """All images of ``source`` (or its first ``max_images`` paths in sorted order), preprocessed.
+
+    With ``cache_dir``, the decoded array is read from (or written to) the cache; a cache whose path list does
+    not match the source's is rebuilt.
+    """
+    paths = list_source(source)
+    if max_images:
+        paths = paths[:max_images]
+    if not paths:
+        raise FileFormatError(source, "no images found")
+    if cache_dir is None:
+        return FaceDataset(decode_source(source, paths, resolution, crop), tuple(paths))
+    cache_dir = Path(cache_dir)
+    stem = cache_stem(source, resolution, crop, max_images)
+    array_path, list_path = cache_dir / f"{stem}.npy", cache_dir / f"{stem}.txt"
+    if array_path.exists() and list_path.exists() and list_path.read_text().splitlines() == paths:
+        images = np.load(array_path, mmap_mode=None, allow_pickle=False)
+        if images.shape == (len(paths), resolution, resolution, 3) and images.dtype == np.uint8:
+            return FaceDataset(images, tuple(paths))
+    images = decode_source(source, paths, resolution, crop)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_save_npy(array_path, images)
+    atomic_write_bytes(list_path, ("\n".join(paths) + "\n").encode())
+    atomic_write_bytes(
+        cache_dir / f"{stem}.json",
+        json.dumps({"source": str(source), "resolution": resolution, "crop": crop, "count": len(paths)}).encode(),
+    )
+    return FaceDataset(images, tuple(paths))
+
+
+def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    """``np.save`` through a temporary file and a rename (the array may be hundreds of MB: no in-memory copy)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npy", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
+    """Positions ``[batch_size]`` into a set of ``n`` items for iteration ``step``: epochs are seeded
+    permutations of ``range(n)`` read in order, so every item is seen once per epoch and a resumed run
+    continues the same sequence."""
+    start = step * batch_size
+    out = np.empty(batch_size, np.int64)
+    i = 0
+    while i < batch_size:
+        epoch, pos = divmod(start + i, n)
+        take = min(batch_size - i, n - pos)
+        out[i : i + take] = _epoch_permutation(n, seed, epoch)[pos : pos + take]
+        i += take
+    return out
+
+
+def _epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
