@@ -131,7 +131,7 @@ def run(
     cfg, variables = load_generator(generator)
     if (z is None) == (ws is None):
         raise MagecError("give exactly one of z and ws")
-    if cfg.c_dim and class_idx is None:
+    if cfg.c_dim and class_idx is None and z is not None:
         raise MagecError(f"{generator}: the generator is class-conditional (c_dim={cfg.c_dim}); pass --class")
     if not cfg.c_dim and class_idx is not None:
         raise MagecError(f"{generator}: --class given but the generator is unconditional")
