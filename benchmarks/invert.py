@@ -20,7 +20,6 @@ Results are printed and written as JSON (``--out``).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import platform
 import resource
@@ -29,7 +28,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from magec_jax.bundle import noise_buffers, synthesize_fn
 from magec_jax.inversion.engine import Engine, InversionSettings, Networks, Phase

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from conftest import require_shared
 
-from magec_jax.models import lpips
+from magec_jax.models import lpips, resize
 
 TOL = dict(rtol=1e-5, atol=1e-6)
 SPATIAL_ATOL = 1e-5
@@ -160,12 +160,12 @@ def _adaptive_avg_pool_1d(a: np.ndarray, n_out: int, axis: int) -> np.ndarray:
 def test_area_resize_matches_adaptive_avg_pool(size_in, size_out):
     x = np.random.default_rng(0).standard_normal((2, *size_in, 3)).astype(np.float32)
     want = _adaptive_avg_pool_1d(_adaptive_avg_pool_1d(x.astype(np.float64), size_out[0], 1), size_out[1], 2)
-    np.testing.assert_allclose(lpips.area_resize(jnp.asarray(x), size_out), want, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(resize.area_resize(jnp.asarray(x), size_out), want, rtol=0, atol=1e-6)
 
 
 def test_resize_images_upsamples_like_torch_bilinear():
     x = np.random.default_rng(1).standard_normal((1, 4, 6, 2)).astype(np.float32)
-    got = lpips.resize_images(jnp.asarray(x), (64, 100))
+    got = resize.resize_images(jnp.asarray(x), (64, 100))
     want = jax.image.resize(jnp.asarray(x), (1, 64, 100, 2), method="linear", antialias=False)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
 

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from magec_jax.models.interfaces import IdentityEmbedder
-from magec_jax.models.lpips import area_resize, resize_images
+from magec_jax.models.resize import area_resize, resize_images
 
 KIND = "irse50"
 CONFIG = {"num_layers": 50, "mode": "ir_se", "input_size": 112, "embedding_size": 512}

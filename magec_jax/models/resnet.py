@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from magec_jax.models.interfaces import Descriptor
-from magec_jax.models.lpips import resize_images
+from magec_jax.models.resize import resize_images
 
 KIND = "resnet50"
 BN_EPS = 1e-5
