@@ -77,7 +77,7 @@ def bench_resolution(res: int, batches, fused_options, *, min_iters: int, min_se
     for fused in fused_options:
         G = Generator(cfg, fused_modconv=fused)
 
-        def one_image(v, w_LxD):
+        def one_image(v, w_LxD, G=G):
             return G.apply(v, w_LxD[None], method="synthesis")[0]
 
         forward = jax.jit(jax.vmap(one_image, in_axes=(None, 0)))

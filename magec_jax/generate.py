@@ -167,7 +167,10 @@ def run(
         from PIL import Image
 
         grid = image_grid(to_uint8(images))
-        _atomic_write(Path(out), lambda tmp: Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(tmp, format="PNG"))
+        _atomic_write(
+            Path(out),
+            lambda tmp: Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(tmp, format="PNG"),
+        )
     return images
 
 
@@ -200,14 +203,25 @@ def main(argv: list[str] | None = None) -> int:
         else:
             ws = load_latents(args.w_file, [(-1, cfg.w_dim), (-1, cfg.num_ws, cfg.w_dim)], "W")
         images = run(
-            args.generator, z=z, ws=ws, class_idx=args.class_idx, truncation_psi=args.truncation_psi,
-            truncation_cutoff=args.truncation_cutoff, noise_mode=args.noise_mode, noise_seed=args.noise_seed,
-            batch_size=args.batch_size, fused_modconv=args.fused_modconv, out=args.out, out_npy=args.out_npy,
+            args.generator,
+            z=z,
+            ws=ws,
+            class_idx=args.class_idx,
+            truncation_psi=args.truncation_psi,
+            truncation_cutoff=args.truncation_cutoff,
+            noise_mode=args.noise_mode,
+            noise_seed=args.noise_seed,
+            batch_size=args.batch_size,
+            fused_modconv=args.fused_modconv,
+            out=args.out,
+            out_npy=args.out_npy,
         )
     except MagecError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{images.shape[0]} images {images.shape[1]}x{images.shape[2]} -> {args.out or ''} {args.out_npy or ''}".strip())
+    print(
+        f"{images.shape[0]} images {images.shape[1]}x{images.shape[2]} -> {args.out or ''} {args.out_npy or ''}".strip()
+    )
     return 0
 
 

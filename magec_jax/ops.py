@@ -19,7 +19,8 @@ differentiates the generator at every step.
 from __future__ import annotations
 
 import math
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -108,9 +109,7 @@ def downsample2d(x_BxHxWxC: jax.Array, taps: Sequence[float] = FIR_TAPS) -> jax.
     return upfirdn2d(x_BxHxWxC, taps, down=2, padding=(pad, pad))
 
 
-def conv2d(
-    x_BxHxWxI: jax.Array, w_KxKxIxO: jax.Array, *, padding: int = 0, feature_group_count: int = 1
-) -> jax.Array:
+def conv2d(x_BxHxWxI: jax.Array, w_KxKxIxO: jax.Array, *, padding: int = 0, feature_group_count: int = 1) -> jax.Array:
     """2-D cross-correlation (PyTorch ``F.conv2d``), stride 1, symmetric zero padding."""
     return lax.conv_general_dilated(
         x_BxHxWxI,
@@ -152,7 +151,11 @@ def conv_transpose2d(
             xp = jnp.pad(x_BxHxWxI, ((0, 0), (nty - 1, rows - h), (ntx - 1, cols - w), (0, 0)))
             phase_row.append(
                 lax.conv_general_dilated(
-                    xp, kernel, (1, 1), "VALID", dimension_numbers=_DIMS,
+                    xp,
+                    kernel,
+                    (1, 1),
+                    "VALID",
+                    dimension_numbers=_DIMS,
                     feature_group_count=feature_group_count,
                 )
             )

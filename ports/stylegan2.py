@@ -22,11 +22,11 @@ offender. Discriminators are not converted (the inversion needs only the generat
 
 from __future__ import annotations
 
-import math
 import os
 import re
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -122,7 +122,8 @@ def _apply_table(
             raise FileFormatError(path, f"{name}: target {leaf} produced twice")
         if converted.shape != expected[leaf].shape:
             raise FileFormatError(
-                path, f"{name} {list(value.shape)} gives {leaf} {list(converted.shape)}, expected {list(expected[leaf].shape)}"
+                path,
+                f"{name} {list(value.shape)} gives {leaf} {list(converted.shape)}, expected {list(expected[leaf].shape)}",
             )
         out[leaf] = np.array(converted, np.float32, order="C")  # a writable copy; keeps 0-d leaves 0-d
     if unconsumed:
@@ -160,8 +161,11 @@ def _channel_schedule(channels: Mapping[int, int], path: Path) -> tuple[int, int
     below = [r for r, c in channels.items() if c < channel_max]
     channel_base = channels[max(below)] * max(below) if below else channel_max * max(channels)
     if any(min(channel_base // r, channel_max) != c for r, c in channels.items()):
-        raise FileFormatError(path, f"channels per resolution {dict(sorted(channels.items()))} follow no "
-                              "min(channel_base // R, channel_max) schedule")
+        raise FileFormatError(
+            path,
+            f"channels per resolution {dict(sorted(channels.items()))} follow no "
+            "min(channel_base // R, channel_max) schedule",
+        )
     return channel_base, channel_max
 
 
@@ -203,7 +207,10 @@ def _check_defaults(kwargs: Mapping[str, Any], defaults: Mapping[str, Any], what
 def _config_from_init_kwargs(kw: Mapping[str, Any], path: Path) -> sg2.StyleGAN2Config:
     mapping = dict(kw.get("mapping_kwargs") or {})
     synthesis = dict(kw.get("synthesis_kwargs") or {})
-    for what, given, known in (("mapping_kwargs", mapping, _MAPPING_KWARGS), ("synthesis_kwargs", synthesis, _SYNTHESIS_KWARGS)):
+    for what, given, known in (
+        ("mapping_kwargs", mapping, _MAPPING_KWARGS),
+        ("synthesis_kwargs", synthesis, _SYNTHESIS_KWARGS),
+    ):
         unknown = sorted(set(given) - known)
         if unknown:
             raise FileFormatError(path, f"unknown {what} {unknown} (not a StyleGAN2-ADA generator, e.g. StyleGAN3?)")
@@ -267,9 +274,7 @@ def convert_state_dict(path: str | os.PathLike, *, network: str | None = None) -
     sd = {str(k).removeprefix("module."): v for k, v in sd.items()}
     if "synthesis.b4.const" not in sd or "mapping.w_avg" not in sd:
         hint = " (a rosinality checkpoint: use convert_rosinality)" if "g_ema" in sd else ""
-        raise FileFormatError(
-            path, f"not a stylegan2-ada-pytorch generator state dict (keys {list(sd)[:4]}...){hint}"
-        )
+        raise FileFormatError(path, f"not a stylegan2-ada-pytorch generator state dict (keys {list(sd)[:4]}...){hint}")
     bad = [k for k, v in sd.items() if not isinstance(v, np.ndarray)]
     if bad:
         raise FileFormatError(path, f"state dict entry {bad[0]!r} is not a tensor")
@@ -314,7 +319,7 @@ def _tf_noise_target(match: re.Match) -> str:
     if k == 0:
         return "buffers/synthesis/b4/conv1/noise_const"
     log2_res, conv = ((k + 5) // 2, "conv0") if k % 2 else ((k + 4) // 2, "conv1")
-    return f"buffers/synthesis/b{2 ** log2_res}/{conv}/noise_const"
+    return f"buffers/synthesis/b{2**log2_res}/{conv}/noise_const"
 
 
 def _tf_table() -> list[Rule]:
@@ -351,8 +356,15 @@ def _config_from_static_kwargs(kw: Mapping[str, Any], path: Path) -> sg2.StyleGA
         raise FileFormatError(path, f"unknown TF generator kwargs {unknown}")
     _check_defaults(
         kw,
-        {"architecture": "skip", "resample_kernel": [1, 3, 3, 1], "use_noise": True, "nonlinearity": "lrelu",
-         "mapping_nonlinearity": "lrelu", "structure": "fixed", "conditioning": None},
+        {
+            "architecture": "skip",
+            "resample_kernel": [1, 3, 3, 1],
+            "use_noise": True,
+            "nonlinearity": "lrelu",
+            "mapping_nonlinearity": "lrelu",
+            "structure": "fixed",
+            "conditioning": None,
+        },
         "TF kwarg",
         path,
     )
@@ -498,7 +510,9 @@ def convert_rosinality(path: str | os.PathLike, *, network: str | None = None) -
     has_avg = ckpt.get("latent_avg") is not None
     if has_avg:
         source["latent_avg"] = ckpt["latent_avg"]
-    flat = _apply_table(_rosinality_table(cfg), source, cfg, path, fill_later=() if has_avg else ("buffers/mapping/w_avg",))
+    flat = _apply_table(
+        _rosinality_table(cfg), source, cfg, path, fill_later=() if has_avg else ("buffers/mapping/w_avg",)
+    )
     extra: dict[str, Any] = {"network": name, "assumed": {"mapping_lr_multiplier": 0.01}}
     if not has_avg:
         flat["buffers/mapping/w_avg"] = _estimate_w_avg(cfg, flat)

@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import require_shared
+
 from magec_jax.errors import FileFormatError
 from magec_jax.models.stylegan2 import Generator, load_generator, truncate
 from magec_jax.weights import save_converted
@@ -28,13 +28,11 @@ ATOL_W = 1e-5  # ws_*, w, latent_mix3, dbg_*_style
 ATOL_DBG = 2e-5  # dbg_*_out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _fns(cfg):
     """Jitted mapping and synthesis of one architecture; variables are arguments, so formats share programs."""
     G = Generator(cfg)
-    mapping = jax.jit(
-        lambda v, z, psi: G.apply(v, z, method="mapping", truncation_psi=psi), static_argnames="psi"
-    )
+    mapping = jax.jit(lambda v, z, psi: G.apply(v, z, method="mapping", truncation_psi=psi), static_argnames="psi")
     synthesis = jax.jit(
         lambda v, ws, noise, mode: G.apply(
             v, ws, method="synthesis", noise_mode=mode, noise=noise, return_intermediates=True
@@ -143,9 +141,13 @@ def test_rosinality_parity(src, cases, tmp_path):
         layers = {"conv1": "b4/conv1", "to_rgb1": "b4/torgb"}
         for j in range(int(np.log2(cfg.img_resolution)) - 2):
             res = 2 ** (j + 3)
-            layers |= {f"convs{2 * j}": f"b{res}/conv0", f"convs{2 * j + 1}": f"b{res}/conv1", f"to_rgbs{j}": f"b{res}/torgb"}
+            layers |= {
+                f"convs{2 * j}": f"b{res}/conv0",
+                f"convs{2 * j + 1}": f"b{res}/conv1",
+                f"to_rgbs{j}": f"b{res}/torgb",
+            }
         for key in (k for k in n if k.startswith("dbg_")):
-            layer, what = key[len("dbg_"):].rsplit("_", 1)
+            layer, what = key[len("dbg_") :].rsplit("_", 1)
             name = layers[layer]
             if what == "style":
                 _check(inter[f"{name}/style"][0], n[key], ATOL_W, key)
@@ -179,8 +181,14 @@ def test_convert_cli_detects_and_writes(tmp_path):
 
     src = require_shared("fixtures", "stylegan2_rosinality", "g64_cm1.pt")
     assert main([str(src), str(tmp_path / "g")]) == 0
-    cfg, v = load_generator(tmp_path / "g")
-    assert (cfg.img_resolution, cfg.w_dim, cfg.mapping_layers, cfg.channel_base, cfg.channel_max) == (64, 48, 2, 2048, 64)
+    cfg, _ = load_generator(tmp_path / "g")
+    assert (cfg.img_resolution, cfg.w_dim, cfg.mapping_layers, cfg.channel_base, cfg.channel_max) == (
+        64,
+        48,
+        2,
+        2048,
+        64,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ refusals
@@ -247,8 +255,9 @@ def test_network_choice_and_wrong_format():
 
 
 def test_rosinality_without_latent_avg_estimates_w_avg(tmp_path):
-    from ports.torch_files import load_torch
     from tools.torch_writers import tensor, write_torch_zip
+
+    from ports.torch_files import load_torch
 
     ckpt = load_torch(require_shared("fixtures", "stylegan2_rosinality", "g64_cm1.pt"))
     path = tmp_path / "train.pt"  # a train.py checkpoint holds no latent_avg

@@ -87,7 +87,9 @@ def test_conv_transpose2d_matches_scatter_add(k, groups):
         xg = x[..., g * (6 // groups) : (g + 1) * (6 // groups)]
         for ky in range(k):
             for kx in range(k):
-                ref[:, ky : ky + 2 * h : 2, kx : kx + 2 * wd : 2, g * og : (g + 1) * og] += xg @ w[ky, kx][:, g * og : (g + 1) * og]
+                ref[:, ky : ky + 2 * h : 2, kx : kx + 2 * wd : 2, g * og : (g + 1) * og] += (
+                    xg @ w[ky, kx][:, g * og : (g + 1) * og]
+                )
     got = ops.conv_transpose2d(jnp.asarray(x), jnp.asarray(w), feature_group_count=groups)
     np.testing.assert_allclose(got, ref, atol=1e-4)
 
@@ -110,7 +112,9 @@ def test_modulated_conv_fused_and_not_match_naive(up, demodulate):
             outs.append(ops.upfirdn2d(ops.conv_transpose2d(xn, jnp.asarray(wn)), padding=1, gain=4.0))
     ref = np.concatenate(outs)
     for fused in (True, False):
-        got = ops.modulated_conv2d(jnp.asarray(x), jnp.asarray(w), jnp.asarray(s), demodulate=demodulate, up=up, fused=fused)
+        got = ops.modulated_conv2d(
+            jnp.asarray(x), jnp.asarray(w), jnp.asarray(s), demodulate=demodulate, up=up, fused=fused
+        )
         assert got.shape == (3, 5 * up, 5 * up, 6)
         np.testing.assert_allclose(got, ref, atol=2e-5)
 
@@ -120,7 +124,9 @@ def test_bias_act_and_dense():
     y = ops.bias_act(x, jnp.asarray([1.0, 0.0, 0.0]), act="lrelu", clamp=2.0)
     np.testing.assert_allclose(y, [[-0.2 * np.sqrt(2), 0.5 * np.sqrt(2), 2.0]], rtol=1e-6)
     w = jnp.full((3, 2), 10.0)
-    np.testing.assert_allclose(ops.dense(x, w, jnp.ones(2), lr_multiplier=0.1), [[1.5 / np.sqrt(3) + 0.1] * 2], rtol=1e-6)
+    np.testing.assert_allclose(
+        ops.dense(x, w, jnp.ones(2), lr_multiplier=0.1), [[1.5 / np.sqrt(3) + 0.1] * 2], rtol=1e-6
+    )
 
 
 # ---------------------------------------------------------------------------------------------- generator
@@ -130,8 +136,16 @@ def test_bias_act_and_dense():
         StyleGAN2Config(z_dim=4, w_dim=4, img_resolution=4, channel_base=64, channel_max=16, mapping_layers=1),
         StyleGAN2Config(z_dim=6, w_dim=5, img_resolution=8, channel_base=40, channel_max=12, layer_features=7),
         # 4:24 8:12 16:6 32:3 64:1 channels, grey output, a 1-layer mapping
-        StyleGAN2Config(z_dim=5, w_dim=7, img_resolution=64, img_channels=1, channel_base=96, channel_max=24,
-                        mapping_layers=1, conv_clamp=0.5),
+        StyleGAN2Config(
+            z_dim=5,
+            w_dim=7,
+            img_resolution=64,
+            img_channels=1,
+            channel_base=96,
+            channel_max=24,
+            mapping_layers=1,
+            conv_clamp=0.5,
+        ),
     ],
     ids=["res4", "res8-odd", "res64-odd-grey-clamp"],
 )
@@ -258,7 +272,7 @@ def test_vmap_jit_and_grad_wrt_wplus():
     d = jax.random.normal(jax.random.key(10), wplus.shape[1:])
     eps = 1e-2
     plus, minus, _ = per_image(variables, jnp.stack([wplus[0] + eps * d, wplus[0] - eps * d, wplus[0]]))
-    sq = lambda img: np.sum(np.asarray(img, np.float64) ** 2)  # noqa: E731
+    sq = lambda img: np.sum(np.asarray(img, np.float64) ** 2)
     fd = (sq(plus) - sq(minus)) / (2 * eps)
     np.testing.assert_allclose(float(jnp.sum(grads[0] * d)), fd, rtol=2e-2)
 
@@ -267,7 +281,7 @@ def test_init_generator_follows_the_modules_initialisers():
     cfg = StyleGAN2Config(z_dim=4, w_dim=4, img_resolution=8, channel_base=64, channel_max=8, mapping_layers=2)
     native = jax.jit(lambda k: Generator(cfg).init({"params": k}, jnp.zeros((1, 4))))(jax.random.key(0))
     fast = init_generator(cfg, jax.random.key(0))
-    flat = lambda tree: {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(tree)}  # noqa: E731
+    flat = lambda tree: {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
     native, fast = flat(native), flat(fast)
     assert native.keys() == fast.keys()
     for name, x in native.items():

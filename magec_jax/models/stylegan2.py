@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Literal, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax
@@ -213,7 +214,9 @@ def _noise_BxHxWx1(explicit: jax.Array | None, const_HxW: jax.Array, mode: Noise
     """The noise a synthesis layer adds (before strength), ``[B or 1, H, W, 1]``, or None."""
     if explicit is not None:
         if explicit.ndim not in (2, 3) or explicit.shape[-2:] != shape_BxHxW[1:]:
-            raise ValueError(f"explicit noise must be [H,W] or [B,H,W] with H,W={shape_BxHxW[1:]}, got {explicit.shape}")
+            raise ValueError(
+                f"explicit noise must be [H,W] or [B,H,W] with H,W={shape_BxHxW[1:]}, got {explicit.shape}"
+            )
         noise = explicit if explicit.ndim == 3 else explicit[None]
     elif mode == "const":
         noise = const_HxW[None]
@@ -250,9 +253,7 @@ class SynthesisLayer(nn.Module):
         noise_const = self.variable(
             "buffers", "noise_const", lambda: jax.random.normal(self.make_rng("params"), (res, res), jnp.float32)
         ).value
-        x = ops.modulated_conv2d(
-            x_BxHxWxI.astype(self.dtype), weight, styles_BxI, up=self.up, fused=self.fused_modconv
-        )
+        x = ops.modulated_conv2d(x_BxHxWxI.astype(self.dtype), weight, styles_BxI, up=self.up, fused=self.fused_modconv)
         noise = _noise_BxHxWx1(noise, noise_const, noise_mode, key, (x.shape[0], res, res))
         if noise is not None:
             x = x + (noise * strength).astype(self.dtype)
@@ -295,7 +296,7 @@ class SynthesisBlock(nn.Module):
     @nn.compact
     def __call__(self, x, img, ws_BxNxD, *, noise_mode: NoiseMode, noises, keys):
         """``ws_BxNxD`` holds this block's rows (conv0?, conv1, torgb); returns ``(x, img, intermediates)``."""
-        layer_kw = dict(conv_clamp=self.conv_clamp, fused_modconv=self.fused_modconv, dtype=self.dtype)
+        layer_kw = {"conv_clamp": self.conv_clamp, "fused_modconv": self.fused_modconv, "dtype": self.dtype}
         inter = {}
         batch = ws_BxNxD.shape[0]
         if self.in_channels == 0:
@@ -419,9 +420,7 @@ class Generator(nn.Module):
 
         Truncation (``psi != 1``) moves the rows ``< truncation_cutoff`` (all when None) towards ``w_avg``.
         """
-        return self.mapping_network(
-            z_BxZ, c_BxC, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff
-        )
+        return self.mapping_network(z_BxZ, c_BxC, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
 
     def synthesis(
         self,
