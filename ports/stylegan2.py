@@ -1,23 +1,24 @@
-"""Converters of StyleGAN2 generators to the project's format (kind ``stylegan2``, ``magec_jax.models.stylegan2``).
+"""Converters of StyleGAN2 networks to the project's format (``magec_jax.models.stylegan2`` generators, kind
+``stylegan2``; NVIDIA discriminators as ``magec_jax.models.discriminator``, kind ``stylegan2_discriminator``).
 
 Four source formats, each read without torch or TensorFlow and without running code from the file:
 
-* ``convert_nvidia_pkl``: stylegan2-ada-pytorch network pickles (``G_ema`` by default; ``network='G'``).
-  The architecture comes from the pickled ``init_kwargs``.
-* ``convert_tf_pkl``: NVlabs/stylegan2 TensorFlow pickles ``(G, D, Gs)`` (``Gs`` by default). The
-  architecture comes from ``static_kwargs``, mapped as NVIDIA's ``legacy.py`` does (``channel_base =
+* ``convert_nvidia_pkl``: stylegan2-ada-pytorch network pickles (``G_ema`` by default; ``network='G'`` or
+  ``'D'``). The architecture comes from the pickled ``init_kwargs``.
+* ``convert_tf_pkl``: NVlabs/stylegan2 TensorFlow pickles ``(G, D, Gs)`` (``Gs`` by default; ``'G'``, ``'D'``).
+  The architecture comes from ``static_kwargs``, mapped as NVIDIA's ``legacy.py`` does (``channel_base =
   2 * fmap_base``, ...).
 * ``convert_state_dict``: a ``torch.save(G_ema.state_dict())`` of stylegan2-ada-pytorch. The architecture is
   inferred from tensor shapes; what shapes cannot tell (the mapping lr multiplier, ``conv_clamp``) takes
   NVIDIA's defaults, recorded under ``manifest['extra']['assumed']``.
 * ``convert_rosinality``: rosinality/stylegan2-pytorch checkpoints (``g_ema`` by default; ``network='g'``),
   architecture inferred from shapes, ``latent_avg`` as ``w_avg`` (estimated from the mapping network when
-  the file has none, and recorded so).
+  the file has none, and recorded so). Rosinality discriminators are not converted.
 
-Each converter is ONE table of ``(regex on the source name, target leaf, transform)`` rules. Every source
-tensor must match a rule (or be a resample filter, checked against the standard one) and every leaf of the
-Flax variables must be produced exactly once with its expected shape; otherwise the error names the
-offender. Discriminators are not converted (the inversion needs only the generator).
+Each converter is ONE table of ``(regex on the source name, target leaf, transform)`` rules (one more for
+NVIDIA discriminators). Every source tensor must match a rule (resample filters are checked against the
+standard one, not copied) and every leaf of the Flax variables must be produced exactly once with its
+expected shape; otherwise the error names the offender.
 """
 
 from __future__ import annotations
@@ -78,16 +79,27 @@ def _check_filter(expected: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
 
 
 # ---------------------------------------------------------------------------------------------- the engine
-def _expected_leaves(cfg: sg2.StyleGAN2Config) -> dict[str, jax.ShapeDtypeStruct]:
-    """``{'params/synthesis/b4/const': ShapeDtypeStruct, ...}`` of the Flax variables of ``cfg``."""
-    leaves, _ = jax.tree_util.tree_flatten_with_path(sg2.variable_shapes(cfg))
+def _expected_leaves(shapes: Mapping[str, Any]) -> dict[str, jax.ShapeDtypeStruct]:
+    """``{'params/synthesis/b4/const': ShapeDtypeStruct, ...}`` from a tree of variable shapes."""
+    leaves, _ = jax.tree_util.tree_flatten_with_path(shapes)
     return {"/".join(str(k.key) for k in keys): leaf for keys, leaf in leaves}
+
+
+def _generator_leaves(cfg: sg2.StyleGAN2Config) -> dict[str, jax.ShapeDtypeStruct]:
+    return _expected_leaves(sg2.variable_shapes(cfg))
+
+
+def _discriminator_leaves(cfg: Any) -> dict[str, jax.ShapeDtypeStruct]:
+    from magec_jax.models.discriminator import Discriminator
+
+    img = jax.ShapeDtypeStruct((4, cfg.img_resolution, cfg.img_resolution, cfg.img_channels), jnp.float32)
+    return _expected_leaves(jax.eval_shape(Discriminator(cfg).init, jax.random.key(0), img))
 
 
 def _apply_table(
     table: Sequence[Rule],
     source: Mapping[str, np.ndarray],
-    cfg: sg2.StyleGAN2Config,
+    expected: Mapping[str, jax.ShapeDtypeStruct],
     path: Path,
     *,
     fill_later: Sequence[str] = (),
@@ -97,7 +109,6 @@ def _apply_table(
     Raises FileFormatError naming the first unconsumed source tensor, missing or duplicate target leaf, or
     shape mismatch. ``fill_later`` are target leaves the caller produces itself.
     """
-    expected = _expected_leaves(cfg)
     out: dict[str, np.ndarray] = {}
     unconsumed = []
     for name, value in source.items():
@@ -136,9 +147,9 @@ def _apply_table(
     return out
 
 
-def _converted(cfg: sg2.StyleGAN2Config, flat: Mapping[str, np.ndarray], **extra: Any) -> Converted:
+def _converted(cfg: Any, flat: Mapping[str, np.ndarray], *, kind: str = sg2.KIND, **extra: Any) -> Converted:
     return Converted(
-        kind=sg2.KIND,
+        kind=kind,
         config=cfg.to_dict(),
         variables=unflatten(flat),
         manifest={"converter": CONVERTER, "extra": extra},
@@ -148,8 +159,6 @@ def _converted(cfg: sg2.StyleGAN2Config, flat: Mapping[str, np.ndarray], **extra
 def _pick(networks: Mapping[str, Any], network: str | None, default: str, aliases: Mapping[str, str], path: Path):
     """The network named ``network`` (case-insensitive, with aliases), or ``default``."""
     name = default if network is None else aliases.get(network.lower(), network)
-    if name.lower() in ("d", "discriminator"):
-        raise FileFormatError(path, "converting the discriminator is not supported (generators only)")
     if name not in networks:
         raise FileFormatError(path, f"no network {network!r} (has {sorted(map(str, networks))})")
     return name, networks[name]
@@ -251,11 +260,16 @@ def convert_nvidia_pkl(path: str | os.PathLike, *, network: str | None = None) -
     path = Path(path)
     pkl = load_nvidia_pkl(path)
     nets = {k: v for k, v in pkl.items() if isinstance(v, PersistentModule)}
-    name, module = _pick(nets, network, "G_ema", {"g_ema": "G_ema", "g": "G", "gs": "G_ema"}, path)
+    aliases = {"g_ema": "G_ema", "g": "G", "gs": "G_ema", "d": "D"}
+    name, module = _pick(nets, network, "G_ema", aliases, path)
+    if module.class_name == "Discriminator":
+        cfg = _d_config_from_init_kwargs(module.init_kwargs, path)
+        flat = _apply_table(_nvidia_d_table(), module.params, _discriminator_leaves(cfg), path)
+        return _converted(cfg, flat, kind=_D_KIND, network=name, init_kwargs=module.init_kwargs)
     if module.class_name != "Generator":
-        raise FileFormatError(path, f"{name} is a {module.class_name}, not a Generator")
+        raise FileFormatError(path, f"{name} is a {module.class_name}, not a Generator or Discriminator")
     cfg = _config_from_init_kwargs(module.init_kwargs, path)
-    flat = _apply_table(_nvidia_table(), module.params, cfg, path)
+    flat = _apply_table(_nvidia_table(), module.params, _generator_leaves(cfg), path)
     return _converted(cfg, flat, network=name, init_kwargs=module.init_kwargs)
 
 
@@ -298,7 +312,7 @@ def convert_state_dict(path: str | os.PathLike, *, network: str | None = None) -
         channel_base=schedule[0],
         channel_max=schedule[1],
     )
-    flat = _apply_table(_nvidia_table(), sd, cfg, path)
+    flat = _apply_table(_nvidia_table(), sd, _generator_leaves(cfg), path)
     assumed = {"mapping_lr_multiplier": 0.01, "conv_clamp": None, "num_fp16_res": 0}
     return _converted(cfg, flat, network="state_dict", assumed=assumed)
 
@@ -394,15 +408,105 @@ def convert_tf_pkl(path: str | os.PathLike, *, network: str | None = None) -> Co
 
     path = Path(path)
     nets = load_tf_pkl(path)
-    name, net = _pick(nets, network, "Gs", {"g_ema": "Gs", "gs": "Gs", "g": "G"}, path)
+    name, net = _pick(nets, network, "Gs", {"g_ema": "Gs", "gs": "Gs", "g": "G", "d": "D"}, path)
+    if name == "D":
+        cfg = _d_config_from_static_kwargs(net.static_kwargs, path)
+        flat = _apply_table(_tf_d_table(), net.variables, _discriminator_leaves(cfg), path)
+        return _converted(cfg, flat, kind=_D_KIND, network=name, static_kwargs=net.static_kwargs)
     if set(net.components) != {"mapping", "synthesis"}:
         raise FileFormatError(path, f"{name} has components {sorted(net.components)}, not mapping + synthesis")
     cfg = _config_from_static_kwargs(net.static_kwargs, path)
     source = dict(net.variables)
     for key, component in net.components.items():
         source.update((f"{key}/{var}", value) for var, value in component.variables.items())
-    flat = _apply_table(_tf_table(), source, cfg, path)
+    flat = _apply_table(_tf_table(), source, _generator_leaves(cfg), path)
     return _converted(cfg, flat, network=name, static_kwargs=net.static_kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- discriminators
+_D_KIND = "stylegan2_discriminator"
+
+
+def _nvidia_d_table() -> list[Rule]:
+    """stylegan2-ada-pytorch ``Discriminator`` ('resnet', unconditional) names -> Flax leaves."""
+    blk = r"b(\d+)\."
+    return [
+        (blk + r"(fromrgb|conv0|conv1|skip|conv)\.weight", "params/b{0}/{1}/weight", _oihw_to_hwio),
+        (blk + r"(fromrgb|conv0|conv1|conv)\.bias", "params/b{0}/{1}/bias", _same),
+        (r"b4\.(fc|out)\.weight", "params/b4/{0}/weight", _t),  # fc rows in NCHW flatten order, as NVIDIA's
+        (r"b4\.(fc|out)\.bias", "params/b4/{0}/bias", _same),
+        (blk + r"(?:(?:fromrgb|conv0|conv1|skip|conv)\.)?resample_filter", None, _check_filter(_FIR)),
+    ]
+
+
+def _tf_d_table() -> list[Rule]:
+    """TF ``D_stylegan2`` variable names -> Flax leaves (TF kernels are HWIO already; no flips)."""
+    res = r"(\d+)x\d+/"
+    names = {"FromRGB": "fromrgb", "Conv0": "conv0", "Conv1_down": "conv1", "Skip": "skip", "Conv": "conv"}
+
+    def leaf(what: str) -> Callable[[re.Match], str]:
+        return lambda m: f"params/b{m[1]}/{names[m[2]]}/{what}"
+
+    return [
+        (res + r"(FromRGB|Conv0|Conv1_down|Skip|Conv)/weight", leaf("weight"), _same),
+        (res + r"(FromRGB|Conv0|Conv1_down|Conv)/bias", leaf("bias"), _same),
+        (r"4x4/Dense0/(weight|bias)", "params/b4/fc/{0}", _same),
+        (r"Output/(weight|bias)", "params/b4/out/{0}", _same),
+    ]
+
+
+def _d_config(path: Path, **kw: Any) -> Any:
+    from magec_jax.models.discriminator import DiscriminatorConfig
+
+    try:
+        return DiscriminatorConfig(**kw)
+    except ValueError as e:
+        raise FileFormatError(path, str(e)) from None
+
+
+def _d_config_from_init_kwargs(kw: Mapping[str, Any], path: Path) -> Any:
+    known = {"c_dim", "img_resolution", "img_channels", "architecture", "channel_base", "channel_max",
+             "num_fp16_res", "conv_clamp", "cmap_dim", "block_kwargs", "mapping_kwargs", "epilogue_kwargs"}  # fmt: skip
+    unknown = sorted(set(kw) - known)
+    if unknown:
+        raise FileFormatError(path, f"unknown discriminator kwargs {unknown}")
+    _check_defaults(kw, {"c_dim": 0, "architecture": "resnet"}, "discriminator", path)
+    _check_defaults(kw.get("block_kwargs") or {}, {"resample_filter": [1, 3, 3, 1], "activation": "lrelu",
+                    "freeze_layers": 0}, "discriminator block", path)  # fmt: skip
+    epilogue = kw.get("epilogue_kwargs") or {}
+    _check_defaults(epilogue, {"activation": "lrelu"}, "discriminator epilogue", path)
+    return _d_config(
+        path,
+        img_resolution=int(kw["img_resolution"]),
+        img_channels=int(kw["img_channels"]),
+        channel_base=int(kw.get("channel_base", 32768)),
+        channel_max=int(kw.get("channel_max", 512)),
+        mbstd_group_size=epilogue.get("mbstd_group_size", 4),
+        mbstd_num_channels=int(epilogue.get("mbstd_num_channels", 1)),
+        conv_clamp=kw.get("conv_clamp"),
+    )
+
+
+def _d_config_from_static_kwargs(kw: Mapping[str, Any], path: Path) -> Any:
+    """TF ``D_stylegan2`` kwargs -> config, with the defaults of ``legacy.convert_tf_discriminator``."""
+    known = {"num_channels", "resolution", "label_size", "fmap_base", "fmap_max", "mbstd_group_size",
+             "mbstd_num_features", "architecture", "nonlinearity", "resample_kernel", "num_fp16_res",
+             "conv_clamp", "mapping_layers", "mapping_fmaps", "mapping_lrmul", "freeze_layers", "structure"}  # fmt: skip
+    unknown = sorted(set(kw) - known)
+    if unknown:
+        raise FileFormatError(path, f"unknown TF discriminator kwargs {unknown}")
+    _check_defaults(kw, {"label_size": 0, "architecture": "resnet", "nonlinearity": "lrelu",
+                         "resample_kernel": [1, 3, 3, 1], "freeze_layers": 0}, "TF discriminator", path)  # fmt: skip
+    return _d_config(
+        path,
+        img_resolution=int(kw.get("resolution", 1024)),
+        img_channels=int(kw.get("num_channels", 3)),
+        channel_base=2 * int(kw.get("fmap_base", 16384)),
+        channel_max=int(kw.get("fmap_max", 512)),
+        mbstd_group_size=kw.get("mbstd_group_size"),
+        mbstd_num_channels=int(kw.get("mbstd_num_features", 1)),
+        conv_clamp=kw.get("conv_clamp"),
+    )
 
 
 # ---------------------------------------------------------------------------------------------- rosinality
@@ -505,13 +609,19 @@ def convert_rosinality(path: str | os.PathLike, *, network: str | None = None) -
         raise FileFormatError(path, f"not a rosinality checkpoint (no 'g_ema' state dict; found {found})")
     nets = {k: v for k, v in ckpt.items() if k in ("g_ema", "g", "d")}
     name, sd = _pick(nets, network, "g_ema", {"g_ema": "g_ema", "g": "g", "gs": "g_ema"}, path)
+    if name == "d":
+        raise FileFormatError(path, "rosinality discriminators are not converted (generators only)")
     cfg = _rosinality_config(sd, path)
     source = dict(sd)
     has_avg = ckpt.get("latent_avg") is not None
     if has_avg:
         source["latent_avg"] = ckpt["latent_avg"]
     flat = _apply_table(
-        _rosinality_table(cfg), source, cfg, path, fill_later=() if has_avg else ("buffers/mapping/w_avg",)
+        _rosinality_table(cfg),
+        source,
+        _generator_leaves(cfg),
+        path,
+        fill_later=() if has_avg else ("buffers/mapping/w_avg",),
     )
     extra: dict[str, Any] = {"network": name, "assumed": {"mapping_lr_multiplier": 0.01}}
     if not has_avg:
