@@ -113,7 +113,7 @@ def minibatch_stddev(x_BxHxWxC: jax.Array, group_size: int | None, num_channels:
     if c % f:
         raise ValueError(f"minibatch-stddev: {c} channels do not split into {f} slices")
     y = x_BxHxWxC.astype(jnp.float32).reshape(g, b // g, h, w, f, c // f)
-    y = y - jnp.mean(y, axis=0)
+    y = y - jnp.mean(y, axis=0, keepdims=True)
     y = jnp.sqrt(jnp.mean(jnp.square(y), axis=0) + 1e-8)  # [n, H, W, F, c]
     y_nxF = jnp.mean(y, axis=(1, 2, 4))
     y_BxF = jnp.tile(y_nxF, (g, 1))  # row i = group i % n

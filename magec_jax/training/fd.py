@@ -15,6 +15,7 @@ sets: compare figures computed with the same numbers of images only. Inputs need
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple
 
 import jax
@@ -35,14 +36,20 @@ class FeatureStats(NamedTuple):
     num_images: int
 
 
+def _relu5_3_mean(variables, x_BxHxWx3: jax.Array) -> jax.Array:
+    return jnp.mean(LPIPS().apply(variables, x_BxHxWx3, method="raw_taps")[-1], axis=(1, 2))
+
+
+# One jitted function per compile mode, at module level: later runs in the same process reuse the compilation.
+_FEATURES = {
+    False: jax.jit(_relu5_3_mean),
+    True: jax.jit(_relu5_3_mean, compiler_options=FAST_COMPILE_OPTIONS),
+}
+
+
 def vgg_feature_fn(variables, *, fast_compile: bool = False) -> Callable[[jax.Array], jax.Array]:
     """A compiled ``images [B, H, W, 3] in [-1, 1] -> features [B, 512]`` for the LPIPS ``variables``."""
-    options = FAST_COMPILE_OPTIONS if fast_compile else None
-
-    def features(x_BxHxWx3):
-        return jnp.mean(LPIPS().apply(variables, x_BxHxWx3, method="raw_taps")[-1], axis=(1, 2))
-
-    return jax.jit(features, compiler_options=options)
+    return functools.partial(_FEATURES[fast_compile], variables)
 
 
 def compute_features(
