@@ -55,7 +55,8 @@ class DiscriminatorConfig:
       mbstd_group_size: minibatch-stddev group size (None: the whole batch); the batch must be a multiple of
         ``min(group_size, batch)``.
       mbstd_num_channels: stddev features appended by the epilogue (0: no minibatch-stddev layer).
-      conv_clamp: clamp of every convolution output (None: no clamp).
+      conv_clamp: clamp of the fromrgb, conv0, conv1 and epilogue conv outputs (None: no clamp); the skip
+        layers are not clamped, as NVIDIA's.
     """
 
     img_resolution: int = 64
@@ -176,7 +177,8 @@ class DiscriminatorBlock(nn.Module):
         if self.in_channels == 0:
             x = Conv2dLayer(self.tmp_channels, 1, act="lrelu", name="fromrgb", **kw)(img_BxHxWxC)
         half = math.sqrt(0.5)
-        y = Conv2dLayer(self.out_channels, 1, use_bias=False, down=2, name="skip", **kw)(x, gain=half)
+        # As NVIDIA: the skip layer is never clamped (no conv_clamp), the convolutions are.
+        y = Conv2dLayer(self.out_channels, 1, use_bias=False, down=2, dtype=self.dtype, name="skip")(x, gain=half)
         x = Conv2dLayer(self.tmp_channels, 3, act="lrelu", name="conv0", **kw)(x)
         x = Conv2dLayer(self.out_channels, 3, act="lrelu", down=2, name="conv1", **kw)(x, gain=half)
         return y + x
