@@ -115,14 +115,7 @@ def test_nvidia_parity(src, converter, cases, tmp_path):
     [
         ("ada32.pkl", "convert_nvidia_pkl", "cases_ada32.npz"),
         ("ada32_tf.pkl", "convert_tf_pkl", "cases_ada32.npz"),
-        pytest.param(
-            "ada64c.pkl", "convert_nvidia_pkl", "cases_ada64c.npz",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="magec_jax/models/discriminator.py clamps the skip layer too; NVIDIA's skip Conv2dLayer "
-                "has no conv_clamp (without it the logits match to 3e-7)",
-            ),
-        ),
+        ("ada64c.pkl", "convert_nvidia_pkl", "cases_ada64c.npz"),  # conv_clamp 2 (not on the skip layer)
     ],
 )  # fmt: skip
 def test_nvidia_discriminator_parity(src, converter, cases, tmp_path):
