@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> EditJob:
     parser.add_argument("--interpolate-to", default="", help="second latent: add an interpolation row")
     parser.add_argument("--steps", type=int, default=5, help="interpolation points, t = 0..1 (default 5)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per generator call (default 8)")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_attach_negative_values(sys.argv[1:] if argv is None else argv))
     layers = None
     if args.layers:
         try:
@@ -55,6 +55,17 @@ def parse_args(argv: list[str] | None = None) -> EditJob:
         raise MagecError("--steps must be at least 2 and --batch-size at least 1")
     return EditJob(bundle=args.bundle, latents=tuple(args.latents), out_dir=args.out, sweeps=tuple(sweeps),
                    interpolate_to=args.interpolate_to, steps=args.steps, pca=args.pca, batch_size=args.batch_size)
+
+
+def _attach_negative_values(argv: list[str]) -> list[str]:
+    """``--strengths -3,0,3`` -> ``--strengths=-3,0,3``: argparse would take ``-3,0,3`` for an option."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in ("--strengths", "--gs-strengths") and arg.startswith("-"):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from magec_jax.errors import FileFormatError
-from magec_jax.models.lpips import SCALE, SHIFT, VGG16Features, resize_images
+from magec_jax.models.lpips import SCALE, SHIFT, VGG16Features
+from magec_jax.models.resize import resize_images
 
 INPUT_SIZE = 224
 FC2 = "vgg16_fc2"

@@ -26,10 +26,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from magec_jax import images as imio
-from magec_jax.evaluation.metrics import edit_consistency, improved_target, mean_or_nan
+from magec_jax.evaluation.metrics import edit_consistency, improved_target, mean_or_nan, realism
 from magec_jax.evaluation.stats import paired_ttest
 from magec_jax.inversion import job as job_lib
-from magec_jax.metrics.realism import evaluate as realism_evaluate, fit_manifold
 
 if TYPE_CHECKING:
     from magec_jax.evaluation.pipeline import Evaluator, RealImages
@@ -57,7 +56,6 @@ def build(ev: "Evaluator", real: "RealImages", reference: tuple[list[str], np.nd
     from magec_jax.evaluation.pipeline import read_scores
 
     cfg = ev.cfg
-    manifold = fit_manifold(reference[1], k=cfg.realism.k, clamp_to_percentile=cfg.realism.clamp_percentile)
     methods: dict[str, Any] = {}
     for method in cfg.methods:
         inv = ev.inversions(method)
@@ -76,9 +74,10 @@ def build(ev: "Evaluator", real: "RealImages", reference: tuple[list[str], np.nd
                 col = {k: np.asarray([scores[n][k] for n in names], np.float64) for k in next(iter(scores.values()))}
                 ecs = edit_consistency(col["lpips_gw_cyc"], col["lpips_gw_edit"], col["lpips_edit_cyc"])
                 t = improved_target(col["p_before"], col["p_after"])
-                realism = realism_evaluate(manifold, col["features"].astype(np.float32)).realism
+                realistic = realism(reference[1], col["features"].astype(np.float32), k=cfg.realism.k,
+                                    clamp_percentile=cfg.realism.clamp_percentile)
                 for i, n in enumerate(names):
-                    rows[n] = dict(ecs=ecs[i], t=t[i], realism=float(realism[i]),
+                    rows[n] = dict(ecs=ecs[i], t=t[i], realism=float(realistic[i]),
                                    **{k: float(col[k][i]) for k in
                                       ("lpips_gw_edit", "lpips_edit_cyc", "lpips_gw_cyc", "p_before", "p_after")})
             edits[spec.name] = rows

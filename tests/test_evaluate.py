@@ -1,0 +1,320 @@
+"""The evaluation: each metric on hand-computed values, the t-test against scipy, the realism features, config
+checks, and an end-to-end run (2 methods x 2 real faces x 2 edits on the tiny real-network bundle) through the
+library and then the CLI, which must resume without recomputing anything."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.special
+import scipy.stats
+from PIL import Image
+
+from bundle_tools import tiny_bundle
+from conftest import REPO, require_shared
+from magec_jax import images as imio
+from magec_jax.bundle import load_bundle
+from magec_jax.editing.directions import fit_ganspace, save_ganspace
+from magec_jax.errors import FileFormatError, MagecError
+from magec_jax.evaluation import features as feats
+from magec_jax.evaluation.config import EvalConfig
+from magec_jax.evaluation.metrics import attribute_probabilities, edit_consistency, improved_target, mean_or_nan
+from magec_jax.evaluation.pipeline import read_scores, run
+from magec_jax.evaluation.stats import betainc, paired_ttest, student_t_two_sided_p
+from magec_jax.metrics.realism import realism_scores
+from magec_jax.models import lpips as lpips_lib
+from magec_jax.models.resize import resize_images
+from magec_jax.models import stylegan2
+
+CONFIG = REPO / "configs" / "eval_tiny.py"
+
+
+def _config(arg: str = ""):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("eval_tiny", CONFIG)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+# ---- metrics on hand-computed values ---------------------------------------------------------------------------
+
+
+def test_edit_consistency_score_formula():
+    # ecs = 2 d(G(w), x_cyc) / (d(G(w), x_edit) + d(x_edit, x_cyc))
+    got = edit_consistency([0.1, 0.3, 0.0, 0.2], [0.2, 0.1, 0.5, 0.0], [0.3, 0.2, 0.5, 0.0])
+    np.testing.assert_allclose(got[:3], [0.4, 2.0, 0.0], rtol=1e-12)
+    assert math.isnan(got[3])  # nothing moved: undefined
+    assert mean_or_nan(got) == pytest.approx(0.8)  # means skip the undefined image
+    assert math.isnan(mean_or_nan(np.array([np.nan])))
+
+
+def test_improved_target_and_probabilities():
+    np.testing.assert_allclose(improved_target([0.2, 0.9], [0.7, 0.4]), [0.5, -0.5])
+    logits = np.array([[0.0, np.log(3.0)], [np.log(3.0), 0.0]])
+    np.testing.assert_allclose(attribute_probabilities(logits, "bce"), [[0.5, 0.75], [0.75, 0.5]], rtol=1e-6)
+    np.testing.assert_allclose(attribute_probabilities(logits, "softmax_ce"), [[0.25, 0.75], [0.75, 0.25]], rtol=1e-6)
+
+
+def test_paired_ttest_by_hand():
+    # d = [1, 2, 2, 3]: mean 2, sd sqrt(2/3), t = 2 / (sqrt(2/3) / 2) = sqrt(24), df = 3.
+    r = paired_ttest([1, 2, 3, 4], [0, 0, 1, 1])
+    assert r.statistic == pytest.approx(math.sqrt(24), rel=1e-12) and r.df == 3 and r.n == 4
+    assert r.mean_difference == 2.0
+    # Student-t closed forms: df = 3: P(|T| >= t) = 1 - 2/pi (theta + sin theta cos theta), theta = atan(t/sqrt 3)
+    theta = math.atan(math.sqrt(24) / math.sqrt(3))
+    assert r.p_value == pytest.approx(1 - 2 / math.pi * (theta + math.sin(theta) * math.cos(theta)), rel=1e-10)
+    for t in (0.3, 1.0, 2.5, 40.0):
+        assert student_t_two_sided_p(t, 1) == pytest.approx(1 - 2 / math.pi * math.atan(t), rel=1e-10)  # Cauchy
+        assert student_t_two_sided_p(t, 2) == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-10)
+    assert student_t_two_sided_p(0.0, 5) == pytest.approx(1.0)
+    assert student_t_two_sided_p(math.inf, 5) == 0.0
+
+
+def test_paired_ttest_matches_scipy():
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 5, 17, 200, 1000):
+        a = rng.normal(size=n)
+        b = a + rng.normal(0.05, 0.3, size=n)
+        ours = paired_ttest(a, b)
+        ref = scipy.stats.ttest_rel(a, b)
+        assert ours.statistic == pytest.approx(ref.statistic, rel=1e-12)
+        assert ours.p_value == pytest.approx(ref.pvalue, rel=1e-9, abs=1e-300)
+    for a_, b_, x in [(0.5, 0.5, 0.3), (1.5, 0.5, 0.999), (250.0, 0.5, 0.01), (3.0, 7.0, 0.4), (0.1, 30.0, 0.02)]:
+        assert betainc(a_, b_, x) == pytest.approx(scipy.special.betainc(a_, b_, x), rel=1e-11)
+    with warnings.catch_warnings():  # scipy warns about the degenerate samples
+        warnings.simplefilter("ignore")
+        same = scipy.stats.ttest_rel([1.0, 2.0, 3.0], [0.0, 1.0, 2.0])  # every difference 1: t = inf, p = 0
+        ours = paired_ttest([1.0, 2.0, 3.0], [0.0, 1.0, 2.0])
+        assert ours.statistic == same.statistic == math.inf and ours.p_value == same.pvalue == 0.0
+        assert math.isnan(paired_ttest([1.0, 2.0], [1.0, 2.0]).statistic)
+        assert math.isnan(scipy.stats.ttest_rel([1.0, 2.0], [1.0, 2.0]).statistic)
+    assert math.isnan(paired_ttest([1.0], [0.0]).p_value)
+
+
+# ---- realism features ------------------------------------------------------------------------------------------
+
+
+def test_substitute_features_and_realism_match_the_realism_module():
+    lpips_vars = lpips_lib.load_variables()
+    extractor = feats.substitute_extractor(lpips_vars)
+    assert extractor.substitute and extractor.name.startswith("substitute:") and "SUBSTITUTE" in extractor.description
+    images = jax.random.uniform(jax.random.key(0), (9, 32, 32, 3), minval=-1, maxval=1)
+    got = np.asarray(jax.jit(extractor.apply)(extractor.variables, images))
+    # Independently: LPIPS's own raw relu5_3 tap of the 224x224 image, averaged over space.
+    big = resize_images(images, (224, 224))
+    taps = lpips_lib.LPIPS().apply(lpips_vars, big, method="raw_taps")
+    np.testing.assert_allclose(got, np.asarray(taps[4].mean(axis=(1, 2))), rtol=1e-5, atol=1e-6)
+    assert got.shape == (9, 512)
+    from magec_jax.evaluation.metrics import realism
+
+    np.testing.assert_array_equal(realism(got[:5], got[5:], k=3, clamp_percentile=50.0),
+                                  realism_scores(got[:5], got[5:], k=3).realism)
+
+
+def test_fc2_extractor_from_a_torchvision_state_dict():
+    """The converter's layouts: OIHW convs, an NCHW-flatten fc1, fc2; checked against the same network written
+    in torch layout by hand (real VGG16 convs from LPIPS, a small random classifier)."""
+    trunk = lpips_lib.load_variables()["params"]["features"]
+    rng = np.random.default_rng(0)
+    width = 8
+    state = {}
+    for index, p in trunk.items():
+        state[f"features.{index}.weight"] = np.asarray(p["kernel"]).transpose(3, 2, 0, 1)
+        state[f"features.{index}.bias"] = np.asarray(p["bias"])
+    state["classifier.0.weight"] = rng.normal(0, 0.01, (width, 512 * 7 * 7)).astype(np.float32)
+    state["classifier.0.bias"] = rng.normal(0, 0.1, width).astype(np.float32)
+    state["classifier.3.weight"] = rng.normal(0, 0.3, (width, width)).astype(np.float32)
+    state["classifier.3.bias"] = rng.normal(0, 0.1, width).astype(np.float32)
+    state["classifier.6.weight"] = np.zeros((1000, width), np.float32)
+    state["classifier.6.bias"] = np.zeros(1000, np.float32)
+    extractor = feats.vgg16_fc2_from_state_dict(state)
+    assert extractor.name == feats.FC2 and not extractor.substitute
+    images = jax.random.uniform(jax.random.key(1), (2, 64, 64, 3), minval=-1, maxval=1)
+    got = np.asarray(jax.jit(extractor.apply)(extractor.variables, images))
+    shift, scale = (jnp.asarray(v).reshape(1, 1, 1, 3) for v in (lpips_lib.SHIFT, lpips_lib.SCALE))
+    x = (resize_images(images, (224, 224)) - shift) / scale
+    relu5_3 = lpips_lib.VGG16Features().apply({"params": trunk}, x)[4]
+    pooled = np.asarray(relu5_3).reshape(2, 7, 2, 7, 2, 512).max(axis=(2, 4))  # 2x2/2 max-pool
+    flat_nchw = pooled.transpose(0, 3, 1, 2).reshape(2, -1)
+    h = np.maximum(flat_nchw @ state["classifier.0.weight"].T + state["classifier.0.bias"], 0)
+    want = np.maximum(h @ state["classifier.3.weight"].T + state["classifier.3.bias"], 0)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    del state["classifier.3.bias"]
+    with pytest.raises(FileFormatError, match="incomplete"):
+        feats.vgg16_fc2_from_state_dict(state)
+    with pytest.raises(FileFormatError, match="^x.pth: not a torchvision VGG16 state dict"):
+        feats.vgg16_fc2_from_state_dict({"fc.weight": np.zeros((2, 2))}, source="x.pth")
+
+
+# ---- config checks -----------------------------------------------------------------------------------------------
+
+
+def test_config_errors_are_one_line():
+    base = _config()
+    base.bundle, base.images, base.out_dir = "b", "i", "o"
+    EvalConfig.from_config(base)
+    for field, value, message in [
+        ("method_order", ("magec", "nope"), "method_order names 'nope'"),
+        ("edit_order", ("ifg_male", "ifg_male"), "must not repeat"),
+        ("out_dir", "", "sets no out_dir"),
+    ]:
+        c = _config()
+        c.bundle, c.images, c.out_dir = "b", "i", "o"
+        c[field] = value
+        with pytest.raises(MagecError, match=message):
+            EvalConfig.from_config(c)
+    c = _config()
+    c.bundle, c.images, c.out_dir = "b", "i", "o"
+    c.edits.bad__name = dict(kind="interfacegan", attribute="Male", strength=1.0, target="")
+    c.edit_order = ("bad__name",)
+    with pytest.raises(MagecError, match="edit name 'bad__name'"):
+        EvalConfig.from_config(c)
+    c.edits.bad__name.kind = "stylegan"
+    c.edits.fine = c.edits.bad__name
+    c.edit_order = ("fine",)
+    with pytest.raises(MagecError, match="kind must be 'interfacegan' or 'ganspace'"):
+        EvalConfig.from_config(c)
+
+
+# ---- end to end ----------------------------------------------------------------------------------------------------
+
+# Chosen by F on the 32x32 images: 069067 is female to F, 016387 male (most others are male to F at 32x32).
+FACES = ("female/069067.jpg", "male/016387.jpg")
+REFERENCES = ("female/015248.jpg", "female/030321.jpg", "female/031796.jpg", "male/005735.jpg", "male/006930.jpg")
+
+
+@pytest.fixture(scope="module")
+def evaluation(tmp_path_factory):
+    """One evaluation run through the library; returns its paths, networks and log."""
+    faces = require_shared("data", "celeba_hq")
+    root = tmp_path_factory.mktemp("eval")
+    bundle = tiny_bundle(root)
+    nets = load_bundle(bundle).networks()
+    for folder, names in (("faces", FACES), ("refs", REFERENCES)):
+        (root / folder).mkdir()
+        for rel in names:
+            (root / folder / Path(rel).name).write_bytes((faces / rel).read_bytes())
+    cfg, variables = stylegan2.load_generator(bundle / "generator")
+    z = jax.random.normal(jax.random.key(5), (1000, cfg.z_dim))
+    save_ganspace(root / "pca.npz", fit_ganspace(np.asarray(stylegan2.Generator(cfg).apply(
+        variables, z, None, method="mapping")[:, 0]), 8))
+    overrides = dict(bundle=str(bundle), images=str(root / "faces"), out_dir=str(root / "out"),
+                     ganspace=str(root / "pca.npz"))
+    config = _config()
+    config.update(overrides)
+    config.realism.reference_images = str(root / "refs")
+    logs: list[str] = []
+    results = run(config, networks=nets, log=logs.append)
+    return dict(root=root, out=root / "out", nets=nets, results=results, logs=logs, overrides=overrides)
+
+
+def test_evaluation_outputs_are_complete_and_consistent(evaluation):
+    out, nets, results = evaluation["out"], evaluation["nets"], evaluation["results"]
+    names = sorted(Path(f).stem for f in FACES)
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["means"]["magec"]["mse"] == pytest.approx(results["means"]["magec"]["mse"])
+    assert set(results["methods"]) == {"magec", "wo_magec"} and results["reference_method"] == "magec"
+    assert results["common"]["reconstruction"] == names
+    # ifg_male is scored on the images F calls female; gs_c0 (no target) on all.
+    x = np.stack([imio.load_image(out.parent / "faces" / f"{n}.jpg", 32) for n in names])
+    logits = np.asarray(jax.jit(nets.descriptor.apply)(nets.descriptor.variables, x))
+    female = [n for n, row in zip(names, logits) if row[0] <= 0]
+    assert female == ["069067"]
+    assert results["common"]["edits"] == {"ifg_male": female, "gs_c0": names}
+    assert not (out / "magec" / "edits" / "ifg_male__016387.png").exists()
+    assert (out / "magec" / "edits" / "ifg_male__069067.png").exists()
+    renderer_nets = nets
+    render = jax.jit(nets.synthesize)
+    for m in ("magec", "wo_magec"):
+        method = results["methods"][m]
+        for i, n in enumerate(names):
+            rec = method["images"][n]
+            assert rec["steps"] == 10 and rec["seconds"] > 0
+            # MSE as the job reports it: G(w) vs the input image, both in [-1, 1].
+            with np.load(out / m / "inversions" / f"{n}.npz") as z:
+                img = render(renderer_nets.generator, jnp.asarray(z["w"]), None)
+            assert rec["mse"] == pytest.approx(float(jnp.mean(jnp.square(img[0] - x[i]))), rel=1e-4)
+        for e in ("ifg_male", "gs_c0"):
+            rows = method["edits"][e]
+            stored = read_scores(out / m / "scores" / f"{e}.npz", feats.SUBSTITUTE)
+            assert sorted(rows) == sorted(stored) == sorted(results["common"]["edits"][e])
+            for n, r in rows.items():
+                assert r["ecs"] == pytest.approx(2 * r["lpips_gw_cyc"] / (r["lpips_gw_edit"] + r["lpips_edit_cyc"]))
+                assert r["lpips_gw_edit"] > 0
+                if e == "ifg_male":
+                    assert 0 <= r["p_before"] <= 1 and r["t"] == pytest.approx(r["p_after"] - r["p_before"])
+                else:
+                    assert r["t"] is None or math.isnan(r["t"])
+            # Realism: the real manifold of real/features.npz against the stored edit features.
+            with np.load(out / "real" / "features.npz") as z:
+                assert str(z["kind"]) == feats.SUBSTITUTE and len(z["names"]) == len(REFERENCES)
+                ref = z["features"]
+            order = sorted(rows)
+            want = realism_scores(ref, np.stack([stored[n]["features"] for n in order]), k=3).realism
+            np.testing.assert_allclose([rows[n]["realism"] for n in order], want, rtol=1e-6)
+        # Means over the common images.
+        means = results["means"][m]
+        assert means["mse"] == pytest.approx(np.mean([method["images"][n]["mse"] for n in names]))
+        assert means["ecs/ifg_male"] == pytest.approx(np.mean([method["edits"]["ifg_male"][n]["ecs"] for n in female]))
+        assert means["t/ifg_male"] == pytest.approx(np.mean([method["edits"]["ifg_male"][n]["t"] for n in female]))
+        assert "t/gs_c0" not in means
+    # Paired t-tests of the other method against the reference, as scipy computes them.
+    for key, per in (("lpips", lambda m: [results["methods"][m]["images"][n]["lpips"] for n in names]),
+                     ("ecs/gs_c0", lambda m: [results["methods"][m]["edits"]["gs_c0"][n]["ecs"] for n in names])):
+        ref = scipy.stats.ttest_rel(per("magec"), per("wo_magec"))
+        got = results["ttests"][key]["wo_magec"]
+        assert got["statistic"] == pytest.approx(ref.statistic, rel=1e-9)
+        assert got["p_value"] == pytest.approx(ref.pvalue, rel=1e-9)
+    # The Markdown table: one row per method with the means, the substitute feature named.
+    md = (out / "results.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| method | MSE"))
+    assert header.split(" | ")[1:5] == ["MSE", "LPIPS", "steps", "s/image"] and "ECS ifg_male" in header
+    row = next(line for line in md.splitlines() if line.startswith("| MAGEC |"))
+    assert f"{results['means']['magec']['mse']:.4f}" in row.replace("**", "")
+    assert "| w/o MAGEC |" in md and feats.SUBSTITUTE in md and "SUBSTITUTE" in md
+    assert "n/a" in md  # one image lacks Male: no t-test on ifg_male
+    # Figures: Fig. 3 grid (2 images x 2 methods rows; input, G(w), 2 edits) and Fig. 4b per (method, edit).
+    tile = 34
+    assert Image.open(out / "figures" / "comparison.png").size == (2 + 4 * tile, 2 + 4 * tile)
+    for m in ("magec", "wo_magec"):
+        assert Image.open(out / "figures" / f"ecs_{m}_ifg_male.png").size == (2 + 4 * tile, 2 + 1 * tile)
+        assert Image.open(out / "figures" / f"ecs_{m}_gs_c0.png").size == (2 + 4 * tile, 2 + 2 * tile)
+
+
+def test_evaluation_cli_resumes_without_recomputing(evaluation):
+    out = evaluation["out"]
+    work = [p for p in out.rglob("*") if p.is_file() and "figures" not in p.parts and p.suffix != ".md"
+            and p.name not in ("results.json", "images.txt", "reproject.txt", "summary.json")]
+    stamps = {p: p.stat().st_mtime_ns for p in work}
+    assert any("reprojections" in p.parts for p in stamps) and any("scores" in p.parts for p in stamps)
+    refs = evaluation["root"] / "refs"
+    cmd = [sys.executable, "-m", "magec_jax.evaluate", f"--config={CONFIG}",
+           *(f"--config.{k}={v}" for k, v in evaluation["overrides"].items()), f"--config.realism.reference_images={refs}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("2 images, 2 already done, 0 to do") == 2  # inversions of both methods
+    assert proc.stderr.count("3 images, 3 already done, 0 to do") == 2  # re-projections of both methods
+    assert "step " not in proc.stderr and "scoring" not in proc.stderr and "rendering" not in proc.stderr
+    assert stamps == {p: p.stat().st_mtime_ns for p in work}
+    again = json.loads((out / "results.json").read_text())
+    assert again["means"] == json.loads(json.dumps(evaluation["results"]["means"], allow_nan=True).replace("NaN", "null"))
+
+
+def test_cli_reports_a_bad_config_in_one_line(tmp_path):
+    cmd = [sys.executable, "-m", "magec_jax.evaluate", f"--config={CONFIG}", f"--config.bundle={tmp_path}",
+           f"--config.images={tmp_path}", f"--config.out_dir={tmp_path / 'o'}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {tmp_path}: not a model bundle (no manifest.json); " \
+                                                   "build one with python -m magec_jax.bundle"
