@@ -15,7 +15,7 @@ from __future__ import annotations
 from magec_jax.cli import config_main
 from magec_jax.training.loop import run
 
-__all__ = ["run", "main"]
+__all__ = ["main", "run"]
 
 
 def main() -> None:

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -173,7 +174,7 @@ class DiscriminatorBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array | None, img_BxHxWxC: jax.Array | None) -> jax.Array:
         """Returns the block output ``[B, R/2, R/2, out_channels]``."""
-        kw = dict(conv_clamp=self.conv_clamp, dtype=self.dtype)
+        kw = {"conv_clamp": self.conv_clamp, "dtype": self.dtype}
         if self.in_channels == 0:
             x = Conv2dLayer(self.tmp_channels, 1, act="lrelu", name="fromrgb", **kw)(img_BxHxWxC)
         half = math.sqrt(0.5)

@@ -92,7 +92,7 @@ class TrainGANConfig:
     fast_compile: bool
 
     @classmethod
-    def from_config(cls, c: ml_collections.ConfigDict) -> "TrainGANConfig":
+    def from_config(cls, c: ml_collections.ConfigDict) -> TrainGANConfig:
         """Checks and converts a ConfigDict."""
         for name in ("data", "run_dir"):
             if not c[name]:

@@ -24,8 +24,8 @@ import json
 import os
 import tarfile
 import tempfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError

@@ -16,7 +16,8 @@ sets: compare figures computed with the same numbers of images only. Inputs need
 from __future__ import annotations
 
 import functools
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -31,7 +31,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -238,7 +239,7 @@ def synthesize(setup: GANSetup, g_params, g_buffers, ws_BxLxD: jax.Array, noise_
     return Generator(setup.g).apply(variables, ws_BxLxD, method="synthesis", noise_mode="random", key=noise_key)
 
 
-def with_w_avg(g_buffers, w_avg_D: jax.Array):
+def with_w_avg(g_buffers: dict, w_avg_D: jax.Array) -> dict:
     """``g_buffers`` with ``mapping/w_avg`` replaced."""
     return {**g_buffers, "mapping": {**g_buffers["mapping"], "w_avg": w_avg_D}}
 
@@ -257,7 +258,12 @@ def real_images(setup: GANSetup, reals_BxHxWxC: jax.Array, flip_key: jax.Array) 
     return jnp.where(flip_Bx1x1x1, x[:, :, ::-1], x)
 
 
-def input_gradient_loss(f, params, x_of, loss_of_grad):
+def input_gradient_loss(
+    f: Callable[[Any, jax.Array], jax.Array],
+    params: Any,
+    x_of: Callable[[Any], jax.Array],
+    loss_of_grad: Callable[[jax.Array], tuple[jax.Array, Any]],
+) -> tuple[tuple[jax.Array, Any], Any]:
     """Value and parameter gradient of a loss on an input gradient: ``L(p) = loss_of_grad(grad_x f(p, x_of(p)))``.
 
     Computed reverse-over-forward instead of as a gradient of a gradient: with ``c = dL/d(grad_x f)`` held
@@ -281,7 +287,7 @@ def input_gradient_loss(f, params, x_of, loss_of_grad):
     return (loss, aux), jax.grad(directional)(params)
 
 
-def r1_loss(setup: GANSetup, d_params, reals_BxHxWxC: jax.Array):
+def r1_loss(setup: GANSetup, d_params, reals_BxHxWxC: jax.Array) -> tuple[tuple[jax.Array, jax.Array], Any]:
     """R1 loss ``gamma / 2 * mean_B |grad_x sum D(x)|^2 * d_reg_interval`` and its D gradient.
 
     Returns ``((loss, penalty_B), grads)``; ``penalty_B`` is ``|grad_x|^2`` per image (the gradient of the
@@ -296,7 +302,9 @@ def r1_loss(setup: GANSetup, d_params, reals_BxHxWxC: jax.Array):
     return input_gradient_loss(f, d_params, lambda _: reals_BxHxWxC, loss_of_grad)
 
 
-def pl_loss(setup: GANSetup, g_params, g_buffers, pl_mean: jax.Array, keys: dict[str, jax.Array]):
+def pl_loss(
+    setup: GANSetup, g_params, g_buffers, pl_mean: jax.Array, keys: dict[str, jax.Array]
+) -> tuple[tuple[jax.Array, tuple[jax.Array, jax.Array, jax.Array]], Any]:
     """Path-length loss ``pl_weight * mean_B (|J_w^T y| - a)^2 * g_reg_interval`` and its G gradient.
 
     ``|J_w^T y|`` is NVIDIA's ``pl_lengths``: ``sqrt(mean_rows(sum_dim(g^2)))`` with ``g`` the gradient wrt
@@ -489,6 +497,6 @@ def seed_latents(seeds: Sequence[int], z_dim: int) -> np.ndarray:
     return np.concatenate([np.random.RandomState(s).randn(1, z_dim) for s in seeds]).astype(np.float32)
 
 
-def num_params(tree) -> int:
+def num_params(tree: Any) -> int:
     """Number of scalars in a pytree."""
     return int(sum(math.prod(x.shape) for x in jax.tree.leaves(tree)))
