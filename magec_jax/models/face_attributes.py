@@ -58,22 +58,32 @@ def _logit(p: float) -> float:
     return math.log(p) - math.log1p(-p)
 
 
-def _faceres_embedding(variables: Any, images_BxHxWx3: jax.Array, *, dtype: Any) -> jax.Array:
+def _faceres_embedding(variables: Any, images_BxHxWx3: jax.Array, *, box: faceres.Box | None, dtype: Any) -> jax.Array:
     """Unit-norm faceres descriptors ``[B, 1024]`` of project images."""
-    d_BxD = faceres.apply(variables, faceres.preprocess(images_BxHxWx3), dtype=dtype)["descriptor"]
+    d_BxD = faceres.apply(variables, faceres.preprocess(images_BxHxWx3, box=box), dtype=dtype)["descriptor"]
     return d_BxD * jax.lax.rsqrt(jnp.maximum(jnp.sum(d_BxD * d_BxD, axis=-1, keepdims=True), 1e-12))
 
 
-def faceres_identity(variables: Any, *, dtype: Any = jnp.float32) -> IdentityEmbedder:
+def faceres_identity(
+    variables: Any, *, box: faceres.Box | None = faceres.FACE_BOX, dtype: Any = jnp.float32
+) -> IdentityEmbedder:
     """The faceres descriptor as the identity network of the ID loss.
 
     Args:
       variables: faceres variables (``Converted.variables`` of ``ports.tfjs.convert_faceres``).
+      box: the face crop as image fractions (``faceres.FACE_BOX`` suits aligned FFHQ/CelebA-HQ frames);
+        None feeds the whole image (for images that are already a tight face crop).
       dtype: computation dtype of the network (float32, or bfloat16).
     """
     return IdentityEmbedder(
-        name="faceres", apply=functools.partial(_faceres_embedding, dtype=dtype), variables=variables
+        name="faceres", apply=_embedding_fn(box, dtype), variables=variables
     )
+
+
+@functools.lru_cache(maxsize=None)
+def _embedding_fn(box: faceres.Box | None, dtype: Any):
+    """One ``apply`` per setting, so that engines closing over it as a static argument compile once."""
+    return functools.partial(_faceres_embedding, box=box, dtype=dtype)
 
 
 def happy_log_odds(emotion_logits_Bx7: jax.Array) -> jax.Array:
@@ -84,11 +94,16 @@ def happy_log_odds(emotion_logits_Bx7: jax.Array) -> jax.Array:
 
 
 def _attribute_logits(
-    variables: Any, images_BxHxWx3: jax.Array, *, thresholds: FaceAttributeThresholds, dtype: Any
+    variables: Any,
+    images_BxHxWx3: jax.Array,
+    *,
+    thresholds: FaceAttributeThresholds,
+    box: faceres.Box | None,
+    dtype: Any,
 ) -> jax.Array:
     """``[B, 3]`` logits of (Male, Young, Smiling) for project images."""
-    face = faceres.apply(variables["faceres"], faceres.preprocess(images_BxHxWx3), dtype=dtype)
-    z_Bx7 = emotion.apply(variables["emotion"], emotion.preprocess(images_BxHxWx3), dtype=dtype)["logits"]
+    face = faceres.apply(variables["faceres"], faceres.preprocess(images_BxHxWx3, box=box), dtype=dtype)
+    z_Bx7 = emotion.apply(variables["emotion"], emotion.preprocess(images_BxHxWx3, box=box), dtype=dtype)["logits"]
     male_B = face["gender_logit"][:, 0] - _logit(thresholds.male_prob)
     young_B = (thresholds.age_threshold - face["age_expected"]) / thresholds.age_scale
     smiling_B = happy_log_odds(z_Bx7) - _logit(thresholds.happy_prob)
@@ -100,6 +115,7 @@ def face_attribute_descriptor(
     emotion_variables: Any,
     *,
     thresholds: FaceAttributeThresholds = FaceAttributeThresholds(),
+    box: faceres.Box | None = faceres.FACE_BOX,
     dtype: Any = jnp.float32,
 ) -> Descriptor:
     """faceres + emotion as MAGEC's descriptor F: logits of ``ATTRIBUTE_NAMES``, trained-loss ``"bce"``.
@@ -108,6 +124,7 @@ def face_attribute_descriptor(
       faceres_variables: from ``ports.tfjs.convert_faceres``.
       emotion_variables: from ``ports.tfjs.convert_emotion``.
       thresholds: the attributes' decision thresholds.
+      box: the face crop as image fractions, or None for the whole image (see :func:`faceres_identity`).
       dtype: computation dtype of both networks.
 
     Returns:
@@ -117,6 +134,37 @@ def face_attribute_descriptor(
         name="faceres+emotion",
         attribute_names=ATTRIBUTE_NAMES,
         loss="bce",
-        apply=functools.partial(_attribute_logits, thresholds=thresholds, dtype=dtype),
+        apply=_logits_fn(thresholds, box, dtype),
         variables={"faceres": faceres_variables, "emotion": emotion_variables},
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def _logits_fn(thresholds: FaceAttributeThresholds, box: faceres.Box | None, dtype: Any):
+    """One ``apply`` per setting, so that engines closing over it as a static argument compile once."""
+    return functools.partial(_attribute_logits, thresholds=thresholds, box=box, dtype=dtype)
+
+
+def calibrate_thresholds(
+    faceres_variables: Any,
+    images_NxHxWx3: Any,
+    *,
+    box: faceres.Box | None = faceres.FACE_BOX,
+    young_fraction: float = 0.5,
+    male_prob: float = 0.5,
+    happy_prob: float = 0.5,
+    batch: int = 32,
+) -> FaceAttributeThresholds:
+    """Thresholds for a domain: Young is set so that ``young_fraction`` of ``images`` (real photographs of the
+    domain, [-1, 1]) count as young (the quantile of faceres's expected age), which keeps the attribute
+    informative whatever the age spread of the data; Male and Smiling keep the networks' own decision rules
+    (``male_prob``, ``happy_prob``), which need no calibration data of their own."""
+    fn = jax.jit(lambda v, x: faceres.apply(v, faceres.preprocess(x, box=box))["age_expected"])
+    ages = jnp.concatenate([fn(faceres_variables, jnp.asarray(images_NxHxWx3[i:i + batch]))
+                            for i in range(0, len(images_NxHxWx3), batch)])
+    return FaceAttributeThresholds(
+        male_prob=male_prob,
+        age_threshold=float(jnp.quantile(ages, young_fraction)),
+        age_scale=FaceAttributeThresholds.age_scale,
+        happy_prob=happy_prob,
     )
