@@ -319,10 +319,16 @@ def build_bundle(
     dst.mkdir(parents=True)
     manifest: dict[str, Any] = dict(format=FORMAT_NAME, format_version=FORMAT_VERSION)
 
+    copied: dict[Path, str] = {}
+
     def copy_in(src: str | Path, name: str, kind: str) -> str:
-        load_converted(src, kind=kind)  # validates before copying
-        shutil.copytree(src, dst / name)
-        return name
+        """Copies a converted part in once (a part used by two roles, e.g. faceres, is shared)."""
+        key = Path(src).resolve()
+        if key not in copied:
+            load_converted(src, kind=kind)  # validates before copying
+            shutil.copytree(src, dst / name)
+            copied[key] = name
+        return copied[key]
 
     manifest["generator"] = copy_in(generator, "generator", "stylegan2")
     cfg, gen_vars = stylegan2.load_generator(dst / "generator")
@@ -330,11 +336,6 @@ def build_bundle(
     manifest["w_avg"] = "w_avg.npy"
     manifest["w_avg_estimate"] = dict(num_samples=w_avg_samples, seed=seed)
     manifest["lpips"] = copy_in(lpips, "lpips", "lpips_vgg16") if lpips else None
-    manifest["identity"] = None
-    if identity:
-        spec = dict(zip(("kind", "path"), identity)) if isinstance(identity, tuple) else dict(identity)
-        spec["path"] = copy_in(spec["path"], "identity", spec["kind"])
-        manifest["identity"] = spec
     manifest["descriptor"] = None
     if descriptor:
         desc = dict(descriptor)
@@ -346,6 +347,11 @@ def build_bundle(
         else:
             raise MagecError(f"unknown descriptor kind {desc['kind']!r}")
         manifest["descriptor"] = desc
+    manifest["identity"] = None
+    if identity:
+        spec = dict(zip(("kind", "path"), identity)) if isinstance(identity, tuple) else dict(identity)
+        spec["path"] = copy_in(spec["path"], "identity", spec["kind"])
+        manifest["identity"] = spec
     manifest["linknet"] = None
     manifest["directions"] = None
     if directions:

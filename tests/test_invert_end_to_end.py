@@ -28,6 +28,10 @@ def test_bundle_networks_are_consistent(bundle):
     assert nets.directions.shape == (3, TINY.w_dim)
     assert nets.descriptor.attribute_names == ("Male", "Young", "Smiling")
     assert len(nets.noise_init) == 2 * 4 - 1
+    # faceres serves as identity and inside the descriptor: stored once.
+    manifest = load_bundle(bundle).manifest
+    assert manifest["identity"]["path"] == manifest["descriptor"]["faceres"] == "faceres"
+    assert not (bundle / "identity").exists()
 
 
 def test_bundle_validation_names_the_missing_part(bundle, tmp_path):
