@@ -23,6 +23,7 @@ expected shape; otherwise the error names the offender.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -143,8 +144,13 @@ def _apply_table(
     missing = sorted(set(expected) - set(out) - set(fill_later))
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-        raise FileFormatError(path, f"no tensor for {missing[0]}{more} (incomplete or not a StyleGAN2 generator)")
+        raise FileFormatError(path, f"no tensor for {missing[0]}{more} (incomplete, or not this kind of network)")
     return out
+
+
+def _jsonable(obj: Any) -> Any:
+    """``obj`` with numpy scalars and arrays (possible in pickled kwargs) turned into JSON values."""
+    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
 def _converted(cfg: Any, flat: Mapping[str, np.ndarray], *, kind: str = sg2.KIND, **extra: Any) -> Converted:
@@ -152,7 +158,7 @@ def _converted(cfg: Any, flat: Mapping[str, np.ndarray], *, kind: str = sg2.KIND
         kind=kind,
         config=cfg.to_dict(),
         variables=unflatten(flat),
-        manifest={"converter": CONVERTER, "extra": extra},
+        manifest={"converter": CONVERTER, "extra": _jsonable(extra)},
     )
 
 
@@ -206,6 +212,10 @@ _SYNTHESIS_KWARGS = {
 }  # fmt: skip
 
 
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
 def _check_defaults(kwargs: Mapping[str, Any], defaults: Mapping[str, Any], what: str, path: Path) -> None:
     """Settings the port does not implement must have their standard value."""
     for key, standard in defaults.items():
@@ -243,7 +253,7 @@ def _config_from_init_kwargs(kw: Mapping[str, Any], path: Path) -> sg2.StyleGAN2
             embed_features=mapping.get("embed_features"),
             channel_base=int(synthesis.get("channel_base", 32768)),
             channel_max=int(synthesis.get("channel_max", 512)),
-            conv_clamp=synthesis.get("conv_clamp"),
+            conv_clamp=_opt_float(synthesis.get("conv_clamp")),
             num_fp16_res=int(synthesis.get("num_fp16_res", 0)),
             architecture=synthesis.get("architecture", "skip"),
         )
@@ -395,7 +405,7 @@ def _config_from_static_kwargs(kw: Mapping[str, Any], path: Path) -> sg2.StyleGA
             embed_features=kw.get("label_fmaps"),
             channel_base=2 * int(kw.get("fmap_base", 16384)),
             channel_max=int(kw.get("fmap_max", 512)),
-            conv_clamp=kw.get("conv_clamp"),
+            conv_clamp=_opt_float(kw.get("conv_clamp")),
             num_fp16_res=int(kw.get("num_fp16_res", 0)),
         )
     except ValueError as e:
@@ -483,7 +493,7 @@ def _d_config_from_init_kwargs(kw: Mapping[str, Any], path: Path) -> Any:
         channel_max=int(kw.get("channel_max", 512)),
         mbstd_group_size=epilogue.get("mbstd_group_size", 4),
         mbstd_num_channels=int(epilogue.get("mbstd_num_channels", 1)),
-        conv_clamp=kw.get("conv_clamp"),
+        conv_clamp=_opt_float(kw.get("conv_clamp")),
     )
 
 
@@ -505,7 +515,7 @@ def _d_config_from_static_kwargs(kw: Mapping[str, Any], path: Path) -> Any:
         channel_max=int(kw.get("fmap_max", 512)),
         mbstd_group_size=kw.get("mbstd_group_size"),
         mbstd_num_channels=int(kw.get("mbstd_num_features", 1)),
-        conv_clamp=kw.get("conv_clamp"),
+        conv_clamp=_opt_float(kw.get("conv_clamp")),
     )
 
 
