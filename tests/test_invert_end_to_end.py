@@ -99,3 +99,27 @@ def test_loss_decreases_on_the_real_tiny_generator(bundle):
     out = Engine(nets, settings).invert(targets)
     final = np.asarray(out["terms"][:, 0] + out["terms"][:, 1])
     assert np.all(final < 0.5 * start), (start, final)
+
+
+def test_edit_grid_stage_after_inversion(bundle, tmp_path):
+    from PIL import Image
+
+    from magec_jax.inversion import job as job_lib
+    from magec_jax.inversion.protocols import job_config
+
+    faces = sorted((require_shared("data", "celeba_hq") / "male").glob("*.jpg"))[:2]
+    images = tmp_path / "faces"
+    images.mkdir()
+    for src in faces:
+        (images / src.name).write_bytes(src.read_bytes())
+    config = job_config("magec", steps_scale=0.02)
+    config.bundle, config.images, config.out_dir = str(bundle), str(images), str(tmp_path / "out")
+    config.edit_grid.attributes = ("Male", "Smiling")
+    config.edit_grid.strengths = (-3.0, 3.0)
+    job_lib.run(config)
+    grid = np.asarray(Image.open(tmp_path / "out" / "edit_grid.png"))
+    per_image = [np.asarray(Image.open(tmp_path / "out" / "edits" / f"{f.stem}.png")) for f in faces]
+    assert grid.shape[0] == sum(g.shape[0] for g in per_image)  # the per-image grids, stacked
+    assert per_image[0].shape[0] > 2 * 32 and per_image[0].shape[1] > 4 * 32  # 2 rows of input|recon|2 edits
+    for f in faces:
+        assert (tmp_path / "out" / "edits" / f.stem / "ifg_Male_+3.npz").exists()

@@ -8,7 +8,9 @@ For a folder (or list file) of images and a model bundle it writes, per image ``
   * ``<name>.json`` final loss terms, steps, seconds, status; written LAST, so its presence marks the
     image as done;
 
-and ``summary.json`` for the job (also rewritten after every batch). Every file is written atomically. A job
+and ``summary.json`` for the job (also rewritten after every batch). With an ``edit_grid`` block in the config,
+the job then renders InterFaceGAN edits of every inverted image (``edits/<name>.png`` grids and edited
+latents, by ``magec_jax.editing.render``) and tiles them into ``edit_grid.png``. Every file is written atomically. A job
 killed at any moment and restarted with the same output folder redoes only the images without a
 ``<name>.json`` (and deletes the killed run's half-written temporaries; one job per output folder). Unreadable or unsuitable images are reported and skipped; an image whose loss becomes
 non-finite is reported as failed while the rest of its batch finishes.
@@ -48,6 +50,14 @@ class DistributedConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class EditGrid:
+    """Edits rendered after the inversion: one row per attribute, one column per strength."""
+
+    attributes: tuple[str, ...]
+    strengths: tuple[float, ...]
+
+
+@dataclasses.dataclass(frozen=True)
 class JobConfig:
     """The typed form of an inversion config (see ``configs/``)."""
 
@@ -60,6 +70,7 @@ class JobConfig:
     matmul_precision: str = "highest"
     distributed: DistributedConfig = DistributedConfig()
     name: str = ""
+    edit_grid: EditGrid | None = None
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> "JobConfig":
@@ -82,6 +93,10 @@ class JobConfig:
             chunk_steps=int(inv.chunk_steps),
         )
         dist = config.get("distributed", ml_collections.ConfigDict())
+        grid = config.get("edit_grid")
+        edit_grid = None
+        if grid is not None and grid.get("attributes"):
+            edit_grid = EditGrid(tuple(grid.attributes), tuple(float(v) for v in grid.strengths))
         return cls(
             bundle=str(config.bundle),
             images=str(config.images),
@@ -92,6 +107,7 @@ class JobConfig:
             matmul_precision=str(config.get("matmul_precision", "highest")),
             distributed=DistributedConfig(**dict(dist)),
             name=str(config.get("name", "")),
+            edit_grid=edit_grid,
         )
 
 
@@ -264,7 +280,31 @@ def run(
         f"invert: {summary['done']} inverted, {len(summary['failed'])} failed, {len(summary['skipped'])} skipped "
         f"in {summary['seconds']:.1f} s -> {out_dir}"
     )
+    if job.edit_grid is not None and pid == 0:
+        render_edit_grid(job, out_dir, log)
     return summary
+
+
+def render_edit_grid(job: JobConfig, out_dir: Path, log: Callable[[str], None]) -> Path | None:
+    """Renders the config's InterFaceGAN edits of every latent in ``out_dir`` (``edits/``, resumable) and
+    tiles the per-image grids into ``edit_grid.png``; returns its path (None when nothing is inverted)."""
+    from magec_jax.editing.render import Edit, EditJob, run_edits
+
+    if not list(out_dir.glob("*.npz")):
+        return None
+    sweeps = tuple(
+        tuple(Edit("interfacegan", s, attribute=a) for s in job.edit_grid.strengths) for a in job.edit_grid.attributes
+    )
+    edits_dir = out_dir / "edits"
+    run_edits(EditJob(bundle=job.bundle, latents=(str(out_dir),), out_dir=str(edits_dir), sweeps=sweeps), log=log)
+    from PIL import Image
+
+    grids = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(edits_dir.glob("*.png"))]
+    width = max(g.shape[1] for g in grids)
+    tiles = [np.pad(g, ((0, 0), (0, width - g.shape[1]), (0, 0)), constant_values=255) for g in grids]
+    path = imio.atomic_write_bytes(out_dir / "edit_grid.png", imio.png_bytes(np.concatenate(tiles)))
+    log(f"edit grid ({', '.join(job.edit_grid.attributes)} at {job.edit_grid.strengths}) -> {path}")
+    return path
 
 
 def _remove_temporaries(out_dir: Path) -> None:

@@ -67,6 +67,7 @@ def job_config(protocol: str = "magec", *, steps_scale: float = 1.0) -> ml_colle
     config.min_size = ml_collections.FieldReference(None, field_type=int)
     config.matmul_precision = "highest"
     config.inversion = inversion_config(protocol, steps_scale=steps_scale)
+    config.edit_grid = ml_collections.ConfigDict(dict(attributes=(), strengths=()))  # empty: no edit stage
     config.distributed = ml_collections.ConfigDict(
         dict(coordinator_address="", num_processes=1, process_id=0, cpu_collectives="gloo")
     )
