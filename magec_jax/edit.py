@@ -7,7 +7,8 @@
 
 LATENTS are the inversion job's ``<name>.npz`` files or its output folders. Each ``--attribute`` (a direction
 of the bundle) and each ``--component`` (of the GANSpace PCA: ``--pca`` or the bundle's ``ganspace`` entry;
-``--layers START:END``, end exclusive, default all) is one row of the grid, swept over its strengths.
+``--layers START:END``, end exclusive, default all) is one row of the grid, swept over its strengths (a list
+``-3,0,3`` or a range ``START:STOP:COUNT``, e.g. ``-3:3:7``).
 Per latent ``<name>`` it writes ``OUT/<name>.png`` (rows: input | reconstruction | edits; the input is found
 through the inversion's ``<name>.json``), ``OUT/<name>/<label>.npz`` (edited latents, key ``w``
 ``[1, num_ws, w_dim]``) and ``OUT/<name>.json``. A rerun skips latents already done with the same edits.

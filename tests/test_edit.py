@@ -145,6 +145,8 @@ def test_edit_cli_reports_bad_input_in_one_line(setup, tmp_path):
         load_latent(tmp_path / "now.npz")
     with pytest.raises(MagecError, match="--strengths: expected comma-separated numbers"):
         parse_floats("1,x", "--strengths")
+    assert parse_floats("-3:3:4", "--strengths") == (-3.0, -1.0, 1.0, 3.0)
+    assert parse_floats("-3,0,3", "--strengths") == (-3.0, 0.0, 3.0)
     with pytest.raises(MagecError, match="--layers: expected START:END"):
         edit_cli.parse_args([str(setup["inv"]), "--bundle", "b", "--out", "o", "--component", "0", "--layers", "3"])
 

@@ -28,7 +28,8 @@ from magec_jax.errors import FileFormatError, MagecError
 from magec_jax.evaluation import features as feats
 from magec_jax.evaluation.config import EvalConfig
 from magec_jax.evaluation.metrics import attribute_probabilities, edit_consistency, improved_target, mean_or_nan
-from magec_jax.evaluation.pipeline import read_scores, run
+from magec_jax.evaluation.pipeline import run
+from magec_jax.evaluation.store import read_scores
 from magec_jax.evaluation.stats import betainc, paired_ttest, student_t_two_sided_p
 from magec_jax.metrics.realism import realism_scores
 from magec_jax.models import lpips as lpips_lib

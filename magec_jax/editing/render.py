@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from magec_jax import images as imio
+from magec_jax.bundle import load_bundle, noise_buffers, synthesize_fn
 from magec_jax.editing.directions import GanSpace, ganspace_edit, interfacegan_edit, interpolate, load_ganspace
 from magec_jax.errors import FileFormatError, MagecError
 
@@ -254,13 +255,11 @@ class Renderer:
 
     def noise_for(self, latents: Sequence[Latent]) -> tuple[np.ndarray, ...]:
         """Per-layer ``[N, h, w]`` noise: each latent's own maps, or the constant buffers."""
-        layers = []
-        for i, const in enumerate(self.noise_const):
-            layers.append(np.stack([const if lat.noise is None else lat.noise[i] for lat in latents]))
         for lat in latents:
-            if lat.noise is not None and len(lat.noise) != len(self.noise_const):
-                raise FileFormatError(lat.path, f"{len(lat.noise)} noise maps, the generator has {len(self.noise_const)}")
-        return tuple(layers)
+            if lat.noise is not None and [n.shape for n in lat.noise] != [n.shape for n in self.noise_const]:
+                raise FileFormatError(lat.path, "its noise maps do not match the generator's noise inputs")
+        return tuple(np.stack([const if lat.noise is None else lat.noise[i] for lat in latents])
+                     for i, const in enumerate(self.noise_const))
 
     def __call__(self, ws_NxLxD: np.ndarray, noise: tuple[np.ndarray, ...] | None = None) -> np.ndarray:
         """Images ``[N, R, R, 3]`` (float32, [-1, 1] nominal, not clamped); ``noise`` per layer ``[N, h, w]``
@@ -324,8 +323,6 @@ def run_edits(job: EditJob, *, log: Callable[[str], None] = lambda m: print(m, f
     ``[1, L, D]``) and ``<name>.json`` (written last: its presence with the same rows marks the latent as done,
     so a rerun skips it).
     """
-    from magec_jax.bundle import load_bundle, noise_buffers, synthesize_fn
-
     if not job.sweeps and not job.interpolate_to:
         raise MagecError("nothing to do: give InterFaceGAN, GANSpace or interpolation edits")
     bundle = load_bundle(job.bundle)
@@ -342,8 +339,8 @@ def run_edits(job: EditJob, *, log: Callable[[str], None] = lambda m: print(m, f
             raise FileFormatError(lat.path, f"latent of shape {lat.w_LxD.shape}, the generator's is "
                                             f"({cfg.num_ws}, {cfg.w_dim})")
     rows = [[e.label for e in sweep] for sweep in job.sweeps]
+    ts = np.linspace(0.0, 1.0, job.steps) if other is not None else np.zeros(0)
     if other is not None:
-        ts = np.linspace(0.0, 1.0, max(job.steps, 2))
         rows.append([_safe(f"interp_{other.name}_{t:.3f}") for t in ts])
     out = Path(job.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -359,8 +356,7 @@ def run_edits(job: EditJob, *, log: Callable[[str], None] = lambda m: print(m, f
         ws, noise = [], []
         for lat in chunk:
             edited = [lat.w_LxD] + [editor.apply(e, lat.w_LxD) for sweep in job.sweeps for e in sweep]
-            if other is not None:
-                edited += [np.asarray(interpolate(lat.w_LxD, other.w_LxD, t)) for t in ts]
+            edited += [np.asarray(interpolate(lat.w_LxD, other.w_LxD, t)) for t in ts]
             ws += edited
             noise += [lat] * len(edited)
         images = renderer(np.stack(ws), renderer.noise_for(noise))
@@ -404,11 +400,17 @@ def _write_latent_edits(out: Path, lat: Latent, rows: list[list[str]], images: n
 
 
 def parse_floats(text: str, what: str) -> tuple[float, ...]:
-    """``"-3,0,3"`` -> ``(-3.0, 0.0, 3.0)``; a one-line :class:`MagecError` naming ``what`` otherwise."""
+    """``"-3,0,3"`` -> ``(-3.0, 0.0, 3.0)``; a range ``"START:STOP:COUNT"`` -> ``COUNT`` evenly spaced values
+    from START to STOP inclusive (``"-3:3:4"`` -> ``(-3, -1, 1, 3)``); a one-line :class:`MagecError`
+    naming ``what`` otherwise."""
     try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
+        if ":" in text:
+            start, stop, count = text.split(":")
+            values = tuple(float(v) for v in np.linspace(float(start), float(stop), int(count)))
+        else:
+            values = tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise MagecError(f"{what}: expected comma-separated numbers, got {text!r}") from None
+        raise MagecError(f"{what}: expected comma-separated numbers or START:STOP:COUNT, got {text!r}") from None
     if not values or not all(math.isfinite(v) for v in values):
         raise MagecError(f"{what}: expected finite numbers, got {text!r}")
     return values

@@ -16,8 +16,9 @@ Config fields::
                                       target: F's attribute the edit adds; ECS, t and realism are scored on
                                       the images lacking it ("" : no target, every image, no t)
     edit_order                        the edits to run, in column order
-    realism.k, realism.clamp_percentile, realism.reference_images ("" : the evaluated images),
-    realism.vgg16_weights ("" : the substitute feature, see ``magec_jax.evaluation.features``)
+    realism.k, realism.clamp_percentile (negative: no pruning), realism.reference_images ("" : the
+    evaluated images), realism.vgg16_weights ("" : the substitute feature, see
+    ``magec_jax.evaluation.features``)
     figures.num_images, figures.num_extremes, significance
 """
 

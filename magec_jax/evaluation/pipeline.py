@@ -13,6 +13,9 @@ Stages, per method (each one's outputs are files written atomically; a rerun ski
                                                         P_F(target) of G(w) and x_edit, realism features
     --> results.json, results.md, figures/*.png         rebuilt from the files above on every run
 
+``images.txt`` (the evaluated images, absolute paths) and ``<m>/reproject.txt`` (the edited images) are the
+list files the inversion jobs read; outputs are named by the images' file names (which must be unique).
+
 Edits are scored only on the images that lack their target attribute according to F on the real image
 (every image when the edit has no target), so the subsets are the same for every method and the paired
 t-tests pair the same images. An image that failed in any method is left out of every method's means.
@@ -23,6 +26,8 @@ jobs, so each method compiles once.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import sys
 import time
 from pathlib import Path
@@ -33,10 +38,14 @@ import ml_collections
 import numpy as np
 
 from magec_jax import images as imio
+from magec_jax.bundle import load_bundle
 from magec_jax.editing.render import Editor, Latent, Renderer, load_latent, load_pca, map_batches
 from magec_jax.errors import FileFormatError, MagecError
 from magec_jax.evaluation.config import EditSpec, EvalConfig, MethodSpec
 from magec_jax.evaluation.features import realism_extractor
+from magec_jax.evaluation import report
+from magec_jax.evaluation.metrics import attribute_probabilities
+from magec_jax.evaluation.store import read_rows, read_scores, write_rows, write_scores
 from magec_jax.inversion import job as job_lib
 from magec_jax.inversion.engine import Engine, Networks
 from magec_jax.inversion.magec_loss import binarize
@@ -94,8 +103,6 @@ class Evaluator:
 
     def probability(self, images: np.ndarray, target: str) -> np.ndarray:
         """F's probability of ``target`` per image ``[N]``."""
-        from magec_jax.evaluation.metrics import attribute_probabilities
-
         desc = self.nets.descriptor
         return attribute_probabilities(self.logits(images), desc.loss)[:, desc.attribute_names.index(target)]
 
@@ -140,7 +147,7 @@ class Evaluator:
         logits = {}
         if self.nets.descriptor is not None:
             cache = self.out / "real" / "descriptor.npz"
-            logits = _read_rows(cache, "logits")
+            logits = read_rows(cache, "logits")
             todo = [(n, p) for n, p in zip(names, paths) if n not in logits]
             if todo:
                 self.log(f"evaluate: descriptor F on {len(todo)} real images")
@@ -149,7 +156,7 @@ class Evaluator:
                     if loaded:
                         rows = self.logits(np.stack([img for _, img in loaded]))
                         logits.update({n: r for (n, _), r in zip(loaded, rows)})
-                _write_rows(cache, "logits", logits, attribute_names=np.asarray(self.nets.descriptor.attribute_names))
+                write_rows(cache, "logits", logits, attribute_names=np.asarray(self.nets.descriptor.attribute_names))
         return RealImages(names=names, paths=paths, list_file=list_file, logits=logits)
 
     def _load_many(self, items: Sequence[tuple[str, Path]]) -> list[tuple[str, np.ndarray]]:
@@ -176,7 +183,7 @@ class Evaluator:
         refs = real.paths if not self.cfg.realism.reference_images else [
             p.resolve() for p in imio.list_images(self.cfg.realism.reference_images)]
         cache = self.out / "real" / "features.npz"
-        rows = _read_rows(cache, "features", kind=self.extractor.name)
+        rows = read_rows(cache, "features", kind=self.extractor.name)
         todo = [(str(p), p) for p in refs if str(p) not in rows]
         if todo:
             self.log(f"evaluate: realism features ({self.extractor.name}) of {len(todo)} reference images")
@@ -185,7 +192,7 @@ class Evaluator:
                 if loaded:
                     feats = self.features(np.stack([img for _, img in loaded]))
                     rows.update({n: f for (n, _), f in zip(loaded, feats)})
-            _write_rows(cache, "features", rows, kind=np.asarray(self.extractor.name))
+            write_rows(cache, "features", rows, kind=np.asarray(self.extractor.name))
         keys = [str(p) for p in refs if str(p) in rows]
         if len(keys) <= self.cfg.realism.k:
             raise MagecError(f"{self.cfg.realism.reference_images or self.cfg.images}: the realism score needs more "
@@ -195,9 +202,15 @@ class Evaluator:
     # ---- stage 2: inversions --------------------------------------------------------------------------------
 
     def job_config(self, method: MethodSpec, images: Path, out_dir: Path, name: str) -> ml_collections.ConfigDict:
+        """The method's inversion job config on ``images`` (a list file), writing to ``out_dir``."""
         job = ml_collections.ConfigDict(method.job.to_dict())
         job.bundle, job.images, job.out_dir, job.name = self.cfg.bundle, str(images), str(out_dir), name
         return job
+
+    def engine(self, method: MethodSpec) -> Engine:
+        """One engine for the method's settings: its inversion and re-projection jobs share the compiled steps."""
+        settings = job_lib.JobConfig.from_config(self.job_config(method, self.out, self.out, method.name)).settings
+        return Engine(self.nets, settings)
 
     def invert(self, method: MethodSpec, real: "RealImages", engine: Engine) -> None:
         """p(x) for every image (the inversion job; it resumes by itself)."""
@@ -296,57 +309,19 @@ class Evaluator:
         return load_latent(self.reprojections(method) / f"{spec.name}__{name}.npz")
 
 
+@dataclasses.dataclass(frozen=True)
 class RealImages:
     """The evaluated images: output names, absolute paths, the list file the jobs read, and F's logits of
     the readable ones (empty without a descriptor)."""
 
-    def __init__(self, names: list[str], paths: list[Path], list_file: Path, logits: dict[str, np.ndarray]):
-        self.names, self.paths, self.list_file, self.logits = names, paths, list_file, logits
-        self.path_of = dict(zip(names, paths))
+    names: list[str]
+    paths: list[Path]
+    list_file: Path
+    logits: dict[str, np.ndarray]
 
-
-# ---- small cache files: {key: row} as one atomic .npz ------------------------------------------------------
-
-SCORE_KEYS = ("lpips_gw_edit", "lpips_edit_cyc", "lpips_gw_cyc", "p_before", "p_after", "features")
-
-
-def _read_rows(path: Path, key: str, kind: str | None = None) -> dict[str, np.ndarray]:
-    """``{name: row}`` from a cache written by :func:`_write_rows` (empty when absent or of another kind)."""
-    if not path.is_file():
-        return {}
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if kind is not None and str(z["kind"]) != kind:
-                return {}
-            return dict(zip(map(str, z["names"]), z[key]))
-    except (OSError, ValueError, KeyError) as e:
-        raise FileFormatError(path, f"unreadable evaluation cache ({e}); delete it to recompute") from None
-
-
-def _write_rows(path: Path, key: str, rows: dict[str, np.ndarray], **extra: np.ndarray) -> None:
-    names = sorted(rows)
-    imio.atomic_save_npz(path, names=np.asarray(names, dtype=str), **{key: np.stack([rows[n] for n in names])}, **extra)
-
-
-def read_scores(path: Path, kind: str) -> dict[str, dict[str, np.ndarray]]:
-    """Per-image scores of one (method, edit): ``{name: {key: value}}`` (empty when absent or computed with
-    another realism feature)."""
-    if not path.is_file():
-        return {}
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if str(z["kind"]) != kind:
-                return {}
-            names = list(map(str, z["names"]))
-            return {n: {k: z[k][i] for k in SCORE_KEYS} for i, n in enumerate(names)}
-    except (OSError, ValueError, KeyError) as e:
-        raise FileFormatError(path, f"unreadable scores file ({e}); delete it to recompute") from None
-
-
-def write_scores(path: Path, scores: dict[str, dict[str, np.ndarray]], kind: str) -> None:
-    names = sorted(scores)
-    arrays = {k: np.stack([np.asarray(scores[n][k], np.float32) for n in names]) for k in SCORE_KEYS}
-    imio.atomic_save_npz(path, names=np.asarray(names, dtype=str), kind=np.asarray(kind), **arrays)
+    @functools.cached_property
+    def path_of(self) -> dict[str, Path]:
+        return dict(zip(self.names, self.paths))
 
 
 def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
@@ -364,9 +339,6 @@ def run(config: ml_collections.ConfigDict, *, networks: Networks | None = None, 
       networks: the bundle's networks if already built (tests); by default the bundle is loaded.
       log: where progress lines go.
     """
-    from magec_jax.bundle import load_bundle
-    from magec_jax.evaluation import report
-
     cfg = EvalConfig.from_config(config)
     bundle = load_bundle(cfg.bundle)
     nets = networks if networks is not None else bundle.networks()
@@ -376,7 +348,7 @@ def run(config: ml_collections.ConfigDict, *, networks: Networks | None = None, 
     reference = ev.reference_features(real)
     log(f"evaluate: {len(real.names)} images, {len(cfg.methods)} methods, {len(cfg.edits)} edits -> {ev.out}")
     for method in cfg.methods:
-        engine = Engine(nets, job_lib.JobConfig.from_config(ev.job_config(method, real.list_file, ev.out, "")).settings)
+        engine = ev.engine(method)
         ev.invert(method, real, engine)
         list_file = ev.write_edits(method, real)
         ev.reproject(method, list_file, engine)

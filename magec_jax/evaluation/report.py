@@ -20,7 +20,9 @@ t-test against every other method has p below ``significance``) and the p-values
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,9 +30,11 @@ import numpy as np
 from magec_jax import images as imio
 from magec_jax.evaluation.metrics import edit_consistency, improved_target, mean_or_nan, realism
 from magec_jax.evaluation.stats import paired_ttest
+from magec_jax.evaluation.store import read_scores
 from magec_jax.inversion import job as job_lib
 
 if TYPE_CHECKING:
+    from magec_jax.evaluation.config import EditSpec, EvalConfig, MethodSpec
     from magec_jax.evaluation.pipeline import Evaluator, RealImages
 
 # metric key prefix -> (column title, format, higher is better)
@@ -45,16 +49,12 @@ _COLUMNS = {
 }
 
 
-def _read_json(path) -> dict:
-    import json
-
+def _read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
 def build(ev: "Evaluator", real: "RealImages", reference: tuple[list[str], np.ndarray]) -> dict[str, Any]:
     """Collects every per-image number from the stage files and computes means and t-tests."""
-    from magec_jax.evaluation.pipeline import read_scores
-
     cfg = ev.cfg
     methods: dict[str, Any] = {}
     for method in cfg.methods:
@@ -118,7 +118,7 @@ def build(ev: "Evaluator", real: "RealImages", reference: tuple[list[str], np.nd
     )
 
 
-def _per_image_columns(method: dict, cfg, common_rec: list[str], common_edits: dict[str, list[str]]) -> dict:
+def _per_image_columns(method: dict, cfg: "EvalConfig", common_rec: list[str], common_edits: dict[str, list[str]]) -> dict:
     """Every metric of one method as an array over the common images (NaN where undefined)."""
     cols = {k: np.asarray([method["images"][n][k] for n in common_rec], np.float64)
             for k in ("mse", "lpips", "steps", "seconds")}
@@ -276,7 +276,7 @@ def _comparison_figure(ev: "Evaluator", real: "RealImages", results: dict) -> No
     imio.atomic_write_bytes(path, imio.png_bytes(imio.grid(tiles, columns=1 + per_row)))
 
 
-def _ecs_figure(ev: "Evaluator", real: "RealImages", results: dict, method, spec) -> None:
+def _ecs_figure(ev: "Evaluator", real: "RealImages", results: dict, method: "MethodSpec", spec: "EditSpec") -> None:
     rows = results["methods"][method.name]["edits"][spec.name]
     ranked = sorted((v["ecs"], n) for n, v in rows.items() if math.isfinite(v["ecs"]))
     count = ev.cfg.figures.num_extremes
