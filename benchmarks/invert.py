@@ -3,8 +3,9 @@
     python benchmarks/invert.py                                  # 256 and 1024, CPU-sized batches
     python benchmarks/invert.py --resolutions 1024 --batches 1 8 16 32 --precision tensorfloat32  # a GPU
 
-Networks: a randomly initialised config-f StyleGAN2 (channel_base 32768, channel_max 512, w_dim 512), the
-real LPIPS-VGG16 weights, and randomly initialised IR-SE50, 40-way ResNet-50 descriptor and LinkNet with
+Networks: a randomly initialised config-f StyleGAN2 (channel_max 512, w_dim 512; channel_base 16384 at 256 and
+below, NVIDIA's "paper256" setting whose 30 GFLOP forward PERFORMANCE.md's 256 figures assume, and 32768 above,
+the FFHQ-1024 config-f; ``--channel-base`` overrides), the real LPIPS-VGG16 weights, and randomly initialised IR-SE50, 40-way ResNet-50 descriptor and LinkNet with
 random unit directions (weights do not change the cost). Three step variants per (resolution, batch):
 
   * ``mse_lpips``: MSE + LPIPS on W+ (what NVIDIA's projector computes; PERFORMANCE.md's comparison),
@@ -45,9 +46,14 @@ VARIANTS = {
 }
 
 
-def build_networks(resolution: int, seed: int = 0) -> Networks:
+def default_channel_base(resolution: int) -> int:
+    """16384 up to 256 (NVIDIA paper256), 32768 above (FFHQ-1024 config-f)."""
+    return 16384 if resolution <= 256 else 32768
+
+
+def build_networks(resolution: int, channel_base: int, seed: int = 0) -> Networks:
     """Config-f generator at ``resolution`` and every loss network, random weights (real LPIPS)."""
-    cfg = stylegan2.StyleGAN2Config(img_resolution=resolution)
+    cfg = stylegan2.StyleGAN2Config(img_resolution=resolution, channel_base=channel_base)
     keys = jax.random.split(jax.random.key(seed), 5)
     gen = stylegan2.init_generator(cfg, keys[0])
     ir = IRSE50().init(keys[1], jnp.zeros((1, 112, 112, 3)))
@@ -129,6 +135,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="compiled steps per timed call")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--channel-base", type=int, default=None, help="generator channel_base (see above)")
     parser.add_argument("--precision", default="highest", help="jax_default_matmul_precision")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "invert.json")
     args = parser.parse_args()
@@ -137,10 +144,11 @@ def main() -> None:
                    devices=jax.device_count(), cpu=platform.processor() or platform.machine(),
                    jax=jax.__version__, precision=args.precision, steps=args.steps, runs=[])
     for res in args.resolutions:
-        nets = build_networks(res)
+        base = args.channel_base or default_channel_base(res)
+        nets = build_networks(res, base)
         default = [1, 4, 8] if res <= 256 else [1, 2]
         for batch in args.batches or default:
-            run = dict(resolution=res, batch=batch)
+            run = dict(resolution=res, batch=batch, channel_base=base)
             for name in args.variants:
                 run[name] = time_steps(nets, VARIANTS[name], batch, args.steps, args.repeats)
                 print(f"{res} b{batch} {name}: {run[name]['s_per_image_step']:.3f} s/image-step "
