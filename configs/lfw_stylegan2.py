@@ -13,18 +13,26 @@ Networks: G with z, w 256-d, 4 mapping layers, channels min(4096 / R, 256) (256,
 batch 32, Adam 0.0025 (0, 0.99), R1 gamma 0.05 every 16 steps (NVIDIA's 'auto' rule 2e-4 * 64^2 / 32 gives
 0.026), path-length weight 2 every 4 steps, style mixing 0.9, G_ema half-life 10 kimg with ramp-up 0.05.
 
-Speed (measured on the 2-core CPU shared with other engineers' jobs, load average 5-8): about 15-20 kimg/h
-(about 2 s per 32-image iteration); compilation takes 2-4 minutes at the start of each run. A checkpoint,
-sample grids (``samples/``) and an export of G_ema (``generator/``) every 5 kimg; the FD-VGG16-LPIPS-relu5_3
-figure against the held-out images every 25 kimg (in ``metrics.jsonl``, next to its real-vs-real reference).
+Speed, measured on this project's 2-core CPU while it was shared with other engineers' jobs (load average
+4.5-6.5; the run got roughly one core): 12.7 kimg/h (9.1 s per 32-image iteration, steps 20-60 of a run);
+compilation takes about 3-4 minutes at the start of each run. A checkpoint, sample grids (``samples/``) and an
+export of G_ema (``generator/``) every 5 kimg; the FD-VGG16-LPIPS-relu5_3 figure against the held-out
+images every 25 kimg (in ``metrics.jsonl``, next to its real-vs-real reference: 3.92 with 998 images).
 ``total_kimg`` is 2000 (days on this CPU): stop it at any time, and rerun the same command to resume.
 
 Expected result: blurry face-like blobs after ~20 kimg, recognisable but distorted faces after a few hundred
 kimg; the FD falls towards (but stays well above) the real-vs-real reference. 64x64 StyleGAN2 needs several
 thousand kimg for good samples on a GPU, so samples from a CPU run of a day or two are rough.
 
+ARG ``small``: 5x faster for CPU runs: z, w 128-d, 2 mapping layers, channels min(2048 / R, 128) (G 1.1 M,
+D 1.2 M parameters), no path-length regularisation, a checkpoint every 4 kimg and the FD every 20 kimg;
+measured 62-65 kimg/h under the same shared conditions (load average ~4)::
+
+    python -m magec_jax.train_gan --config configs/lfw_stylegan2.py:small --config.run_dir=runs/lfw64s
+
 ARG ``tiny``: a 16x16 network on the first 300 images for tests and smoke runs: 4 iterations of batch 4, a
-checkpoint every 2, the FD on 16 images; under a minute, most of it compilation (with ``fast_compile``).
+checkpoint every 2, the FD on 16 images; about a minute (57 s at load average ~5), most of it compilation
+(with ``fast_compile``).
 """
 
 import os
@@ -58,7 +66,18 @@ def get_config(arg: str | None = None):
     config.log_every = 20
     config.checkpoint_kimg = 5.0
     config.metric_kimg = 25.0
-    if arg == "tiny":
+    if arg == "small":
+        config.g.z_dim = 128
+        config.g.w_dim = 128
+        config.g.mapping_layers = 2
+        config.g.channel_base = 2048
+        config.g.channel_max = 128
+        config.d.channel_base = 2048
+        config.d.channel_max = 128
+        config.pl_weight = 0.0
+        config.checkpoint_kimg = 4.0
+        config.metric_kimg = 20.0
+    elif arg == "tiny":
         config.resolution = 16
         config.max_images = 300
         config.g.z_dim = 32
@@ -79,5 +98,5 @@ def get_config(arg: str | None = None):
         config.metric_batch = 8
         config.fast_compile = True
     elif arg:
-        raise ValueError(f"unknown variant {arg!r} (expected none or 'tiny')")
+        raise ValueError(f"unknown variant {arg!r} (expected none, 'small' or 'tiny')")
     return config
