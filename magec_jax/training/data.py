@@ -23,7 +23,6 @@ import io
 import json
 import os
 import tarfile
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from magec_jax.errors import FileFormatError
-from magec_jax.images import IMAGE_SUFFIXES, atomic_write_bytes
+from magec_jax.images import IMAGE_SUFFIXES, atomic_save_npy, atomic_write_bytes
 
 DEFAULT_HELDOUT_FRACTION = 0.1
 DEFAULT_CROP = 128
@@ -171,28 +170,13 @@ def load_faces(
             return FaceDataset(images, tuple(paths))
     images = decode_source(source, paths, resolution, crop)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_save_npy(array_path, images)
+    atomic_save_npy(array_path, images)
     atomic_write_bytes(list_path, ("\n".join(paths) + "\n").encode())
     atomic_write_bytes(
         cache_dir / f"{stem}.json",
         json.dumps({"source": str(source), "resolution": resolution, "crop": crop, "count": len(paths)}).encode(),
     )
     return FaceDataset(images, tuple(paths))
-
-
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    """``np.save`` through a temporary file and a rename (the array may be hundreds of MB: no in-memory copy)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npy", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
