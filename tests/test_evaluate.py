@@ -285,6 +285,9 @@ def test_evaluation_outputs_are_complete_and_consistent(evaluation):
     assert f"{results['means']['magec']['mse']:.4f}" in row.replace("**", "")
     assert "| w/o MAGEC |" in md and feats.SUBSTITUTE in md and "SUBSTITUTE" in md
     assert "n/a" in md  # one image lacks Male: no t-test on ifg_male
+    run = results["run_seconds"]
+    assert set(run["methods"]) == {"magec", "wo_magec"} and 0 < sum(run["methods"].values()) <= run["total"]
+    assert f"This run took {run['total']:.0f} s" in md
     # Figures: Fig. 3 grid (2 images x 2 methods rows; input, G(w), 2 edits) and Fig. 4b per (method, edit).
     tile = 34
     assert Image.open(out / "figures" / "comparison.png").size == (2 + 4 * tile, 2 + 4 * tile)

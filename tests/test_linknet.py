@@ -22,7 +22,7 @@ from magec_jax.models import stylegan2
 from magec_jax.models.face_attributes import ATTRIBUTE_NAMES
 from magec_jax.supervision import job as sup_job
 from magec_jax.supervision.samples import sample_ws
-from magec_jax.supervision.train import TrainSettings, train_linknet
+from magec_jax.supervision.train import TrainSettings, balanced_accuracy, train_linknet
 from magec_jax.weights import load_converted
 
 
@@ -81,6 +81,20 @@ def test_linknet_learns_a_linear_labelling(loss_kind):
     assert np.all(np.diff(result.train_loss) < 0) and result.train_loss[-1] < 0.7 * result.initial_loss
     assert result.val_accuracy_mean[-1] > 0.9, result.val_accuracy_mean
     assert len(lines) == 11 and "epoch 10/10" in lines[-1]
+    np.testing.assert_allclose(result.positive_rate, targets.mean(0))
+    assert result.val_balanced_accuracy.shape == (3,) and np.all(result.val_balanced_accuracy > 0.85)
+
+
+def test_balanced_accuracy_is_not_fooled_by_a_constant_guess():
+    targets = np.array([[1, 1], [1, 0], [1, 0], [0, 0]], np.float32)
+    constant = np.ones((4, 2), np.float32)  # "always present"
+    np.testing.assert_allclose(balanced_accuracy(constant, targets, "bce"), [0.5, 0.5])
+    logits = np.array([[1, 1], [1, -1], [-1, 1], [-1, -1]], np.float32)
+    # attribute 0: recall of present 2/3, of absent 1/1; attribute 1: 1/1 and 2/3
+    np.testing.assert_allclose(balanced_accuracy(logits, targets, "bce"), [5 / 6, 5 / 6])
+    assert np.isnan(balanced_accuracy(constant, np.ones((4, 2), np.float32), "bce")).all()
+    onehot = np.eye(3, dtype=np.float32)[[0, 0, 1, 2]]
+    np.testing.assert_allclose(balanced_accuracy(np.eye(3)[[0, 1, 1, 2]], onehot, "softmax_ce"), [0.5, 1.0, 1.0])
 
 
 def test_attribute_scores_rank_softmax_classes_by_log_odds():
@@ -108,7 +122,9 @@ def test_end_to_end_linknet_boundaries_ganspace_and_cache(bundle_dir):
     assert link.variables["params"]["fc"]["kernel"].shape == (cfg.num_ws * cfg.w_dim, k)
     extra = link.manifest["extra"]
     assert extra["N"] == n and extra["epochs"] == 2 and extra["seed"] == 0 and extra["num_val"] == 10
-    assert set(extra["accuracies"]) == set(ATTRIBUTE_NAMES)
+    assert set(extra["accuracies"]) == set(extra["balanced_accuracies"]) == set(ATTRIBUTE_NAMES)
+    assert all(0.0 <= extra["positive_rates"][a] <= 1.0 for a in ATTRIBUTE_NAMES)
+    assert extra["samples"].startswith("supervision/mixed-")  # relative to the bundle, which may move
     assert extra["train_loss"][-1] < extra["initial_loss"]
 
     # boundaries: unit vectors for every attribute, report, networks() stacks them

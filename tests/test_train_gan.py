@@ -214,6 +214,14 @@ def test_lfw_tar_pipeline_and_person_split(tmp_path):
     assert {shuffled[i] for i in heldout_shuffled} == {paths[i] for i in heldout}
     assert data_lib.heldout_people(paths[:500]) == [p for p in sorted(heldout_people) if p in {data_lib.person_of(q) for q in paths[:500]}]
 
+    # Portraits: one photo per distinct held-out person, the first of that person, nested across counts.
+    sixteen = data_lib.heldout_portraits(shuffled, 16)
+    assert len({data_lib.person_of(p) for p in sixteen}) == 16
+    assert all(p.endswith("_0001.jpg") and data_lib.person_of(p) in heldout_people for p in sixteen)
+    assert set(data_lib.heldout_portraits(paths, 8)) <= set(sixteen)
+    with pytest.raises(ValueError, match="held-out people"):
+        data_lib.heldout_portraits(paths, len(heldout_people) + 1)
+
     faces = data_lib.load_faces(tar, 32, crop=128, cache_dir=tmp_path, max_images=24)
     assert faces.images_NxHxWx3.shape == (24, 32, 32, 3) and faces.images_NxHxWx3.dtype == np.uint8
     assert faces.paths == tuple(paths[:24])

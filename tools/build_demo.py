@@ -1,6 +1,6 @@
 """Builds the demo bundle (``demo/bundle``) and the example photographs (``examples/``) from a trained generator.
 
-    python tools/build_demo.py --run-dir runs/lfw64            # after python -m magec_jax.train_gan ...
+    python tools/build_demo.py --run-dir runs/lfw64s   # after train_gan --config configs/lfw_stylegan2.py:small
 
 Steps, each with the project's own tools:
   1. convert the offline face models (``../shared/data/face_models``) with ``ports.tfjs``;
@@ -12,7 +12,7 @@ Steps, each with the project's own tools:
   4. ``magec_jax.linknet`` with ``configs/linknet_demo.py``: LinkNet, InterFaceGAN boundaries and GANSpace,
      then the sample cache is deleted (it is rebuilt on demand);
   5. ``examples/``: one photograph each of 8 HELD-OUT people (never seen in training), as the central crop
-     the generator was trained on, saved as PNG.
+     the generator was trained on, saved as PNG (``tools/heldout_faces.py``).
 The run's config (resolution, crop, held-out fraction) is read from ``RUN_DIR/config.json``.
 """
 
@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 
 from magec_jax.bundle import build_bundle
-from magec_jax.images import png_bytes
 from magec_jax.models.face_attributes import calibrate_thresholds
 from magec_jax.supervision import job as supervision
 from magec_jax.training import data as lfw
 from magec_jax.weights import load_converted, save_converted
+from heldout_faces import write_portraits  # tools/, this script's folder
 from ports.tfjs import convert_emotion, convert_faceres
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +43,7 @@ NUM_CALIBRATION = 1000
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run-dir", type=Path, default=REPO / "runs" / "lfw64")
+    parser.add_argument("--run-dir", type=Path, default=REPO / "runs" / "lfw64s")
     parser.add_argument("--shared", type=Path, default=Path(os.environ.get("MAGEC_SHARED", REPO.parent / "shared")))
     parser.add_argument("--out", type=Path, default=REPO / "demo")
     parser.add_argument("--examples", type=Path, default=REPO / "examples")
@@ -52,7 +52,7 @@ def main() -> None:
     resolution, crop, fraction = int(run["resolution"]), int(run["crop"]), float(run["heldout_fraction"])
     source = Path(run["data"])
     paths = lfw.list_source(source)
-    train_idx, heldout_idx = lfw.split_by_person(paths, fraction)
+    train_idx, _ = lfw.split_by_person(paths, fraction)
 
     with tempfile.TemporaryDirectory() as tmp:
         models = args.shared / "data" / "face_models"
@@ -76,21 +76,7 @@ def main() -> None:
     shutil.rmtree(bundle.path / "supervision", ignore_errors=True)
     print(json.dumps({k: v for k, v in summary.items() if k != "rendered"}, indent=2, default=str), flush=True)
 
-    people_seen: set[str] = set()
-    chosen = []
-    for i in heldout_idx:
-        person = lfw.person_of(paths[i])
-        if person not in people_seen:
-            people_seen.add(person)
-            chosen.append(paths[i])
-    step = max(1, len(chosen) // NUM_EXAMPLES)
-    chosen = chosen[::step][:NUM_EXAMPLES]
-    if args.examples.exists():
-        shutil.rmtree(args.examples)
-    args.examples.mkdir(parents=True)
-    crops = lfw.decode_source(source, chosen, crop, crop)  # the training crop, at its native size
-    for path, img in zip(chosen, crops):
-        (args.examples / f"{Path(path).stem}.png").write_bytes(png_bytes(img))
+    chosen = write_portraits(source, args.examples, NUM_EXAMPLES, crop=crop, fraction=fraction)
     print(f"examples: {', '.join(Path(p).stem for p in chosen)}", flush=True)
 
 

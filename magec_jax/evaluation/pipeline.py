@@ -347,14 +347,18 @@ def run(config: ml_collections.ConfigDict, *, networks: Networks | None = None, 
     real = ev.real_images()
     reference = ev.reference_features(real)
     log(f"evaluate: {len(real.names)} images, {len(cfg.methods)} methods, {len(cfg.edits)} edits -> {ev.out}")
+    method_seconds = {}
     for method in cfg.methods:
+        t_method = time.perf_counter()
         engine = ev.engine(method)
         ev.invert(method, real, engine)
         list_file = ev.write_edits(method, real)
         ev.reproject(method, list_file, engine)
         ev.score(method, real)
+        method_seconds[method.name] = time.perf_counter() - t_method
         log(f"evaluate [{method.name}]: done, {time.perf_counter() - t0:.0f} s since start")
     results = report.build(ev, real, reference)
+    results["run_seconds"] = dict(total=time.perf_counter() - t0, methods=method_seconds)
     report.write(ev, real, results)
     log(f"evaluate: results in {ev.out / 'results.md'} ({time.perf_counter() - t0:.0f} s)")
     return results

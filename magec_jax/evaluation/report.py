@@ -10,6 +10,8 @@
     means              {m: {mse, lpips, steps, seconds, ecs/<e>, realism/<e>, t/<e>}}: over ``common``
     ttests             {metric: {m: {statistic, p_value, df, mean_difference, n}}}: each method against
                        the reference method (the first), paired over ``common``
+    run_seconds        {total, methods: {m: seconds}}: wall time of the invocation that wrote the file,
+                       compilation included (work found done by a resumed run costs almost nothing)
 
 ``results.md`` holds the table in the paper's layout (rows = methods; MSE, LPIPS, steps, s/image, ECS per
 edit, realism per edit, t per targeted edit; a value is bold when it is the best of its column and its paired
@@ -222,6 +224,12 @@ def markdown(results: dict) -> str:
                 text = f"p={r['p_value']:.3g} (t={r['statistic']:.2f}, n={r['n']})"
                 cells.append(f"**{text}**" if r["p_value"] < results["significance"] else text)
             lines.append(f"| {results['methods'][m]['label']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if "run_seconds" in results:
+        run = results["run_seconds"]
+        lines.append(f"This run took {run['total']:.0f} s (" + ", ".join(
+            f"{results['methods'][m]['label']} {sec:.0f} s" for m, sec in run["methods"].items())
+            + "; a resumed run counts only the work it did).")
         lines.append("")
     lines.append("Figures: `figures/comparison.png` (per image, one row per method in table order: input | G(w) | "
                  "G(e(w)) for " + ", ".join(results["edits"]) + "); `figures/ecs_<method>_<edit>.png` (best then "

@@ -164,6 +164,13 @@ def run(config: ml_collections.ConfigDict, *, log: Log = _stderr) -> dict[str, A
     return summary
 
 
+def _recorded_path(bundle: Bundle, path: Path) -> str:
+    """``path`` as the reports record it: relative to the bundle when inside it (bundles move), else absolute."""
+    path = Path(path).resolve()
+    root = Path(bundle.path).resolve()
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+
+
 def _floats(values) -> list[float | None]:
     """JSON-safe floats (NaN -> None)."""
     return [float(v) if np.isfinite(v) else None for v in np.asarray(values, np.float64).reshape(-1)]
@@ -179,13 +186,15 @@ def fit_linknet(bundle: Bundle, samples: Samples, descriptor: Descriptor, job: S
     report = dict(
         accuracies=dict(zip(names, _floats(result.val_accuracy[-1]))),
         accuracy_mean=_floats(result.val_accuracy_mean[-1:])[0],
+        balanced_accuracies=dict(zip(names, _floats(result.val_balanced_accuracy))),
+        positive_rates=dict(zip(names, _floats(result.positive_rate))),
         N=int(samples.w.shape[0]), num_train=result.num_train, num_val=result.num_val,
         epochs=job.linknet.epochs, seed=job.seed, batch_size=job.linknet.batch_size,
         learning_rate=job.linknet.learning_rate, loss=descriptor.loss, descriptor=descriptor.name,
         attribute_names=list(names), truncation_psi=job.sampling.truncation_psi,
         initial_loss=result.initial_loss, train_loss=_floats(result.train_loss),
         val_loss=_floats(result.val_loss), val_accuracy_mean=_floats(result.val_accuracy_mean),
-        samples=str(samples.cache_dir),
+        samples=_recorded_path(bundle, samples.cache_dir),
     )
     cfg = bundle.generator[0]
     link_cfg = LinkNetConfig(num_ws=cfg.num_ws, w_dim=cfg.w_dim, num_outputs=descriptor.num_outputs)
@@ -194,8 +203,11 @@ def fit_linknet(bundle: Bundle, samples: Samples, descriptor: Descriptor, job: S
                              manifest=dict(extra=report)),
                    converter="magec_jax.supervision/1", overwrite=True)
     update_manifest(bundle.path, linknet="linknet")
-    log(f"linknet: saved {bundle.path / 'linknet'}; val accuracy {report['accuracy_mean']:.3f} "
-        f"({', '.join(f'{a} {v:.3f}' for a, v in report['accuracies'].items() if v is not None)})")
+    log(f"linknet: saved {bundle.path / 'linknet'}; val accuracy {report['accuracy_mean']:.3f}; per attribute "
+        "accuracy / balanced accuracy / positive rate: "
+        + ", ".join(f"{a} " + " / ".join("n/a" if r[a] is None else f"{r[a]:.3f}" for r in
+                                         (report["accuracies"], report["balanced_accuracies"], report["positive_rates"]))
+                    for a in names))
     return report
 
 
@@ -229,7 +241,7 @@ def fit_boundaries(bundle: Bundle, samples: Samples, descriptor: Descriptor, job
     imio.atomic_save_npz(bundle.path / "directions.npz", **{**existing, **fitted})
     result = dict(attributes=report, N=int(samples.w.shape[0]), seed=job.seed, ratio=settings.ratio,
                   val_fraction=settings.val_fraction, svm_c=settings.svm_c,
-                  truncation_psi=job.sampling.truncation_psi, kept=kept, samples=str(samples.cache_dir))
+                  truncation_psi=job.sampling.truncation_psi, kept=kept, samples=_recorded_path(bundle, samples.cache_dir))
     imio.atomic_write_json(bundle.path / "directions_fit.json", result)
     update_manifest(bundle.path, directions="directions.npz")
     log(f"boundaries: {len(fitted)} fitted into {bundle.path / 'directions.npz'}"

@@ -47,6 +47,9 @@ class TrainResult(NamedTuple):
       val_accuracy: per-output validation accuracy after each epoch ``[epochs, K]`` (bce: per attribute;
         softmax_ce: recall of each class, NaN for a class absent from the split).
       val_accuracy_mean: ``[epochs]``; bce: mean over attributes; softmax_ce: top-1 accuracy.
+      val_balanced_accuracy: ``[K]`` after the last epoch, see :func:`balanced_accuracy`.
+      positive_rate: ``[K]`` fraction of all samples whose target output is on (bce: the attribute is
+        present; softmax_ce: the class), the label balance behind the accuracies.
       num_train, num_val: split sizes.
     """
 
@@ -56,6 +59,8 @@ class TrainResult(NamedTuple):
     val_loss: np.ndarray
     val_accuracy: np.ndarray
     val_accuracy_mean: np.ndarray
+    val_balanced_accuracy: np.ndarray
+    positive_rate: np.ndarray
     num_train: int
     num_val: int
 
@@ -68,6 +73,19 @@ def accuracy(logits_NxK: jax.Array, targets_NxK: jax.Array, loss_kind: LossKind)
     hit_N = (jnp.argmax(logits_NxK, -1) == jnp.argmax(targets_NxK, -1)).astype(jnp.float32)
     per_class = (hit_N[:, None] * targets_NxK).sum(0) / targets_NxK.sum(0)
     return per_class, hit_N.mean()
+
+
+def balanced_accuracy(logits_NxK: jax.Array, targets_NxK: jax.Array, loss_kind: LossKind) -> np.ndarray:
+    """Per-output accuracy that a constant predictor cannot inflate: bce, the mean of the recalls of the
+    present and the absent class of each attribute (0.5 for a constant guess; NaN when the split holds one
+    class only); softmax_ce, the recall of each class (as :func:`accuracy`)."""
+    if loss_kind != "bce":
+        return np.asarray(accuracy(logits_NxK, targets_NxK, loss_kind)[0])
+    pred_NxK, on_NxK = np.asarray(logits_NxK) > 0, np.asarray(targets_NxK) > 0.5
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpr = (pred_NxK & on_NxK).sum(0) / on_NxK.sum(0)
+        tnr = (~pred_NxK & ~on_NxK).sum(0) / (~on_NxK).sum(0)
+    return (tpr + tnr) / 2
 
 
 def split_indices(n: int, val_fraction: float, key: jax.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -165,6 +183,7 @@ def train_linknet(
         log(f"linknet: epoch {epoch + 1}/{settings.epochs} train loss {metrics[0]:.4f} val loss {metrics[1]:.4f} "
             f"val accuracy {metrics[3]:.3f}" + (f" ({named})" if named else ""))
     train_loss, val_loss, val_acc, val_mean = (np.asarray([h[i] for h in history]) for i in range(4))
+    balanced = balanced_accuracy(linknet_apply(variables, w_val), t_val, loss_kind)
     return TrainResult(
         variables=jax.tree.map(np.asarray, jax.device_get(variables)),
         initial_loss=initial_loss,
@@ -172,6 +191,8 @@ def train_linknet(
         val_loss=val_loss,
         val_accuracy=val_acc.reshape(settings.epochs, -1),
         val_accuracy_mean=val_mean,
+        val_balanced_accuracy=balanced,
+        positive_rate=np.asarray(targets_NxK > 0.5).mean(0),
         num_train=len(train_idx),
         num_val=len(val_idx),
     )

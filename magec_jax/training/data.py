@@ -79,6 +79,24 @@ def heldout_people(paths: Iterable[str], fraction: float = DEFAULT_HELDOUT_FRACT
     return sorted({person_of(p) for p in paths if is_heldout(person_of(p), fraction)})
 
 
+def heldout_portraits(
+    paths: Sequence[str], count: int, fraction: float = DEFAULT_HELDOUT_FRACTION
+) -> list[str]:
+    """One photograph each of ``count`` held-out people: the first (sorted) photo of the people at positions
+    ``i * P // count`` of the sorted held-out people (``P`` of them), so the set is spread over the alphabet and
+    a smaller count that divides a larger one picks a subset of it (the 8 demo examples are among the 16
+    evaluation faces)."""
+    first: dict[str, str] = {}
+    for p in sorted(paths):
+        person = person_of(p)
+        if person not in first and is_heldout(person, fraction):
+            first[person] = p
+    people = sorted(first)
+    if not 0 < count <= len(people):
+        raise ValueError(f"asked for {count} held-out people; the source has {len(people)} at fraction {fraction}")
+    return [first[people[i * len(people) // count]] for i in range(count)]
+
+
 def preprocess(img: Image.Image, resolution: int, crop: int) -> np.ndarray:
     """Central ``crop`` box (clipped to the image), Lanczos resize to ``resolution``: uint8 ``[R, R, 3]``."""
     img = img.convert("RGB")
