@@ -13,7 +13,7 @@ ResNet-50 reaches about 90-91% mean validation accuracy over the 40 attributes. 
 ARG: an optional comma-separated attribute subset, e.g. ``configs/classifier_celeba.py:Male,Smiling,Young``.
 """
 
-from magec_jax.train_classifier import default_config
+from magec_jax.classifier.config import default_config
 
 
 def get_config(arg: str | None = None):

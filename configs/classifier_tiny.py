@@ -9,7 +9,7 @@ run checks the mechanics (both phases, checkpoints, resume, validation report, c
 ARG: the comma-separated attributes to train (default: all columns of the table).
 """
 
-from magec_jax.train_classifier import default_config
+from magec_jax.classifier.config import default_config
 
 
 def get_config(arg: str | None = None):

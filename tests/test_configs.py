@@ -9,7 +9,7 @@ import pytest
 from magec_jax.evaluation.config import EvalConfig
 from magec_jax.inversion.job import JobConfig
 from magec_jax.supervision.job import SupervisionConfig
-from magec_jax.train_classifier import TrainConfig
+from magec_jax.classifier.config import TrainConfig
 from magec_jax.training.config import TrainGANConfig
 from tests.conftest import REPO
 

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 from conftest import REPO, require_shared
 
-from magec_jax import train_classifier
+from magec_jax.classifier import data as classifier_data
+from magec_jax.classifier.loop import run as train_classifier_run
 from magec_jax.errors import FileFormatError
 from magec_jax.models import resnet
 from magec_jax.weights import flatten, load_converted
@@ -49,7 +50,7 @@ def test_train_then_resume_gives_the_same_weights(tmp_path, table):
     images = require_shared("data", "celeba_hq")
     common = dict(images=str(images), attributes=str(table), checkpoint_every=100)  # saves only at the stops
 
-    full = train_classifier.run(_tiny_config(workdir=str(tmp_path / "a"), **common))
+    full = train_classifier_run(_tiny_config(workdir=str(tmp_path / "a"), **common))
     assert full["finished"] and full["step"] == full["total_steps"] == 10
     assert (full["train_images"], full["val_images"], full["steps_per_epoch"]) == (20, 6, 5)
     assert [h["step"] for h in full["history"]] == [5, 10]
@@ -57,10 +58,10 @@ def test_train_then_resume_gives_the_same_weights(tmp_path, table):
         assert set(h["val_accuracy"]) == {"Male"} and 0.0 <= h["val_accuracy_mean"] <= 1.0
         assert np.isfinite(h["train_loss"])
 
-    stopped = train_classifier.run(_tiny_config(workdir=str(tmp_path / "b"), **common), max_steps=7)
+    stopped = train_classifier_run(_tiny_config(workdir=str(tmp_path / "b"), **common), max_steps=7)
     assert not stopped["finished"] and stopped["step"] == 7 and "weights" not in stopped
     assert not (tmp_path / "b" / "resnet50").exists()
-    resumed = train_classifier.run(_tiny_config(workdir=str(tmp_path / "b"), **common))
+    resumed = train_classifier_run(_tiny_config(workdir=str(tmp_path / "b"), **common))
     assert resumed["resumed_from"] == 7 and resumed["finished"]
     assert [h["step"] for h in resumed["history"]] == [5, 7, 10]  # a stop is evaluated too
 
@@ -84,17 +85,17 @@ def test_train_then_resume_gives_the_same_weights(tmp_path, table):
 
 def test_attribute_table_errors(tmp_path, table):
     images = require_shared("data", "celeba_hq")
-    data = train_classifier.read_attribute_table(table, images, ("Smiling",))
+    data = classifier_data.read_attribute_table(table, images, ("Smiling",))
     assert data.attribute_names == ("Smiling",) and data.labels_NxK.shape == (26, 1)
     with pytest.raises(FileFormatError, match="no attribute 'Bald'"):
-        train_classifier.read_attribute_table(table, images, ("Bald",))
+        classifier_data.read_attribute_table(table, images, ("Bald",))
     bad = tmp_path / "bad.txt"
     bad.write_text("2\nMale\nfemale/015248.jpg 1\nfemale/030321.jpg 0\n")
     with pytest.raises(FileFormatError, match=r"bad\.txt: line 4: expected a name and 1 values of 1 or -1"):
-        train_classifier.read_attribute_table(bad, images)
+        classifier_data.read_attribute_table(bad, images)
     bad.write_text("1\nMale\nfemale/nope.jpg 1\n")
     with pytest.raises(FileFormatError, match="1 listed images are missing"):
-        train_classifier.read_attribute_table(bad, images)
+        classifier_data.read_attribute_table(bad, images)
 
 
 def test_cli_reports_a_bad_table_in_one_line(tmp_path):

@@ -1,0 +1,129 @@
+"""The classifier training run: data, sharded steps, orbax checkpoints (resume), per-epoch validation,
+``metrics.json`` and the final converted ``resnet50/`` weights."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from magec_jax.classifier.config import TrainConfig
+from magec_jax.classifier.data import Loader, read_attribute_table, split, train_batches
+from magec_jax.classifier.steps import StepSetup, TrainState, eval_step, init_state, train_step
+from magec_jax.images import atomic_write_json
+from magec_jax.models import resnet
+from magec_jax.weights import Converted, save_converted
+
+
+def evaluate(state: TrainState, loader: Loader, val: np.ndarray, labels_NxK: np.ndarray, setup: StepSetup,
+             batch_size: int, put) -> np.ndarray:
+    """Per-attribute accuracy ``[K]`` on the validation indices (the last batch padded, padding ignored)."""
+    correct = np.zeros(labels_NxK.shape[1])
+    for start in range(0, len(val), batch_size):
+        idx = val[start : start + batch_size]
+        padded = np.concatenate([idx, np.repeat(idx[-1:], batch_size - len(idx))])
+        images = put(loader.submit(padded).result())
+        logits = np.asarray(eval_step(state.params, state.batch_stats, images, setup=setup))
+        correct += np.sum((logits[: len(idx)] > 0) == (labels_NxK[idx] > 0.5), axis=0)
+    return correct / len(val)
+
+
+def run(config: ml_collections.ConfigDict, *, max_steps: int | None = None) -> dict:
+    """Trains (or resumes) as the config says; returns the summary written to ``metrics.json``.
+
+    ``max_steps`` stops after that many total steps (with a checkpoint), for chunked runs and tests.
+    """
+    cfg = TrainConfig.from_config(config)
+    data = read_attribute_table(cfg.attributes, cfg.images, cfg.attribute_names)
+    train, val = split(len(data.paths), cfg.val_fraction, cfg.seed)
+    steps_per_epoch = len(train) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(train)} training images do not fill one batch of {cfg.batch_size}")
+    setup = StepSetup(
+        num_classes=len(data.attribute_names), dtype=cfg.dtype, head_steps=cfg.head_epochs * steps_per_epoch,
+        full_steps=cfg.full_epochs * steps_per_epoch, head_lr=cfg.head_lr,
+        group_lrs=(cfg.lr_min, math.sqrt(cfg.lr_min * cfg.lr_max), cfg.lr_max), schedule=cfg.schedule,
+        pct_start=cfg.pct_start, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
+    )
+    total = setup.head_steps + setup.full_steps
+    stop = total if max_steps is None else min(total, max_steps)
+
+    mesh = Mesh(np.asarray(jax.devices()), ("data",))
+    batch_sharding = NamedSharding(mesh, P("data"))
+
+    def put(x: np.ndarray) -> jax.Array:
+        return jax.device_put(x, batch_sharding)
+
+    cfg.workdir.mkdir(parents=True, exist_ok=True)
+    manager = ocp.CheckpointManager(
+        (cfg.workdir / "checkpoints").absolute(),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=cfg.keep_checkpoints, save_interval_steps=cfg.checkpoint_every,
+            enable_async_checkpointing=False,  # the next step donates the state's buffers
+        ),
+    )
+    metrics_path = cfg.workdir / "metrics.json"
+    summary = {
+        "attribute_names": list(data.attribute_names), "train_images": len(train), "val_images": len(val),
+        "steps_per_epoch": steps_per_epoch, "total_steps": total,
+    }
+    loader = Loader(data.paths, cfg.image_size, cfg.num_workers)
+    with jax.default_matmul_precision(cfg.matmul_precision):
+        state = init_state(setup, cfg.image_size, cfg.seed, cfg.init_weights)
+        resumed_from = manager.latest_step()
+        history: list[dict] = []
+        if resumed_from is not None:
+            abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state._asdict())
+            state = TrainState(**manager.restore(resumed_from, args=ocp.args.StandardRestore(abstract)))
+            if metrics_path.exists():
+                history = [h for h in json.loads(metrics_path.read_text())["history"] if h["step"] <= resumed_from]
+            print(f"resuming from step {resumed_from} of {total}")
+        state = jax.device_put(state, NamedSharding(mesh, P()))
+        step = int(state.step)
+        losses: list[jax.Array] = []
+        t0, images_seen = time.perf_counter(), 0
+        for index, images, labels, flips in train_batches(loader, train, data.labels_NxK, cfg, step, stop):
+            head_only = index < setup.head_steps
+            state, loss = train_step(state, put(images), put(labels), put(flips), setup=setup, head_only=head_only)
+            losses.append(loss)
+            step = index + 1
+            images_seen += cfg.batch_size
+            if step % cfg.log_every == 0 or step == stop:
+                mean_loss = float(np.mean(jax.device_get(losses)))
+                rate = images_seen / (time.perf_counter() - t0)
+                print(f"step {step}/{total}  loss {mean_loss:.4f} (epoch mean)  {rate:.1f} img/s")
+            if step % steps_per_epoch == 0 or step == stop:
+                train_loss = float(np.mean(jax.device_get(losses)))
+                entry = {"step": step, "epoch": step / steps_per_epoch, "train_loss": train_loss}
+                if len(val):
+                    accuracy = evaluate(state, loader, val, data.labels_NxK, setup, cfg.batch_size, put)
+                    entry["val_accuracy"] = dict(zip(data.attribute_names, map(float, accuracy)))
+                    entry["val_accuracy_mean"] = float(np.mean(accuracy))
+                    print(f"epoch {step / steps_per_epoch:g}: val accuracy mean {entry['val_accuracy_mean']:.4f}  "
+                          + "  ".join(f"{n} {a:.3f}" for n, a in entry["val_accuracy"].items()))
+                history.append(entry)
+                losses = []
+                atomic_write_json(metrics_path, dict(summary, step=step, resumed_from=resumed_from, history=history))
+            manager.save(step, args=ocp.args.StandardSave(state._asdict()), force=step == stop)
+        manager.wait_until_finished()
+        loader.close()
+
+    summary.update(step=step, resumed_from=resumed_from, history=history, finished=step == total)
+    if step == total:
+        converted = Converted(
+            kind=resnet.KIND,
+            config=resnet.ResNetConfig(data.attribute_names, cfg.image_size).to_dict(),
+            variables=jax.device_get({"params": state.params, "batch_stats": state.batch_stats}),
+            manifest={"extra": {"val_accuracy": history[-1].get("val_accuracy") if history else None}},
+        )
+        summary["weights"] = str(save_converted(cfg.workdir / "resnet50", converted,
+                                                converter="magec_jax.train_classifier/1", overwrite=True))
+    atomic_write_json(metrics_path, summary)
+    return summary
+
