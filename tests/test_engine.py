@@ -9,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -48,6 +49,24 @@ def test_phase_weights_switch_without_recompiling():
     assert table.shape == (12, 4)
     np.testing.assert_allclose(table[5], [1e-3, 0.5, 3e-4, 3e-4])
     np.testing.assert_allclose(table[6], [0.5, 0.5, 3e-4, 3e-4])
+
+
+def test_term_gradients_match_finite_differences():
+    images = standins.targets(2)
+    engine = Engine(standins.networks(), SETTINGS)
+    latents = np.asarray(engine.invert(images)["ws"], np.float32)
+    terms, norms = engine.term_gradients(latents, images)
+    assert terms.shape == norms.shape == (2, 4) and np.all(norms > 0)
+    final = np.asarray(engine._finish(engine._arrays, engine._init(engine._arrays, 2)._replace(
+        latent=jnp.asarray(latents)), engine._prepare(engine._arrays, jnp.asarray(images)))[2])
+    np.testing.assert_allclose(terms, final, rtol=1e-5, atol=1e-7)
+    # Central differences along every coordinate of image 0's latent, as one batch of 2 * L * D latents.
+    n, h = latents[0].size, 1e-3
+    steps = h * np.eye(n, dtype=np.float32).reshape(n, *latents.shape[1:])
+    probes = np.concatenate([latents[0] + steps, latents[0] - steps])
+    probe_terms, _ = engine.term_gradients(probes, np.repeat(images[:1], 2 * n, axis=0))
+    grad_4xN = ((probe_terms[:n] - probe_terms[n:]) / (2 * h)).T
+    np.testing.assert_allclose(np.linalg.norm(grad_4xN, axis=1), norms[0], rtol=2e-2, atol=1e-6)
 
 
 def test_batch_invariance():

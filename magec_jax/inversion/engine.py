@@ -348,6 +348,35 @@ class Engine:
         weights = jnp.asarray([phase.mse, phase.lpips, 0.0, 0.0], jnp.float32)
         return jax.vmap(self._noise_step, in_axes=(None, 0, 0, None))(arrays, state, targets, weights)
 
+    def _term_gradients_impl(self, arrays, latents_BxLxD: jax.Array, targets: Targets) -> tuple[jax.Array, jax.Array]:
+        def one(latent, target):
+            def terms(lat):
+                return self._terms(arrays, self._render(arrays, lat, ()), lat, target, self.available)
+
+            jac_4xLxD = jax.jacrev(terms)(latent)
+            return terms(latent), jnp.sqrt(jnp.sum(jnp.square(jac_4xLxD), axis=(1, 2)))
+
+        return jax.vmap(one)(latents_BxLxD, targets)
+
+    def term_gradients(self, latents_BxLxD: jax.Array, images_BxHxWxC: jax.Array) -> tuple[np.ndarray, np.ndarray]:
+        """Each loss term and the norm of its gradient in the latent, unweighted, for diagnosing the balance
+        of the loss (how much the MAGEC term can steer the latent against the reconstruction terms).
+
+        Args:
+          latents_BxLxD: W+ latents (e.g. the ``w`` of finished inversions), rendered with the default noise.
+          images_BxHxWxC: their target images in [-1, 1] at G's resolution.
+
+        Returns:
+          ``(terms_Bx4, grad_norms_Bx4)`` in the order mse, lpips, id, magec; 0 for a term the networks cannot
+          compute. Multiply by a phase's weights to compare what the optimiser sees.
+        """
+        if not hasattr(self, "_term_gradients"):
+            self._term_gradients = jax.jit(self._term_gradients_impl)
+        targets = self._prepare(self._arrays, jax.device_put(images_BxHxWxC, self.data_sharding))
+        latents = jax.device_put(jnp.asarray(latents_BxLxD, jnp.float32), self.data_sharding)
+        terms, norms = self._term_gradients(self._arrays, latents, targets)
+        return local_rows(terms), local_rows(norms)
+
     # ---- host-side driver ---------------------------------------------------------------------------
 
     def invert(
