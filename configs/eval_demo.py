@@ -10,8 +10,10 @@ faceres+emotion Male/Young/Smiling descriptor, its LinkNet and boundaries).
 Methods: ``magec`` and ``wo_magec`` are the paper's protocols unchanged (100 + 100 steps). ``i2spp`` is
 Image2StyleGAN++'s MSE + LPIPS W+ then noise optimisation, shortened 4x to 250 + 250 steps (its schedule,
 learning-rate decay included, scaled with it) so that the run fits a CPU session; it still gets 2.5x MAGEC's
-step budget. Edits: InterFaceGAN "to male" and "to smiling" at strength 3 (the MAGEC loss's alpha), each
-scored on the faces F says lack the attribute. The realism column uses the substitute feature (no full VGG16
+step budget. ``magec_1e-2`` is an ablation: MAGEC with l_magec raised from 3e-4 to 1e-2 in both phases,
+because at the paper's weight the term's gradient is about 1% of the total here (``python -m
+magec_jax.diagnose``; README). Edits: InterFaceGAN "to male" and "to smiling" at strength 3 (the MAGEC loss's
+alpha), each scored on the faces F says lack the attribute. The realism column uses the substitute feature (no full VGG16
 offline) against the 16 evaluated faces as references, so it is a coarse figure here.
 
 Runtime: measured on the project's 2-core CPU, see the README ("Evaluation on held-out LFW people").
@@ -27,7 +29,13 @@ from magec_jax.inversion.protocols import job_config
 
 REPO = Path(__file__).resolve().parents[1]
 
-METHODS = (("magec", "MAGEC", 1.0), ("wo_magec", "w/o MAGEC", 1.0), ("i2spp", "Image2StyleGAN++ (500 steps)", 0.25))
+# (name, protocol, table label, steps scale, l_magec override or None)
+METHODS = (
+    ("magec", "magec", "MAGEC", 1.0, None),
+    ("wo_magec", "wo_magec", "w/o MAGEC", 1.0, None),
+    ("magec_1e-2", "magec", "MAGEC, l_magec 1e-2", 1.0, 1e-2),
+    ("i2spp", "i2spp", "Image2StyleGAN++ (500 steps)", 0.25, None),
+)
 
 
 def get_config(arg: str = ""):
@@ -41,12 +49,14 @@ def get_config(arg: str = ""):
     config.batch_size = 16
     config.ganspace = ""
     config.methods = ml_collections.ConfigDict()
-    for name, label, steps_scale in METHODS:
-        job = job_config(name, steps_scale=steps_scale)
+    for name, protocol, label, steps_scale, magec_weight in METHODS:
+        job = job_config(protocol, steps_scale=steps_scale)
+        if magec_weight is not None:
+            job.inversion.phases = tuple(dict(phase, magec=magec_weight) for phase in job.inversion.phases)
         job.batch_size = 16
         job.label = label
         config.methods[name] = job
-    config.method_order = tuple(name for name, _, _ in METHODS)
+    config.method_order = tuple(m[0] for m in METHODS)
     config.edits = ml_collections.ConfigDict()
     config.edits.ifg_male = dict(kind="interfacegan", attribute="Male", strength=3.0, target="Male")
     config.edits.ifg_smile = dict(kind="interfacegan", attribute="Smiling", strength=3.0, target="Smiling")
