@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from magec_jax import images as imio
+from magec_jax.cli import error_status
 from magec_jax.errors import FileFormatError, MagecError
 from magec_jax.inversion.engine import Networks
 from magec_jax.models import stylegan2
@@ -401,8 +402,7 @@ def main(argv: list[str] | None = None) -> int:
             directions=directions, w_avg_samples=args.w_avg_samples, seed=args.seed, overwrite=args.overwrite,
         )
     except MagecError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return error_status(e)
     print(f"bundle written: {bundle.path}")
     return 0
 

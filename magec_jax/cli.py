@@ -2,7 +2,8 @@
 
 Each tool module defines ``run(config)`` and ends with ``main = config_main(run, __doc__)``; the tool is then
 ``python -m magec_jax.TOOL --config configs/FILE.py[:ARG] [--config.a.b=value ...]`` (ml-collections config
-files: ``get_config(arg)``). Errors of kind :class:`MagecError` are printed as one line and exit with 2.
+files: ``get_config(arg)``). Errors of kind :class:`MagecError` are printed as one line and exit with 2
+(:func:`error_status`, which the argparse tools use too).
 """
 
 from __future__ import annotations
@@ -14,6 +15,13 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from magec_jax.errors import MagecError
+
+
+def error_status(error: Exception) -> int:
+    """Prints a failed command's one-line error (``error: <file>: <problem>``) to stderr; returns its exit
+    status, 2."""
+    print(f"error: {error}", file=sys.stderr)
+    return 2
 
 
 def config_main(run: Callable[[Any], Any], doc: str) -> Callable[[], None]:
@@ -30,8 +38,7 @@ def config_main(run: Callable[[Any], Any], doc: str) -> Callable[[], None]:
         try:
             run(_config.value)
         except MagecError as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(error_status(e))
 
     def main() -> None:
         app.run(_main)

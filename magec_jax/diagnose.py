@@ -23,6 +23,7 @@ import numpy as np
 from magec_jax import images as imio
 from magec_jax.bundle import load_bundle
 from magec_jax.editing.render import list_latents, load_latent
+from magec_jax.cli import error_status
 from magec_jax.errors import FileFormatError, MagecError
 from magec_jax.inversion.engine import Engine
 from magec_jax.inversion.job import JobConfig
@@ -69,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         report = diagnose(args.bundle, latents=args.latents, protocol=args.protocol, alpha=args.alpha,
                           num_samples=args.num_samples, batch_size=args.batch_size)
     except MagecError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return error_status(e)
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

@@ -22,6 +22,7 @@ import argparse
 import sys
 
 from magec_jax.editing.render import Edit, EditJob, parse_floats, run_edits
+from magec_jax.cli import error_status
 from magec_jax.errors import MagecError
 
 
@@ -73,8 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_edits(parse_args(argv))
     except MagecError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return error_status(e)
     return 0
 
 

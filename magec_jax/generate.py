@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from magec_jax.cli import error_status
 from magec_jax.errors import FileFormatError, MagecError
 from magec_jax.models.stylegan2 import Generator, StyleGAN2Config, config_from_dict, load_generator, truncate
 from magec_jax.weights import read_manifest
@@ -217,8 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             out_npy=args.out_npy,
         )
     except MagecError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return error_status(e)
     print(
         f"{images.shape[0]} images {images.shape[1]}x{images.shape[2]} -> {args.out or ''} {args.out_npy or ''}".strip()
     )

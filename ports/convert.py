@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from magec_jax.cli import error_status
 from magec_jax.errors import MagecError
 from magec_jax.weights import Converted, save_converted
 
@@ -89,8 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=args.overwrite,
         )
     except (MagecError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return error_status(e)
     print(f"{args.src} -> {args.dst} ({converted.kind}, {time.perf_counter() - t0:.1f} s)")
     return 0
 
