@@ -1,0 +1,1 @@
+"""Faces in photographs: detection and landmarks (``detect``), alignment (``align``) and paste-back (``paste``)."""
