@@ -1,0 +1,103 @@
+"""Paste-back: aligned crops (reconstructions, edits) warped into their photograph through a feathered mask.
+
+Each crop is sampled at every photograph pixel its quad covers (the inverse of :meth:`Alignment.crop_to_photo`,
+bilinear, in float32 numpy) and blended with weight ``smoothstep((d - margin) / feather)``, where ``d`` is the
+pixel's distance to the nearest crop edge as a fraction of the crop side: 1 over the face and the centre of the
+crop, fading to 0 at ``margin`` inside the crop's edge, so there is no seam and every pixel outside
+``[margin, 1 - margin]^2`` of every crop keeps its exact value. A crop larger than its quad in the photograph is
+first reduced with Lanczos to the quad's size, so bilinear sampling does not alias. Faces are blended in the
+order given (a later face covers an earlier one where they overlap).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from magec_jax.faces.align import Alignment, AlignmentError, as_rgb, untouched_weight
+
+# ITU-R BT.601 luma, as PIL's RGB -> L conversion: a grey photograph receives the crops' luma.
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def paste_back(photo: np.ndarray, faces: Sequence[tuple[np.ndarray, Alignment]], *, margin: float = 0.05,
+               feather: float = 0.1) -> np.ndarray:
+    """The photograph with every face crop warped back into it and feathered in.
+
+    Args:
+      photo: uint8 ``[H, W]``, ``[H, W, 1]``, ``[H, W, 3]`` or ``[H, W, 4]``; the result has the same shape (a
+        grey photograph receives the crops' luma; alpha is kept unchanged).
+      faces: ``(crop, alignment)`` pairs; ``crop`` is a square uint8 image of any size (grey, RGB or opaque
+        RGBA), placed where ``alignment.quad`` says, whatever its own size.
+      margin: the band along each crop edge, as a fraction of the crop side, that is never pasted.
+      feather: the width of the fade from 0 to 1 inside the margin, as a fraction of the crop side.
+    """
+    photo = np.asarray(photo)
+    if photo.dtype != np.uint8 or photo.ndim not in (2, 3) or (photo.ndim == 3 and photo.shape[2] not in (1, 3, 4)):
+        raise AlignmentError(f"a photograph must be uint8 [H, W] or [H, W, 1|3|4], got {photo.dtype} {photo.shape}")
+    if not (0 <= margin and 0 < feather and margin + feather <= 0.5):
+        raise AlignmentError(f"paste-back needs margin >= 0, feather > 0 and margin + feather <= 0.5, got "
+                             f"{margin} and {feather}")
+    image = photo if photo.ndim == 3 else photo[:, :, None]
+    colour = image[:, :, :3] if image.shape[2] == 4 else image
+    out = colour.astype(np.float32)
+    for crop, alignment in faces:
+        crop = as_rgb(crop)
+        if crop.shape[0] != crop.shape[1]:
+            raise AlignmentError(f"a face crop must be square, got {crop.shape[1]}x{crop.shape[0]}")
+        _blend_one(out, crop, alignment, margin, feather)
+    result = image.copy()
+    result[:, :, :colour.shape[2]] = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    return result.reshape(photo.shape)
+
+
+def _blend_one(out_HxWxC: np.ndarray, crop_SxSx3: np.ndarray, alignment: Alignment, margin: float,
+               feather: float) -> None:
+    """Blends one crop into ``out`` (float32, modified in place) over the bounding box of its pasted region."""
+    h, w, channels = out_HxWxC.shape
+    to_photo = alignment.crop_to_photo()
+    inner = np.array([[margin, margin], [margin, 1 - margin], [1 - margin, 1 - margin], [1 - margin, margin]])
+    corners = inner @ to_photo[:, :2].T + to_photo[:, 2]
+    x0, y0 = np.maximum(np.floor(corners.min(0)).astype(int), 0)
+    x1, y1 = np.minimum(np.ceil(corners.max(0)).astype(int) + 1, [w, h])
+    if x0 >= x1 or y0 >= y1:
+        return
+
+    source = crop_SxSx3.astype(np.float32)
+    if channels == 1:
+        source = source @ _LUMA[:, None]
+    size = int(np.ceil(2 * alignment.side()))
+    if size < source.shape[0]:  # Lanczos in float ('F' images), one channel at a time: no rounding to uint8
+        source = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(source[:, :, c])).resize(
+            (size, size), Image.LANCZOS)) for c in range(source.shape[2])], axis=-1)
+    size = source.shape[0]
+
+    # Photograph pixel -> normalised crop coordinates (u, v) in [0, 1]^2.
+    to_crop = np.linalg.inv(np.concatenate([to_photo, [[0.0, 0.0, 1.0]]]))[:2].astype(np.float32)
+    xs = np.arange(x0, x1, dtype=np.float32)[None, :]
+    ys = np.arange(y0, y1, dtype=np.float32)[:, None]
+    u = to_crop[0, 0] * xs + to_crop[0, 1] * ys + to_crop[0, 2]
+    v = to_crop[1, 0] * xs + to_crop[1, 1] * ys + to_crop[1, 2]
+    edge = np.minimum(np.minimum(u, 1 - u), np.minimum(v, 1 - v))
+    t = np.clip((edge - np.float32(margin)) / np.float32(feather), 0, 1)
+    weight = t * t * (3 - 2 * t) * untouched_weight(alignment, (h, w), xs, ys)
+    inside = weight > 0
+    sampled = _bilinear(source, u[inside] * size - 0.5, v[inside] * size - 0.5)
+    region = out_HxWxC[y0:y1, x0:x1]
+    region[inside] += (sampled - region[inside]) * weight[inside][:, None]
+
+
+def _bilinear(img_SxSxC: np.ndarray, x_N: np.ndarray, y_N: np.ndarray) -> np.ndarray:
+    """Bilinear samples ``[N, C]`` of an image at pixel coordinates (centres at integers), edges clamped."""
+    s = img_SxSxC.shape[0]
+    flat = img_SxSxC.reshape(s * s, -1)
+    xf, yf = np.floor(x_N), np.floor(y_N)
+    fx, fy = (x_N - xf)[:, None], (y_N - yf)[:, None]
+    xi, yi = xf.astype(np.int32), yf.astype(np.int32)
+    xa, xb = np.clip(xi, 0, s - 1), np.clip(xi + 1, 0, s - 1)
+    ya, yb = np.clip(yi, 0, s - 1), np.clip(yi + 1, 0, s - 1)
+    top = flat[ya * s + xa] * (1 - fx) + flat[ya * s + xb] * fx
+    bottom = flat[yb * s + xa] * (1 - fx) + flat[yb * s + xb] * fx
+    return top * (1 - fy) + bottom * fy
