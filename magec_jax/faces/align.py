@@ -40,6 +40,8 @@ FACE_POINTS = ("eye_left", "eye_right", "mouth_left", "mouth_right")
 # generator to reconstruct or for an edit to show.
 MIN_QUAD_FRACTION = 0.25
 
+_FFT_LINES = 256  # lines per block in gaussian_blur's FFT passes
+
 
 class AlignmentError(MagecError):
     """Bad input to an alignment function (wrong array shape or type, transparent pixels, degenerate points)."""
@@ -307,16 +309,22 @@ def gaussian_blur(img_HxWxC: np.ndarray, sigma: float, *, truncate: float = 4.0)
 
 
 def _convolve_reflect(img: np.ndarray, kernel: np.ndarray, radius: int, axis: int) -> np.ndarray:
-    n = img.shape[axis]
-    pad = [(0, 0)] * img.ndim
-    pad[axis] = (radius, radius)
-    padded = np.pad(img.astype(np.float64), pad, mode="symmetric")  # numpy's 'symmetric' is scipy's 'reflect'
-    length = _fast_fft_length(n + 4 * radius)  # full linear convolution of the padded signal and the kernel
-    shape = [1] * img.ndim
-    shape[axis] = -1
-    spectrum = np.fft.rfft(padded, length, axis=axis) * np.fft.rfft(kernel, length).reshape(shape)
-    full = np.fft.irfft(spectrum, length, axis=axis)
-    return np.take(full, np.arange(2 * radius, 2 * radius + n), axis=axis).astype(np.float32)
+    """One pass of :func:`gaussian_blur` along ``axis``: each line, reflected by ``radius`` and convolved by FFT.
+    Lines go through in blocks of :data:`_FFT_LINES`, so the FFT's float64 temporaries stay a few MB (the whole
+    image at once ran 5x slower on a 1650x1650 padding)."""
+    lines = np.moveaxis(img, axis, -1)
+    shape, n = lines.shape, lines.shape[-1]
+    lines = np.ascontiguousarray(lines).reshape(-1, n)
+    length = _fast_fft_length(n + 4 * radius)  # the full linear convolution of a reflected line and the kernel
+    kernel_ft = np.fft.rfft(kernel, length)
+    out = np.empty(lines.shape, np.float32)
+    for start in range(0, lines.shape[0], _FFT_LINES):
+        block = np.pad(lines[start:start + _FFT_LINES].astype(np.float64), ((0, 0), (radius, radius)),
+                       mode="symmetric")  # numpy's 'symmetric' is scipy's 'reflect'
+        spectrum = np.fft.rfft(block, length, axis=-1)
+        spectrum *= kernel_ft
+        out[start:start + _FFT_LINES] = np.fft.irfft(spectrum, length, axis=-1)[:, 2 * radius:2 * radius + n]
+    return np.moveaxis(out.reshape(shape), -1, axis)
 
 
 def _fast_fft_length(n: int) -> int:
