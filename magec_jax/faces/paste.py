@@ -1,11 +1,16 @@
 """Paste-back: aligned crops (reconstructions, edits) warped into their photograph through a feathered mask.
 
-Each crop is sampled at every photograph pixel its quad covers (the inverse of :meth:`Alignment.crop_to_photo`,
-bilinear, in float32 numpy) and blended with weight ``smoothstep((d - margin) / feather)``, where ``d`` is the
-pixel's distance to the nearest crop edge as a fraction of the crop side: 1 over the face and the centre of the
-crop, fading to 0 at ``margin`` inside the crop's edge, so there is no seam and every pixel outside
-``[margin, 1 - margin]^2`` of every crop keeps its exact value. A crop larger than its quad in the photograph is
-first reduced with Lanczos to the quad's size, so bilinear sampling does not alias. Faces are blended in the
+Each crop is sampled at every photograph pixel its quad covers (the inverse of :meth:`Alignment.crop_to_photo`:
+Pillow's bilinear affine transform of float images, so nothing is rounded before the blend) and blended with
+weight ``smoothstep((d - margin) / feather)`` times :func:`~magec_jax.faces.align.untouched_weight`, where ``d``
+is the pixel's distance to the nearest crop edge as a fraction of the crop side:
+
+* 1 over the face and the centre of the crop, fading to 0 at ``margin`` inside the crop's edge, so there is no
+  seam and every pixel outside ``[margin, 1 - margin]^2`` of every crop keeps its exact value;
+* 0 where the crop shows NVIDIA's blurred padding instead of the photograph (a face at the photograph's edge).
+
+A crop more than twice its quad's size in the photograph is first reduced with Lanczos to twice that size:
+bilinear sampling then reads every crop pixel (it spans two), so it does not alias. Faces are blended in the
 order given (a later face covers an earlier one where they overlap).
 """
 
@@ -68,36 +73,27 @@ def _blend_one(out_HxWxC: np.ndarray, crop_SxSx3: np.ndarray, alignment: Alignme
     source = crop_SxSx3.astype(np.float32)
     if channels == 1:
         source = source @ _LUMA[:, None]
-    size = int(np.ceil(2 * alignment.side()))
-    if size < source.shape[0]:  # Lanczos in float ('F' images), one channel at a time: no rounding to uint8
-        source = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(source[:, :, c])).resize(
-            (size, size), Image.LANCZOS)) for c in range(source.shape[2])], axis=-1)
-    size = source.shape[0]
+    size = min(int(np.ceil(2 * alignment.side())), source.shape[0])
 
-    # Photograph pixel -> normalised crop coordinates (u, v) in [0, 1]^2.
-    to_crop = np.linalg.inv(np.concatenate([to_photo, [[0.0, 0.0, 1.0]]]))[:2].astype(np.float32)
+    # Photograph pixel -> normalised crop coordinates (u, v) in [0, 1]^2, and the blend weight there.
+    to_crop = np.linalg.inv(np.concatenate([to_photo, [[0.0, 0.0, 1.0]]]))[:2]
     xs = np.arange(x0, x1, dtype=np.float32)[None, :]
     ys = np.arange(y0, y1, dtype=np.float32)[:, None]
-    u = to_crop[0, 0] * xs + to_crop[0, 1] * ys + to_crop[0, 2]
-    v = to_crop[1, 0] * xs + to_crop[1, 1] * ys + to_crop[1, 2]
+    u = np.float32(to_crop[0, 0]) * xs + np.float32(to_crop[0, 1]) * ys + np.float32(to_crop[0, 2])
+    v = np.float32(to_crop[1, 0]) * xs + np.float32(to_crop[1, 1]) * ys + np.float32(to_crop[1, 2])
     edge = np.minimum(np.minimum(u, 1 - u), np.minimum(v, 1 - v))
     t = np.clip((edge - np.float32(margin)) / np.float32(feather), 0, 1)
     weight = t * t * (3 - 2 * t) * untouched_weight(alignment, (h, w), xs, ys)
-    inside = weight > 0
-    sampled = _bilinear(source, u[inside] * size - 0.5, v[inside] * size - 0.5)
+
+    # Pillow's bilinear affine transform of float images: output pixel centre (X, Y) of the box reads the crop
+    # at continuous coordinates size * to_crop @ (x0 + X - 1/2, y0 + Y - 1/2, 1).
+    coeffs = size * np.column_stack([to_crop[:, :2], to_crop[:, :2] @ [x0 - 0.5, y0 - 0.5] + to_crop[:, 2]])
+    sampled = np.empty((y1 - y0, x1 - x0, source.shape[2]), np.float32)
+    for c in range(source.shape[2]):
+        channel = Image.fromarray(np.ascontiguousarray(source[:, :, c]))
+        if size < source.shape[0]:
+            channel = channel.resize((size, size), Image.LANCZOS)
+        sampled[:, :, c] = np.asarray(channel.transform((x1 - x0, y1 - y0), Image.AFFINE, coeffs.ravel(),
+                                                        Image.BILINEAR))
     region = out_HxWxC[y0:y1, x0:x1]
-    region[inside] += (sampled - region[inside]) * weight[inside][:, None]
-
-
-def _bilinear(img_SxSxC: np.ndarray, x_N: np.ndarray, y_N: np.ndarray) -> np.ndarray:
-    """Bilinear samples ``[N, C]`` of an image at pixel coordinates (centres at integers), edges clamped."""
-    s = img_SxSxC.shape[0]
-    flat = img_SxSxC.reshape(s * s, -1)
-    xf, yf = np.floor(x_N), np.floor(y_N)
-    fx, fy = (x_N - xf)[:, None], (y_N - yf)[:, None]
-    xi, yi = xf.astype(np.int32), yf.astype(np.int32)
-    xa, xb = np.clip(xi, 0, s - 1), np.clip(xi + 1, 0, s - 1)
-    ya, yb = np.clip(yi, 0, s - 1), np.clip(yi + 1, 0, s - 1)
-    top = flat[ya * s + xa] * (1 - fx) + flat[ya * s + xb] * fx
-    bottom = flat[yb * s + xa] * (1 - fx) + flat[yb * s + xb] * fx
-    return top * (1 - fy) + bottom * fy
+    region += (sampled - region) * weight[:, :, None]
