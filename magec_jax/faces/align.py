@@ -15,6 +15,8 @@ more than four times the output size, crop with a 10% border, reflect-pad (at le
 blurred, median-filled fade where the quad leaves the photograph, ``PIL.Image.transform(QUAD, BILINEAR)`` to
 ``transform_size`` and Lanczos down to the output size. :func:`align_ffhq` matches NVIDIA's script to well under
 one grey level (``tests/test_faces_align.py``; NVIDIA's scipy blur is :func:`gaussian_blur` here).
+:func:`adaptive_transform_size` supersamples only as much as a quad needs (NVIDIA's is always 4x), and
+:func:`untouched_weight` says where a crop shows the photograph itself, for pasting back (``faces.paste``).
 
 Coordinates: points and quads are in photograph pixels with pixel centres at integers (dlib's and NVIDIA's
 convention); template points likewise in crop pixels. The quad's corners, in NVIDIA's order (top-left,
@@ -291,13 +293,13 @@ def face_size_problem(alignment: Alignment) -> str | None:
 
 def gaussian_blur(img_HxWxC: np.ndarray, sigma: float, *, truncate: float = 4.0) -> np.ndarray:
     """``scipy.ndimage.gaussian_filter(img, [sigma, sigma, 0])`` in numpy, float32 out: the same normalised
-    kernel of radius ``int(truncate * sigma + 0.5)``, the same ``'reflect'`` border (``d c b a | a b c d``), rows
-    then columns, each pass rounded to float32 as scipy does. Each pass is one FFT convolution in float64, so
+    kernel of radius ``int(truncate * sigma + 0.5)``, the same ``'reflect'`` border (``d c b a | a b c d``), along
+    axis 0 then axis 1, each pass rounded to float32 as scipy does. Each pass is one FFT convolution in float64, so
     NVIDIA's blur (sigma 2% of the quad: tens of pixels on large photographs) costs O(n log n), not O(n sigma)."""
     img = np.asarray(img_HxWxC, np.float32)
-    radius = int(truncate * sigma + 0.5)
     if img.ndim != 3 or sigma < 0:
         raise AlignmentError(f"gaussian blur takes [H, W, C] and sigma >= 0, got {img.shape} and {sigma}")
+    radius = int(truncate * sigma + 0.5)
     if radius == 0:
         return img.copy()
     taps = np.arange(-radius, radius + 1, dtype=np.float64)
@@ -353,16 +355,19 @@ class _WarpPlan(NamedTuple):
     quad: np.ndarray  # [4, 2] in the padded crop's pixels
 
 
+def _shrink(alignment: Alignment) -> int:
+    """NVIDIA's integer reduction of the photograph before the crop: by half the quad over the output size,
+    rounded down, when that is at least 2 (1: none)."""
+    shrink = int(np.floor(alignment.side() / alignment.output_size * 0.5))
+    return shrink if shrink > 1 else 1
+
+
 def _warp_plan(width: int, height: int, alignment: Alignment) -> _WarpPlan:
-    quad = np.array(alignment.quad, np.float64)
-    qsize = alignment.side()
-    shrink = int(np.floor(qsize / alignment.output_size * 0.5))
+    shrink = _shrink(alignment)
+    quad = np.array(alignment.quad, np.float64) / shrink
+    qsize = alignment.side() / shrink
     if shrink > 1:
         width, height = int(np.rint(width / shrink)), int(np.rint(height / shrink))
-        quad /= shrink
-        qsize /= shrink
-    else:
-        shrink = 1
 
     border = max(int(np.rint(qsize * 0.1)), 3)
     lo, hi = np.floor(quad.min(0)).astype(int), np.ceil(quad.max(0)).astype(int)
@@ -412,9 +417,7 @@ def adaptive_transform_size(alignment: Alignment) -> int:
     then never skips photograph pixels, and the Lanczos reduction does the anti-aliasing, as at NVIDIA's 4x: on
     the fixture's 15 faces the crops differ from NVIDIA's by at most 0.36 grey levels mean absolute difference,
     and a face no larger than the output is transformed once at the output size (16x fewer pixels)."""
-    qsize = alignment.side()
-    shrink = int(np.floor(qsize / alignment.output_size * 0.5))
-    ratio = qsize / shrink / alignment.output_size if shrink > 1 else qsize / alignment.output_size
+    ratio = alignment.side() / _shrink(alignment) / alignment.output_size
     return alignment.output_size * int(np.clip(np.ceil(ratio), 1, 4))
 
 
@@ -435,10 +438,16 @@ def untouched_weight(alignment: Alignment, photo_hw: tuple[int, int], x_W: np.nd
     height = plan.crop[3] - plan.crop[1] + top + bottom
     x = np.asarray(x_W, np.float64) / plan.shrink - plan.crop[0] + left
     y = np.asarray(y_H, np.float64) / plan.shrink - plan.crop[1] + top
-    mask = np.maximum(1.0 - np.minimum(x / left, (width - 1 - x) / right),
-                      1.0 - np.minimum(y / top, (height - 1 - y) / bottom))
-    t = np.clip(-3.0 * mask - 1.0, 0.0, 1.0)  # 0 at mask -1/3 (where the blur starts), 1 at mask -2/3
+    t = np.clip(-3.0 * _fade_mask(x, y, width, height, plan.pad) - 1.0, 0.0, 1.0)  # 0 at mask -1/3 (where the blur starts), 1 at mask -2/3
     return (t * t * (3.0 - 2.0 * t)).astype(np.float32)
+
+
+def _fade_mask(x: np.ndarray, y: np.ndarray, width: int, height: int, pad: tuple[int, int, int, int]) -> np.ndarray:
+    """NVIDIA's ``mask`` at pixels ``(x, y)`` of the padded crop (``width`` x ``height``): 1 at its edge, 0 where
+    the photograph's own pixels begin, negative further in (float64, as NVIDIA's numpy computes it)."""
+    left, top, right, bottom = (np.float64(p) for p in pad)
+    return np.maximum(1.0 - np.minimum(x / left, (width - 1 - x) / right),
+                      1.0 - np.minimum(y / top, (height - 1 - y) / bottom))
 
 
 def _padded_with_fade(img_HxWx3: np.ndarray, pad: tuple[int, int, int, int], qsize: float) -> np.ndarray:
@@ -447,10 +456,8 @@ def _padded_with_fade(img_HxWx3: np.ndarray, pad: tuple[int, int, int, int], qsi
     left, top, right, bottom = pad
     img = np.pad(img_HxWx3.astype(np.float32), ((top, bottom), (left, right), (0, 0)), mode="reflect")
     h, w, _ = img.shape
-    y, x = np.arange(h, dtype=np.float32)[:, None, None], np.arange(w, dtype=np.float32)[None, :, None]
-    # 1 at the padded edge, 0 where the photograph's own pixels begin, negative further in.
-    mask = np.maximum(1.0 - np.minimum(x / np.float64(left), (w - 1 - x) / np.float64(right)),
-                      1.0 - np.minimum(y / np.float64(top), (h - 1 - y) / np.float64(bottom)))
+    mask = _fade_mask(np.arange(w, dtype=np.float32)[None, :, None], np.arange(h, dtype=np.float32)[:, None, None],
+                      w, h, pad)
     img += (gaussian_blur(img, qsize * 0.02) - img) * np.clip(mask * 3.0 + 1.0, 0.0, 1.0)
     img += (np.median(img, axis=(0, 1)) - img) * np.clip(mask, 0.0, 1.0)
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
