@@ -438,7 +438,8 @@ def untouched_weight(alignment: Alignment, photo_hw: tuple[int, int], x_W: np.nd
     height = plan.crop[3] - plan.crop[1] + top + bottom
     x = np.asarray(x_W, np.float64) / plan.shrink - plan.crop[0] + left
     y = np.asarray(y_H, np.float64) / plan.shrink - plan.crop[1] + top
-    t = np.clip(-3.0 * _fade_mask(x, y, width, height, plan.pad) - 1.0, 0.0, 1.0)  # 0 at mask -1/3 (where the blur starts), 1 at mask -2/3
+    # 0 at mask -1/3 (where the blur starts), 1 at mask -2/3.
+    t = np.clip(-3.0 * _fade_mask(x, y, width, height, plan.pad) - 1.0, 0.0, 1.0)
     return (t * t * (3.0 - 2.0 * t)).astype(np.float32)
 
 
