@@ -2,7 +2,7 @@
 
     python -m magec_jax.train_classifier --config configs/classifier_celeba.py \
         --config.images=celeba/img_align_celeba --config.attributes=celeba/list_attr_celeba.txt \
-        --config.init_weights=weights/resnet50_imagenet --config.workdir=runs/classifier_celeba
+        --config.init_weights=weights/resnet50_imagenet --config.out_dir=runs/classifier_celeba
 
 ``init_weights``: a converted torchvision ImageNet ResNet-50 (``python -m ports.convert
 resnet50-0676ba61.pth weights/resnet50_imagenet --format resnet50``) for every layer but the head; leave it empty to train from
@@ -14,6 +14,8 @@ ARG: an optional comma-separated attribute subset, e.g. ``configs/classifier_cel
 """
 
 from magec_jax.classifier.config import default_config
+
+VARIANTS = {"<attributes>": "a comma-separated subset of the table's attributes, e.g. Male,Smiling (default: all)"}
 
 
 def get_config(arg: str | None = None):

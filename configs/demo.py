@@ -7,7 +7,8 @@ protocol (100 + 100 steps) using ``demo/bundle``: a 64x64 StyleGAN2 trained by t
 faceres identity network, and the faceres+emotion Male/Young/Smiling descriptor with its LinkNet and
 boundaries. Writes ``out/demo/`` (latents, reconstructions, per-image JSON, ``summary.json``) and
 ``out/demo/edit_grid.png`` (per image: input | reconstruction | Male, Young, Smiling at -3, 0, +3).
-Takes a few minutes on a 2-core CPU. ARG picks another protocol (``wo_magec``, ``i2spp``) for comparison.
+Takes about 4 minutes on a 2-core CPU; ``--config.steps_scale=0.1`` runs every phase at a tenth of its
+length (20 steps, for a quick look). ARG picks another protocol (``wo_magec``, ``i2spp``) for comparison.
 """
 
 from pathlib import Path
@@ -15,6 +16,12 @@ from pathlib import Path
 from magec_jax.inversion.protocols import job_config
 
 REPO = Path(__file__).resolve().parents[1]
+VARIANTS = {
+    "magec": "MSE + LPIPS + ID + MAGEC, 100 + 100 steps (the paper's protocol)",
+    "wo_magec": "the same without the MAGEC term (l_magec = 0)",
+    "wo_magec300": "without MAGEC, 150 + 150 steps",
+    "i2spp": "Image2StyleGAN++: MSE + LPIPS, 1000 w+ steps then 1000 noise steps",
+}
 
 
 def get_config(arg: str = "magec"):

@@ -51,7 +51,8 @@ def get_config(arg: str = ""):
     config.ganspace = ""
     config.methods = ml_collections.ConfigDict()
     for name, protocol, label, steps_scale, magec_weight in METHODS:
-        job = job_config(protocol, steps_scale=steps_scale)
+        job = job_config(protocol)
+        job.steps_scale = steps_scale
         if magec_weight is not None:
             job.inversion.phases = tuple(dict(phase, magec=magec_weight) for phase in job.inversion.phases)
         job.batch_size = 16

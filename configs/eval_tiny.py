@@ -20,6 +20,8 @@ import ml_collections
 
 from magec_jax.inversion.protocols import job_config
 
+VARIANTS = {"ifg": "the InterFaceGAN edit only (no GANSpace PCA needed)"}
+
 
 def get_config(arg: str = ""):
     config = ml_collections.ConfigDict()
@@ -32,7 +34,8 @@ def get_config(arg: str = ""):
     config.ganspace = ""
     config.methods = ml_collections.ConfigDict()
     for name, label in (("magec", "MAGEC"), ("wo_magec", "w/o MAGEC")):
-        job = job_config(name, steps_scale=0.05)
+        job = job_config(name)
+        job.steps_scale = 0.05
         job.batch_size = 2
         job.label = label
         config.methods[name] = job

@@ -15,6 +15,13 @@ on a 78 GiB GPU at 1024 in float32.
 
 from magec_jax.inversion.protocols import job_config
 
+VARIANTS = {
+    "magec": "MSE + LPIPS + ID + MAGEC, 100 + 100 steps (the paper's protocol)",
+    "wo_magec": "the same without the MAGEC term (l_magec = 0)",
+    "wo_magec300": "without MAGEC, 150 + 150 steps",
+    "i2spp": "Image2StyleGAN++: MSE + LPIPS, 1000 w+ steps then 1000 noise steps",
+}
+
 
 def get_config(arg: str = "magec"):
     config = job_config(arg or "magec")

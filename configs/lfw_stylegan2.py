@@ -1,12 +1,12 @@
 """StyleGAN2 at 64x64 on LFW deep-funneled faces, sized for a 2-core CPU.
 
-    python -m magec_jax.train_gan --config configs/lfw_stylegan2.py --config.run_dir=runs/lfw64
+    python -m magec_jax.train_gan --config configs/lfw_stylegan2.py --config.out_dir=runs/lfw64
 
 Data: ``shared/data/lfw/lfw-deepfunneled.tar`` (``$MAGEC_SHARED``, else ``../shared`` beside the checkout),
 read from the tar, the central 128 px of each 250x250 frame resized to 64x64 with Lanczos, x-flips. The
 people whose name hashes below 0.1 are held out (500 of 5,366 people, 998 of 12,446 images): they are the
 FD figure's reference set and are never trained on. The first run decodes the images once (about a minute)
-into ``run_dir/data/``.
+into ``out_dir/data/``.
 
 Networks: G with z, w 256-d, 4 mapping layers, channels min(4096 / R, 256) (256, 256, 256, 128, 64 at
 4..64 px; 4.5 M parameters); the residual D with the same channels (4.7 M). NVIDIA's recipe otherwise:
@@ -28,7 +28,7 @@ ARG ``small``: 5x faster for CPU runs: z, w 128-d, 2 mapping layers, channels mi
 D 1.2 M parameters), no path-length regularisation, a checkpoint every 4 kimg and the FD every 20 kimg;
 measured 62-65 kimg/h under the same shared conditions (load average ~4)::
 
-    python -m magec_jax.train_gan --config configs/lfw_stylegan2.py:small --config.run_dir=runs/lfw64s
+    python -m magec_jax.train_gan --config configs/lfw_stylegan2.py:small --config.out_dir=runs/lfw64s
 
 ARG ``tiny``: a 16x16 network on the first 300 images for tests and smoke runs: 4 iterations of batch 4, a
 checkpoint every 2, the FD on 16 images; about a minute (57 s at load average ~5), most of it compilation
@@ -39,6 +39,11 @@ import os
 from pathlib import Path
 
 from magec_jax.training.config import default_config
+
+VARIANTS = {
+    "small": "5x faster for CPU runs: z, w 128-d, 2 mapping layers, channels up to 128 (the demo generator)",
+    "tiny": "16x16 on 300 images, 4 iterations: tests and smoke runs",
+}
 
 
 def _shared() -> Path:

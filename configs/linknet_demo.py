@@ -10,6 +10,13 @@ on the top and bottom 2% (100 samples per side). Validation accuracies are writt
 
 from magec_jax.supervision.job import default_config
 
+VARIANTS = {
+    "both": "LinkNet and the boundaries",
+    "linknet": "LinkNet only",
+    "boundaries": "the InterFaceGAN boundaries only",
+    "none": "neither (with ganspace.enabled: the GANSpace PCA only)",
+}
+
 
 def get_config(arg: str = "both"):
     config = default_config()

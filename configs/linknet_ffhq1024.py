@@ -18,6 +18,13 @@ attributes such as Male and Smiling).
 
 from magec_jax.supervision.job import default_config
 
+VARIANTS = {
+    "both": "LinkNet and the boundaries",
+    "linknet": "LinkNet only",
+    "boundaries": "the InterFaceGAN boundaries only",
+    "none": "neither (with ganspace.enabled: the GANSpace PCA only)",
+}
+
 
 def get_config(arg: str = "both"):
     config = default_config()

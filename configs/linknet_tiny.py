@@ -9,6 +9,13 @@ mean little on a random generator. ARG picks the stages (default ``both``).
 
 from magec_jax.supervision.job import default_config
 
+VARIANTS = {
+    "both": "LinkNet and the boundaries",
+    "linknet": "LinkNet only",
+    "boundaries": "the InterFaceGAN boundaries only",
+    "none": "neither (with ganspace.enabled: the GANSpace PCA only)",
+}
+
 
 def get_config(arg: str = "both"):
     config = default_config()

@@ -248,6 +248,8 @@ def _face_box(spec: dict):
 def load_bundle(path: str | Path) -> Bundle:
     """Reads and validates a bundle's manifest (every named part must exist)."""
     path = Path(path)
+    if path.is_file():
+        raise FileFormatError(path, "a file, not a model bundle: give the bundle's folder (the one holding manifest.json)")
     mpath = path / MANIFEST
     try:
         manifest = json.loads(mpath.read_text())

@@ -22,25 +22,28 @@ import argparse
 import sys
 
 from magec_jax.editing.render import Edit, EditJob, parse_floats, run_edits
-from magec_jax.cli import error_status
+from magec_jax.cli import DefaultsHelpFormatter, error_status
 from magec_jax.errors import MagecError
 
 
 def parse_args(argv: list[str] | None = None) -> EditJob:
     """The command line as an :class:`EditJob`."""
-    parser = argparse.ArgumentParser(prog="python -m magec_jax.edit", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m magec_jax.edit", description=__doc__.split("\n\n")[0],
+                                     formatter_class=DefaultsHelpFormatter)
     parser.add_argument("latents", nargs="+", help="inversion .npz files or output folders")
     parser.add_argument("--bundle", required=True, help="model bundle (generator, directions, ganspace)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--attribute", action="append", default=[], help="InterFaceGAN direction (repeatable)")
-    parser.add_argument("--strengths", default="-3,0,3", help="InterFaceGAN strengths (default -3,0,3)")
+    parser.add_argument("--strengths", default="-3,0,3", help="InterFaceGAN strengths, boundary units")
     parser.add_argument("--component", action="append", type=int, default=[], help="GANSpace component (repeatable)")
-    parser.add_argument("--layers", default="", help="GANSpace layers START:END, end exclusive (default all)")
-    parser.add_argument("--gs-strengths", default="-2,0,2", help="GANSpace strengths in stdevs (default -2,0,2)")
-    parser.add_argument("--pca", default="", help="GANSpace PCA file (.npz or e4e ffhq_pca.pt)")
+    parser.add_argument("--layers", default="", help="GANSpace layers START:END, end exclusive (empty: all)")
+    parser.add_argument("--gs-strengths", default="-2,0,2", help="GANSpace strengths, in standard deviations "
+                        "along the component")
+    parser.add_argument("--pca", default="", help="GANSpace PCA file (.npz or e4e ffhq_pca.pt; "
+                        "empty: the bundle's)")
     parser.add_argument("--interpolate-to", default="", help="second latent: add an interpolation row")
-    parser.add_argument("--steps", type=int, default=5, help="interpolation points, t = 0..1 (default 5)")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per generator call (default 8)")
+    parser.add_argument("--steps", type=int, default=5, help="interpolation points, t = 0..1")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per generator call")
     args = parser.parse_args(_attach_negative_values(sys.argv[1:] if argv is None else argv))
     layers = None
     if args.layers:

@@ -19,3 +19,7 @@ class FileFormatError(MagecError):
         self.path = os.fspath(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+class ConfigError(MagecError):
+    """A config field has a value the tool cannot use (``str(err)`` names the field and the problem)."""

@@ -9,10 +9,14 @@ Re-running the same command resumes: finished inversions, edits, re-projections 
 Outputs and stages are described in ``magec_jax.evaluation.pipeline`` and ``magec_jax.evaluation.report``.
 """
 
+import sys
+
 from magec_jax.cli import config_main
 from magec_jax.evaluation.pipeline import run
 
-main = config_main(run, __doc__)
+__all__ = ["main", "run"]
+
+main = config_main(run, __doc__, prog="magec_jax.evaluate", example="eval_demo.py")
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

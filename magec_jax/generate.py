@@ -10,7 +10,8 @@ Latents come from exactly one of:
   them, so a seed gives the same image as NVIDIA's code with the same (converted) network;
 * ``--z-file Z.npy``: float32 ``[B, z_dim]``;
 * ``--w-file W.npy``: ``[B, w_dim]`` or W+ ``[B, num_ws, w_dim]``, fed to the synthesis network (truncation,
-  when asked for, is applied to every row, towards ``w_avg``).
+  when asked for, is applied to every row, towards ``w_avg``); or an ``.npz`` whose key ``w`` holds such an
+  array, as ``python -m magec_jax.invert`` and ``python -m magec_jax.edit`` write (``w`` ``[1, num_ws, w_dim]``).
 
 ``--out`` writes a PNG grid (pixels ``clip(x * 127.5 + 128, 0, 255)``, like NVIDIA); ``--out-npy`` writes the
 raw float32 images ``[B, H, W, C]`` (about [-1, 1], not clamped). ``--noise-mode random`` draws the noise
@@ -23,14 +24,15 @@ import argparse
 import functools
 import os
 import sys
-import tempfile
+import zipfile
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from magec_jax.cli import error_status
+from magec_jax import images as imio
+from magec_jax.cli import DefaultsHelpFormatter, error_status
 from magec_jax.errors import FileFormatError, MagecError
 from magec_jax.models.stylegan2 import Generator, StyleGAN2Config, config_from_dict, load_generator, truncate
 from magec_jax.weights import read_manifest
@@ -55,12 +57,19 @@ def seed_latents(seeds: list[int], z_dim: int) -> np.ndarray:
     return np.concatenate([np.random.RandomState(s).randn(1, z_dim) for s in seeds]).astype(np.float32)
 
 
-def load_latents(path: str | os.PathLike, shapes: list[tuple[int, ...]], what: str) -> np.ndarray:
-    """Reads a float ``.npy`` whose shape is one of ``shapes`` (``-1`` = any batch size)."""
+def load_latents(path: str | os.PathLike, shapes: list[tuple[int, ...]], what: str, key: str) -> np.ndarray:
+    """Reads a float ``.npy``, or the array ``key`` of an ``.npz``, whose shape is one of ``shapes`` (``-1`` =
+    any batch size)."""
     try:
-        arr = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise FileFormatError(path, f"unreadable .npy ({e})") from None
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded:
+                if key not in loaded.files:
+                    raise FileFormatError(path, f"no array {key!r} in this .npz (found {', '.join(loaded.files)})")
+                loaded = loaded[key]
+        arr = np.asarray(loaded)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise FileFormatError(path, f"unreadable .npy/.npz ({e})") from None
     ok = any(arr.ndim == len(s) and all(e in (-1, n) for e, n in zip(s, arr.shape)) for s in shapes)
     if not ok or arr.dtype.kind != "f" or arr.shape[0] == 0:
         expected = " or ".join("[" + ", ".join("B" if n == -1 else str(n) for n in s) + "]" for s in shapes)
@@ -83,18 +92,6 @@ def image_grid(images_BxHxWxC: np.ndarray) -> np.ndarray:
     grid = np.zeros((rows * cols, h, w, c), images_BxHxWxC.dtype)
     grid[:b] = images_BxHxWxC
     return grid.reshape(rows, cols, h, w, c).transpose(0, 2, 1, 3, 4).reshape(rows * h, cols * w, c)
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @functools.lru_cache(maxsize=8)
@@ -163,31 +160,27 @@ def run(
         chunks.append(np.asarray(img[: batch.shape[0] - pad]))
     images = np.concatenate(chunks)
     if out_npy is not None:
-        _atomic_write(Path(out_npy), lambda tmp: np.save(tmp, images))
+        imio.atomic_save_npy(out_npy, images)
     if out is not None:
-        from PIL import Image
-
-        grid = image_grid(to_uint8(images))
-        _atomic_write(
-            Path(out),
-            lambda tmp: Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(tmp, format="PNG"),
-        )
+        imio.atomic_write_bytes(out, imio.png_bytes(image_grid(to_uint8(images))))
     return images
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m magec_jax.generate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m magec_jax.generate", description=__doc__.split("\n\n")[0],
+                                     formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--generator", required=True, type=Path, help="converted StyleGAN2 directory")
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--seeds", help="e.g. 0-7,12 (z as NVIDIA draws it)")
-    src.add_argument("--z-file", type=Path, help="float32 [B, z_dim] .npy")
-    src.add_argument("--w-file", type=Path, help="[B, w_dim] or [B, num_ws, w_dim] .npy")
-    parser.add_argument("--truncation-psi", type=float, default=1.0)
+    src.add_argument("--z-file", type=Path, help="float32 [B, z_dim] .npy (or .npz with key z)")
+    src.add_argument("--w-file", type=Path, help="[B, w_dim] or [B, num_ws, w_dim] .npy, or an .npz with key w "
+                     "(the latents invert and edit write)")
+    parser.add_argument("--truncation-psi", type=float, default=1.0, help="truncation towards w_avg (1: none)")
     parser.add_argument("--truncation-cutoff", type=int, default=None, help="truncate only the first N rows of W+")
-    parser.add_argument("--noise-mode", choices=("const", "random", "none"), default="const")
+    parser.add_argument("--noise-mode", choices=("const", "random", "none"), default="const", help="noise inputs")
     parser.add_argument("--noise-seed", type=int, default=0, help="seed of --noise-mode random")
     parser.add_argument("--class", dest="class_idx", type=int, default=None, help="class index (conditional nets)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8, help="images per compiled call")
     parser.add_argument("--fused-modconv", action="store_true", help="NVIDIA's grouped-conv modulation")
     parser.add_argument("--out", type=Path, help="PNG grid")
     parser.add_argument("--out-npy", type=Path, help="raw float32 images [B, H, W, C]")
@@ -200,9 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.seeds is not None:
             z = seed_latents(parse_seeds(args.seeds), cfg.z_dim)
         elif args.z_file is not None:
-            z = load_latents(args.z_file, [(-1, cfg.z_dim)], "z")
+            z = load_latents(args.z_file, [(-1, cfg.z_dim)], "z", "z")
         else:
-            ws = load_latents(args.w_file, [(-1, cfg.w_dim), (-1, cfg.num_ws, cfg.w_dim)], "W")
+            ws = load_latents(args.w_file, [(-1, cfg.w_dim), (-1, cfg.num_ws, cfg.w_dim)], "W", "w")
         images = run(
             args.generator,
             z=z,

@@ -12,6 +12,7 @@ Input policy (:func:`load_image`), documented in the README:
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -27,12 +28,23 @@ from magec_jax.errors import FileFormatError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
-def list_images(source: str | os.PathLike) -> list[Path]:
+def list_images(source: str | os.PathLike, *, exclude: str | os.PathLike | None = None) -> list[Path]:
     """The images of a folder (recursive, sorted) or of a list file (one path per line, ``#`` comments,
-    relative paths taken from the list file's folder)."""
+    relative paths taken from the list file's folder).
+
+    Args:
+      source: the folder or list file.
+      exclude: a folder whose contents are never listed (a job's output folder inside its input folder, so
+        that reconstructions and edit grids do not become inputs of the next run).
+
+    Raises:
+      FileFormatError: ``source`` is neither a folder nor a file.
+    """
     source = Path(source)
     if source.is_dir():
-        return sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        skip = Path(exclude).resolve() if exclude is not None else None
+        return sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                      and (skip is None or not p.resolve().is_relative_to(skip)))
     if source.is_file():
         lines = [ln.strip() for ln in source.read_text().splitlines()]
         return [source.parent / ln if not Path(ln).is_absolute() else Path(ln)
@@ -117,11 +129,13 @@ def grid(images_NxHxWxC: Iterable[np.ndarray], columns: int, pad: int = 2) -> np
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
     """Calls ``write(f)`` on a temporary file in ``path``'s folder, fsyncs it, and renames it to ``path``:
     readers see the old file or the complete new one, never a partial one. A killed writer leaves only a
-    ``.<name>.*`` temporary behind."""
+    ``.<name>.*`` temporary behind. The file gets the mode any new file of the process gets (``0666`` less the
+    umask), not ``mkstemp``'s private ``0600``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~process_umask())  # mkstemp makes 0600; a written file gets the usual mode
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -131,6 +145,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@functools.cache
+def process_umask() -> int:
+    """The process's file-creation mask (read once: ``os.umask`` can only be read by setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -7,10 +7,14 @@ Outputs (per image ``<name>``: ``.npz`` latent, ``.png`` reconstruction, ``.json
 ``summary.json``) are described in ``magec_jax.inversion.job``. Re-running the same command resumes.
 """
 
+import sys
+
 from magec_jax.cli import config_main
 from magec_jax.inversion.job import run
 
-main = config_main(run, __doc__)
+__all__ = ["main", "run"]
+
+main = config_main(run, __doc__, prog="magec_jax.invert", example="demo.py")
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -10,10 +10,14 @@ manifest; rendered samples are cached under ``BUNDLE/supervision/``, so a rerun 
 See ``magec_jax.supervision.job``.
 """
 
+import sys
+
 from magec_jax.cli import config_main
 from magec_jax.supervision.job import run
 
-main = config_main(run, __doc__)
+__all__ = ["main", "run"]
+
+main = config_main(run, __doc__, prog="magec_jax.linknet", example="linknet_demo.py")
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

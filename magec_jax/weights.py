@@ -11,8 +11,9 @@ A converted network is one directory::
 ``kind`` names the network family (``stylegan2``, ``lpips_vgg16``, ``irse50``, ``resnet50``, ``faceres``,
 ``emotion``, ``linknet``, ...), ``config`` holds everything needed to rebuild the Flax module, and the
 params tree is the Flax variables dict (``{"params": ..., "buffers": ...}`` or whatever collections the
-model uses). Writes are atomic: the directory appears complete or not at all. Loading is an ``np.load`` of
-one uncompressed file, well under a second for small models.
+model uses). Writes are atomic: the directory appears complete or not at all, with the process's usual
+modes. A manifest records no absolute path of the machine that wrote it: a path in ``extra`` is stored as its
+file name. Loading is an ``np.load`` of one uncompressed file, well under a second for small models.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from magec_jax.errors import FileFormatError
+from magec_jax.images import process_umask
 
 FORMAT_NAME = "magec-converted"
 FORMAT_VERSION = 1
@@ -102,7 +104,7 @@ def save_converted(
 
     Args:
       dst: target directory (created; its parent must exist).
-      converted: the network.
+      converted: the network; absolute paths among its manifest's ``extra`` values are stored as file names.
       source: the file it was converted from; its name and sha256 go into the manifest.
       converter: converter name and version, e.g. ``"ports.stylegan2/1"``.
       overwrite: replace an existing ``dst``.
@@ -111,6 +113,8 @@ def save_converted(
     if dst.exists() and not overwrite:
         raise FileExistsError(f"{dst}: already exists (pass overwrite=True / --overwrite)")
     manifest = dict(converted.manifest)
+    if "extra" in manifest:
+        manifest["extra"] = _without_absolute_paths(manifest["extra"])
     manifest.update(
         format=FORMAT_NAME,
         format_version=FORMAT_VERSION,
@@ -124,6 +128,7 @@ def save_converted(
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
     try:
+        tmp.chmod(0o777 & ~process_umask())  # mkdtemp makes 0700
         np.savez(tmp / PARAMS, **flatten(converted.variables))
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         if dst.exists():
@@ -133,6 +138,17 @@ def save_converted(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dst
+
+
+def _without_absolute_paths(value: Any) -> Any:
+    """``value`` with every string that is an absolute path replaced by its file name (recursively)."""
+    if isinstance(value, Mapping):
+        return {k: _without_absolute_paths(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_without_absolute_paths(v) for v in value]
+    if isinstance(value, (str, os.PathLike)) and Path(value).is_absolute():
+        return Path(value).name
+    return value
 
 
 def read_manifest(path: str | os.PathLike) -> dict:

@@ -28,7 +28,7 @@ CASES = [
     ("lfw_stylegan2", "tiny", TrainGANConfig),
 ]
 
-REQUIRED_PATHS = ("bundle", "images", "out_dir", "run_dir", "attributes", "workdir")
+REQUIRED_PATHS = ("bundle", "images", "out_dir", "attributes")
 
 
 def _get_config(name: str, arg: str | None):

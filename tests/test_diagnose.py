@@ -76,7 +76,9 @@ def test_cli_reports_loss_balance_at_latents(bundle_path, tmp_path, capsys):
                           "--batch-size", "2", "--out", str(out)])
     assert code == 0
     report = json.loads(out.read_text())
-    assert json.loads(capsys.readouterr().out) == report
+    printed = capsys.readouterr().out.splitlines()  # a readable summary, the JSON in the file
+    assert printed == diagnose.summary_lines(report) + [f"report -> {out}"]
+    assert any(line.lstrip().startswith("phase 2 (mse 0.5") and "% of the weighted gradient" in line for line in printed)
     balance = report["loss_balance"]
     assert balance["num_images"] == 3 and len(balance["latents"]) == 3
     assert [p["weights"]["mse"] for p in balance["phases"]] == [1e-3, 0.5]

@@ -117,9 +117,15 @@ def test_edit_grid_stage_after_inversion(bundle, tmp_path):
     config.edit_grid.attributes = ("Male", "Smiling")
     config.edit_grid.strengths = (-3.0, 3.0)
     job_lib.run(config)
-    grid = np.asarray(Image.open(tmp_path / "out" / "edit_grid.png"))
-    per_image = [np.asarray(Image.open(tmp_path / "out" / "edits" / f"{f.stem}.png")) for f in faces]
-    assert grid.shape[0] == sum(g.shape[0] for g in per_image)  # the per-image grids, stacked
-    assert per_image[0].shape[0] > 2 * 32 and per_image[0].shape[1] > 4 * 32  # 2 rows of input|recon|2 edits
+    grid = np.asarray(Image.open(tmp_path / "out" / "edit_grid.png").convert("RGB"))
+    per_image = [np.asarray(Image.open(tmp_path / "out" / "edits" / f"{f.stem}.png").convert("RGB")) for f in faces]
+    assert per_image[0].shape[:2] == (2 + 2 * 34, 2 + 4 * 34)  # 2 rows of input | recon | 2 edits, 32 px tiles
+    # edit_grid.png: every tile of every per-image grid, labelled (a header line, a title per image, a margin).
+    assert grid.shape[0] > sum(g.shape[0] for g in per_image) and grid.shape[1] > per_image[0].shape[1]
+    windows = np.lib.stride_tricks.sliding_window_view(grid, (32, 32, 3))[:, :, 0]
+    for g in per_image:
+        for r, c in ((0, 0), (1, 3)):
+            tile = g[2 + r * 34: 2 + r * 34 + 32, 2 + c * 34: 2 + c * 34 + 32]
+            assert np.all(windows == tile, axis=(2, 3, 4)).sum() >= 1
     for f in faces:
         assert (tmp_path / "out" / "edits" / f.stem / "ifg_Male_+3.npz").exists()

@@ -50,7 +50,7 @@ def test_train_then_resume_gives_the_same_weights(tmp_path, table):
     images = require_shared("data", "celeba_hq")
     common = dict(images=str(images), attributes=str(table), checkpoint_every=100)  # saves only at the stops
 
-    full = train_classifier_run(_tiny_config(workdir=str(tmp_path / "a"), **common))
+    full = train_classifier_run(_tiny_config(out_dir=str(tmp_path / "a"), **common))
     assert full["finished"] and full["step"] == full["total_steps"] == 10
     assert (full["train_images"], full["val_images"], full["steps_per_epoch"]) == (20, 6, 5)
     assert [h["step"] for h in full["history"]] == [5, 10]
@@ -58,10 +58,10 @@ def test_train_then_resume_gives_the_same_weights(tmp_path, table):
         assert set(h["val_accuracy"]) == {"Male"} and 0.0 <= h["val_accuracy_mean"] <= 1.0
         assert np.isfinite(h["train_loss"])
 
-    stopped = train_classifier_run(_tiny_config(workdir=str(tmp_path / "b"), **common), max_steps=7)
+    stopped = train_classifier_run(_tiny_config(out_dir=str(tmp_path / "b"), **common), max_steps=7)
     assert not stopped["finished"] and stopped["step"] == 7 and "weights" not in stopped
     assert not (tmp_path / "b" / "resnet50").exists()
-    resumed = train_classifier_run(_tiny_config(workdir=str(tmp_path / "b"), **common))
+    resumed = train_classifier_run(_tiny_config(out_dir=str(tmp_path / "b"), **common))
     assert resumed["resumed_from"] == 7 and resumed["finished"]
     assert [h["step"] for h in resumed["history"]] == [5, 7, 10]  # a stop is evaluated too
 
@@ -104,7 +104,7 @@ def test_cli_reports_a_bad_table_in_one_line(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     proc = subprocess.run(
         [sys.executable, "-m", "magec_jax.train_classifier", "--config", str(REPO / "configs" / "classifier_tiny.py"),
-         f"--config.images={tmp_path}", f"--config.attributes={bad}", f"--config.workdir={tmp_path / 'run'}"],
+         f"--config.images={tmp_path}", f"--config.attributes={bad}", f"--config.out_dir={tmp_path / 'run'}"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2, proc.stderr

@@ -263,7 +263,7 @@ def test_tiny_config_trains_checkpoints_resumes_and_exports(tmp_path):
     from magec_jax.train_gan import run
 
     config = _lfw_config("tiny")
-    config.run_dir = str(tmp_path / "run")
+    config.out_dir = str(tmp_path / "run")
     first = run(config)
     assert first["step"] == 4 and first["resumed_from"] is None
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()) == ["2", "4"]

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import ml_collections
 
+from magec_jax.errors import ConfigError
+
 GROUPS = ("early", "late", "head")  # stem + layer1 + layer2 | layer3 + layer4 | fc
 
 
@@ -17,7 +19,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.images = ""  # folder the table's image names are relative to
     c.attributes = ""  # list_attr_celeba.txt-format table
     c.attribute_names = ""  # comma-separated subset of the table's columns; empty: all
-    c.workdir = ""  # checkpoints/, metrics.json, resnet50/ (final converted weights)
+    c.out_dir = ""  # checkpoints/, metrics.json, resnet50/ (final converted weights)
     c.init_weights = ""  # converted resnet50 directory (ImageNet) for every layer but fc; empty: random init
     c.image_size = 224
     c.batch_size = 64
@@ -52,7 +54,7 @@ class TrainConfig:
 
     images: Path
     attributes: Path
-    workdir: Path
+    out_dir: Path
     attribute_names: tuple[str, ...]
     init_weights: Path | None
     image_size: int
@@ -80,15 +82,21 @@ class TrainConfig:
 
     @classmethod
     def from_config(cls, c: ml_collections.ConfigDict) -> "TrainConfig":
-        for name in ("images", "attributes", "workdir"):
+        for name in ("images", "attributes", "out_dir"):
             if not c[name]:
-                raise ValueError(f"config.{name} must be set")
+                raise ConfigError(f"config.{name} must be set (--config.{name}=...)")
         if c.schedule not in ("one_cycle", "constant"):
-            raise ValueError(f"config.schedule must be 'one_cycle' or 'constant', got {c.schedule!r}")
+            raise ConfigError(f"config.schedule must be 'one_cycle' or 'constant', got {c.schedule!r}")
+        for name in ("image_size", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "num_workers"):
+            if c[name] < 1:
+                raise ConfigError(f"config.{name} must be a positive integer, got {c[name]}")
+        for name in ("head_epochs", "full_epochs"):
+            if c[name] < 0:
+                raise ConfigError(f"config.{name} must be a non-negative integer, got {c[name]}")
         fields = {f.name for f in dataclasses.fields(cls)}
         values = {k: c[k] for k in fields}
         values.update(
-            images=Path(c.images), attributes=Path(c.attributes), workdir=Path(c.workdir),
+            images=Path(c.images), attributes=Path(c.attributes), out_dir=Path(c.out_dir),
             init_weights=Path(c.init_weights) if c.init_weights else None,
             attribute_names=tuple(n.strip() for n in c.attribute_names.split(",") if n.strip()),
         )

@@ -60,15 +60,15 @@ def run(config: ml_collections.ConfigDict, *, max_steps: int | None = None) -> d
     def put(x: np.ndarray) -> jax.Array:
         return jax.device_put(x, batch_sharding)
 
-    cfg.workdir.mkdir(parents=True, exist_ok=True)
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
     manager = ocp.CheckpointManager(
-        (cfg.workdir / "checkpoints").absolute(),
+        (cfg.out_dir / "checkpoints").absolute(),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=cfg.keep_checkpoints, save_interval_steps=cfg.checkpoint_every,
             enable_async_checkpointing=False,  # the next step donates the state's buffers
         ),
     )
-    metrics_path = cfg.workdir / "metrics.json"
+    metrics_path = cfg.out_dir / "metrics.json"
     summary = {
         "attribute_names": list(data.attribute_names), "train_images": len(train), "val_images": len(val),
         "steps_per_epoch": steps_per_epoch, "total_steps": total,
@@ -122,7 +122,7 @@ def run(config: ml_collections.ConfigDict, *, max_steps: int | None = None) -> d
             variables=jax.device_get({"params": state.params, "batch_stats": state.batch_stats}),
             manifest={"extra": {"val_accuracy": history[-1].get("val_accuracy") if history else None}},
         )
-        summary["weights"] = str(save_converted(cfg.workdir / "resnet50", converted,
+        summary["weights"] = str(save_converted(cfg.out_dir / "resnet50", converted,
                                                 converter="magec_jax.train_classifier/1", overwrite=True))
     atomic_write_json(metrics_path, summary)
     return summary

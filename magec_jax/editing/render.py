@@ -33,6 +33,7 @@ from magec_jax import images as imio
 from magec_jax.bundle import load_bundle, noise_buffers, synthesize_fn
 from magec_jax.editing.directions import GanSpace, ganspace_edit, interfacegan_edit, interpolate, load_ganspace
 from magec_jax.errors import FileFormatError, MagecError
+from magec_jax.weights import sha256_file
 
 EditKind = Literal["interfacegan", "ganspace"]
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.+-]")
@@ -344,7 +345,7 @@ def run_edits(job: EditJob, *, log: Callable[[str], None] = lambda m: print(m, f
         rows.append([_safe(f"interp_{other.name}_{t:.3f}") for t in ts])
     out = Path(job.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    pending = [lat for lat in latents if not _edits_done(out, lat.name, rows)]
+    pending = [lat for lat in latents if not _edits_done(out, lat, rows)]
     log(f"edit: {len(latents)} latents, {len(latents) - len(pending)} already done; "
         f"{sum(map(len, rows))} edits each in {len(rows)} rows")
     renderer = Renderer(synthesize_fn(cfg), variables, noise_buffers(cfg, variables), job.batch_size)
@@ -368,14 +369,17 @@ def run_edits(job: EditJob, *, log: Callable[[str], None] = lambda m: print(m, f
     return results
 
 
-def _edits_done(out: Path, name: str, rows: list[list[str]]) -> bool:
-    record = out / f"{name}.json"
-    if not record.is_file() or not (out / f"{name}.png").is_file():
+def _edits_done(out: Path, lat: Latent, rows: list[list[str]]) -> bool:
+    """Done: the record and grid exist, with the same rows, rendered from the same latent file (a latent that
+    was recomputed since gets its edits rendered again)."""
+    record = out / f"{lat.name}.json"
+    if not record.is_file() or not (out / f"{lat.name}.png").is_file():
         return False
     try:
-        return json.loads(record.read_text()).get("rows") == rows
+        done = json.loads(record.read_text())
     except (OSError, ValueError):
         return False
+    return done.get("rows") == rows and done.get("latent_sha256") == sha256_file(lat.path)
 
 
 def _write_latent_edits(out: Path, lat: Latent, rows: list[list[str]], images: np.ndarray,
@@ -393,10 +397,84 @@ def _write_latent_edits(out: Path, lat: Latent, rows: list[list[str]], images: n
     for label, w in zip(labels, ws[1:]):
         imio.atomic_save_npz(out / lat.name / f"{label}.npz", w=w[None].astype(np.float32), **noise)
     imio.atomic_write_bytes(out / f"{lat.name}.png", imio.png_bytes(imio.grid(tiles, columns=width)))
-    record = dict(latent=str(lat.path), image=None if lat.image is None else str(lat.image), rows=rows,
+    record = dict(latent=str(lat.path), latent_sha256=sha256_file(lat.path),
+                  image=None if lat.image is None else str(lat.image), rows=rows,
                   columns="input | reconstruction | edits", edited_latents=f"{lat.name}/<label>.npz")
     imio.atomic_write_json(out / f"{lat.name}.json", record)
     return record
+
+
+def edit_grid(bundle: str, latents_dir: str | Path, attributes: Sequence[str], strengths: Sequence[float], *,
+              log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> Path | None:
+    """The inversion job's edit stage: InterFaceGAN edits of every latent in ``latents_dir`` (rendered into
+    ``latents_dir/edits/`` by :func:`run_edits`, resumable), tiled into ``latents_dir/edit_grid.png``: per image
+    a block titled with its name, one row per attribute (labelled), columns input | G(w) | one per strength
+    (labelled above). Returns the grid's path, or None when the folder holds no latent."""
+    out = Path(latents_dir)
+    names = sorted(p.stem for p in out.glob("*.npz") if p.is_file())
+    if not names:
+        return None
+    sweeps = tuple(tuple(Edit("interfacegan", s, attribute=a) for s in strengths) for a in attributes)
+    edits_dir = out / "edits"
+    run_edits(EditJob(bundle=bundle, latents=(str(out),), out_dir=str(edits_dir), sweeps=sweeps), log=log)
+    from PIL import Image
+
+    blocks = []
+    for name in names:
+        sheet = np.asarray(Image.open(edits_dir / f"{name}.png").convert("RGB"))
+        tile = (sheet.shape[0] - 2) // len(attributes) - 2
+        blocks.append((name, list(zip(attributes, grid_tiles(sheet, len(attributes), 2 + len(strengths), tile)))))
+    columns = ["input", "G(w)"] + [f"{s:+g}" if s else "0" for s in strengths]
+    path = imio.atomic_write_bytes(out / "edit_grid.png", imio.png_bytes(labelled_sheet(blocks, columns)))
+    log(f"edit grid ({', '.join(attributes)} at {', '.join(columns[2:])}) -> {path}")
+    return path
+
+
+# ---- labelled sheets ---------------------------------------------------------------------------------------
+
+
+def grid_tiles(grid_HxWxC: np.ndarray, rows: int, columns: int, tile: int, pad: int = 2) -> list[list[np.ndarray]]:
+    """The ``rows x columns`` tiles of a grid written by :func:`magec_jax.images.grid` (square tiles of side
+    ``tile``, ``pad`` pixels apart)."""
+    step = tile + pad
+    return [[grid_HxWxC[pad + r * step: pad + r * step + tile, pad + c * step: pad + c * step + tile]
+             for c in range(columns)] for r in range(rows)]
+
+
+def labelled_sheet(blocks: Sequence[tuple[str, Sequence[tuple[str, Sequence[np.ndarray]]]]],
+                   column_labels: Sequence[str], *, pad: int = 2) -> np.ndarray:
+    """Tiles rows of images into one labelled uint8 sheet ``[H, W, 3]``, text drawn with Pillow's default font.
+
+    Args:
+      blocks: ``(title, rows)`` pairs, e.g. one per inverted image; each row is ``(label, tiles)`` with uint8
+        ``[h, w, 3]`` tiles, all of one size. The title is written on a line above its rows, each row's label
+        in a left margin.
+      column_labels: one header label per column, written above the first block.
+      pad: white pixels between tiles.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    h, w = next(t for _, rows in blocks for _, tiles in rows for t in tiles).shape[:2]
+    columns = max(len(column_labels), max(len(tiles) for _, rows in blocks for _, tiles in rows))
+    line = int(font.getbbox("Ag")[3]) + 2 * pad
+    margin = 2 * pad + max([int(font.getlength(label)) for _, rows in blocks for label, _ in rows] + [0])
+    height = line + sum(line + len(rows) * (h + pad) for _, rows in blocks) + pad
+    sheet = Image.new("RGB", (margin + columns * (w + pad) + pad, height), "white")
+    draw = ImageDraw.Draw(sheet)
+    for c, label in enumerate(column_labels):
+        x = margin + pad + c * (w + pad) + (w - font.getlength(label)) / 2
+        draw.text((x, pad), label, fill="black", font=font)
+    y = line
+    for title, rows in blocks:
+        draw.text((pad, y + pad), title, fill="black", font=font)
+        y += line
+        for label, tiles in rows:
+            draw.text((pad, y + (h - line) / 2 + pad), label, fill="black", font=font)
+            for c, tile in enumerate(tiles):
+                sheet.paste(Image.fromarray(np.asarray(tile, np.uint8)), (margin + pad + c * (w + pad), y))
+            y += h + pad
+    return np.asarray(sheet)
 
 
 def parse_floats(text: str, what: str) -> tuple[float, ...]:

@@ -30,7 +30,8 @@ import re
 import ml_collections
 
 from magec_jax.editing.render import Edit
-from magec_jax.errors import MagecError
+from magec_jax.errors import ConfigError, MagecError
+from magec_jax.inversion.job import JobConfig
 
 _NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]|_(?!_))*")
 
@@ -99,6 +100,10 @@ class EvalConfig:
                 raise MagecError(f"method_order names {name!r}, which is not in methods ({', '.join(config.methods)})")
             _check_name(name, "method")
             job = ml_collections.ConfigDict(config.methods[name].to_dict())
+            try:  # a bad value of a method is reported before anything runs
+                JobConfig.from_config(job)
+            except ConfigError as e:
+                raise ConfigError(str(e).replace("config.", f"config.methods.{name}.", 1)) from None
             methods.append(MethodSpec(name=name, label=str(job.get("label", name)), job=job))
         edits = []
         for name in config.edit_order:

@@ -5,28 +5,60 @@ For a folder (or list file) of images and a model bundle it writes, per image ``
   * ``<name>.npz``  key ``w``: float32 ``[1, num_ws, w_dim]`` (NVIDIA ``generate.py --projected-w`` reads
     it); with a noise stage also ``noise_<i>``: float32 ``[h, w]`` per noise layer;
   * ``<name>.png``  the reconstruction G(w) at the generator's resolution;
-  * ``<name>.json`` final loss terms, steps, seconds, status; written LAST, so its presence marks the
-    image as done;
+  * ``<name>.json`` final loss terms, steps, seconds, status, the ``fingerprint`` of what decided the result
+    and the input file's ``input_sha256``; written LAST, so its presence marks the image as done;
 
-and ``summary.json`` for the job (also rewritten after every batch). With an ``edit_grid`` block in the config,
-the job then renders InterFaceGAN edits of every inverted image (``edits/<name>.png`` grids and edited
-latents, by ``magec_jax.editing.render``) and tiles them into ``edit_grid.png``. Every file is written atomically. A job
-killed at any moment and restarted with the same output folder redoes only the images without a
-``<name>.json`` (and deletes the killed run's half-written temporaries; one job per output folder). Unreadable or unsuitable images are reported and skipped; an image whose loss becomes
-non-finite is reported as failed while the rest of its batch finishes.
+and ``summary.json`` for the job (rewritten after every batch). With an ``edit_grid`` block in the config, the
+job then renders InterFaceGAN edits of every inverted image (``edits/<name>.png`` grids and edited latents, by
+``magec_jax.editing.render``) and tiles them into ``edit_grid.png``, labelled with the image names, attributes
+and strengths. Every file is written atomically, with the process's usual file mode.
 
-Multi-process (``jax.distributed``): every process lists the same pending images, takes every P-th one,
-and runs the same number of batches (padding its own), so the global batch stays in lockstep; each process
-writes only its own images.
+A run, in order:
+
+  1. lists the inputs; the output folder is never listed, even when it lies inside the input folder. A missing,
+     empty or mistyped input is a one-line error, and nothing is created;
+  2. sorts every listed image: *done* (a result with this run's fingerprint from the same input file),
+     *stale* (a result with another fingerprint or from another file: the job stops with one line naming the
+     differences, unless ``on_mismatch`` is ``recompute``), *remembered* (skipped or failed before, its file
+     unchanged: not tried again), or *to do*. Inputs that map to an output name already taken (``a.png``
+     beside ``a.jpg``) are skipped, the first in sorted order keeping the name;
+  3. reads every image to do by the input policy (``magec_jax.images``); unreadable or unsuitable ones are
+     reported, skipped and remembered;
+  4. inverts the valid ones in full batches. The networks are loaded and the step compiled only when there is
+     something to invert, so a rerun of a finished job does neither. An image whose loss becomes non-finite is
+     reported as failed (and remembered) while the rest of its batch finishes.
+
+A job killed at any moment and restarted with the same output folder redoes only the images without a result
+(and deletes the killed run's half-written temporaries; one job per output folder).
+
+The fingerprint (:func:`fingerprint`): the inversion settings actually run (after ``steps_scale``; the
+progress interval ``chunk_steps`` left out), ``matmul_precision``, the bundle (:func:`bundle_identity`) and
+the preprocessing (resolution, minimum size, crop, resize).
+
+``summary.json``: ``config``, ``fingerprint``, ``steps``, ``images`` (listed), ``done`` (listed images with a
+result), ``skipped`` and ``failed`` (the images skipped or failed as the folder stands, with the reason and
+the file's sha256, so that they are retried only when the file or the settings change), and ``runs``: one
+record per run (``started``, ``seconds``, ``images``, ``valid``, ``already_done``, ``done`` (inverted by the
+run), ``recomputed``, ``failed``, ``skipped``, ``skipped_earlier``, ``steps``, ``batch_size``, ``devices``,
+``processes``, ``seconds_per_image``), appended, so a rerun keeps the earlier runs' figures.
+:func:`run` returns its run's record.
+
+Multi-process (``jax.distributed``): every process lists and reads the same images, takes every P-th valid
+one, and runs the same number of batches (padding its own), so the global batch stays in lockstep; each
+process writes only its own images, and process 0 merges the records.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import datetime
+import hashlib
+import json
 import math
 import sys
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -35,8 +67,13 @@ import ml_collections
 import numpy as np
 
 from magec_jax import images as imio
-from magec_jax.errors import FileFormatError, MagecError
+from magec_jax.errors import ConfigError, FileFormatError, MagecError
 from magec_jax.inversion.engine import LOSS_TERMS, Engine, InversionSettings, Networks, NoisePhase, Phase, local_rows
+from magec_jax.inversion.protocols import ON_MISMATCH, scale_steps
+from magec_jax.weights import read_manifest, sha256_file
+
+Log = Callable[[str], None]
+_WORKERS = 4  # threads hashing and reading input files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +96,10 @@ class EditGrid:
 
 @dataclasses.dataclass(frozen=True)
 class JobConfig:
-    """The typed form of an inversion config (see ``configs/``)."""
+    """The typed form of an inversion config (see ``configs/`` and ``magec_jax.inversion.protocols``).
+
+    ``settings`` are the settings actually run: the config's ``steps_scale`` is already applied.
+    """
 
     bundle: str
     images: str
@@ -71,15 +111,48 @@ class JobConfig:
     distributed: DistributedConfig = DistributedConfig()
     name: str = ""
     edit_grid: EditGrid | None = None
+    on_mismatch: str = "refuse"
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> "JobConfig":
+        """Checks and converts a job config; a bad value raises :class:`ConfigError` naming the field."""
         inv = config.inversion
-        noise = None
-        if inv.get("noise_steps", 0):
-            noise = NoisePhase(steps=int(inv.noise_steps), lr=float(inv.noise_lr))
+        phases = []
+        for i, p in enumerate(inv.phases):
+            _require(isinstance(p, (dict, ml_collections.ConfigDict)), f"inversion.phases[{i}]", p,
+                     "a dict of steps and loss weights (" + ", ".join(("steps",) + LOSS_TERMS) + ")")
+            try:
+                phase = Phase(**dict(p))
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"config.inversion.phases[{i}]: {e}") from None
+            _require(_is_int(phase.steps) and phase.steps >= 1, f"inversion.phases[{i}].steps", phase.steps,
+                     "a positive integer")
+            for term in LOSS_TERMS:
+                weight = getattr(phase, term)
+                _require(_is_number(weight) and math.isfinite(weight), f"inversion.phases[{i}].{term}", weight,
+                         "a finite number")
+            phases.append(phase)
+        _require(bool(phases), "inversion.phases", tuple(inv.phases), "at least one phase")
+        noise_steps = inv.get("noise_steps", 0)
+        _require(_is_int(noise_steps) and noise_steps >= 0, "inversion.noise_steps", noise_steps,
+                 "a non-negative integer")
+        for field in ("lr_decay_every", "chunk_steps"):
+            _require(_is_int(inv[field]) and inv[field] >= 1, f"inversion.{field}", inv[field], "a positive integer")
+        _require(inv.latent_space in ("w+", "w"), "inversion.latent_space", inv.latent_space, "'w+' or 'w'")
+        _require(inv.magec_mode in ("flip", "add_remove"), "inversion.magec_mode", inv.magec_mode,
+                 "'flip' or 'add_remove'")
+        _require(_is_int(config.batch_size) and config.batch_size >= 1, "batch_size", config.batch_size,
+                 "a positive integer")
+        scale = config.get("steps_scale", 1.0)
+        _require(_is_number(scale) and math.isfinite(scale) and scale > 0, "steps_scale", scale,
+                 "a positive number")
+        on_mismatch = str(config.get("on_mismatch", "refuse"))
+        _require(on_mismatch in ON_MISMATCH, "on_mismatch", on_mismatch, " or ".join(map(repr, ON_MISMATCH)))
+        min_size = config.get("min_size")
+        _require(min_size is None or (_is_int(min_size) and min_size >= 1), "min_size", min_size,
+                 "a positive integer (or None: half the resolution)")
         settings = InversionSettings(
-            phases=tuple(Phase(**dict(p)) for p in inv.phases),
+            phases=tuple(phases),
             lr=float(inv.lr),
             lr_decay=float(inv.lr_decay),
             lr_decay_every=int(inv.lr_decay_every),
@@ -89,7 +162,7 @@ class JobConfig:
             latent_space=str(inv.latent_space),
             magec_alpha=float(inv.magec_alpha),
             magec_mode=str(inv.magec_mode),
-            noise_phase=noise,
+            noise_phase=NoisePhase(steps=int(noise_steps), lr=float(inv.noise_lr)) if noise_steps else None,
             chunk_steps=int(inv.chunk_steps),
         )
         dist = config.get("distributed", ml_collections.ConfigDict())
@@ -102,13 +175,27 @@ class JobConfig:
             images=str(config.images),
             out_dir=str(config.out_dir),
             batch_size=int(config.batch_size),
-            settings=settings,
-            min_size=config.get("min_size"),
+            settings=scale_steps(settings, float(scale)),
+            min_size=min_size,
             matmul_precision=str(config.get("matmul_precision", "highest")),
             distributed=DistributedConfig(**dict(dist)),
             name=str(config.get("name", "")),
             edit_grid=edit_grid,
+            on_mismatch=on_mismatch,
         )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _require(ok: bool, field: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"config.{field} must be {expected}, got {value!r}")
 
 
 def init_distributed(dist: DistributedConfig) -> None:
@@ -132,18 +219,105 @@ def _barrier(name: str) -> None:
 
 
 def is_done(out_dir: Path, name: str) -> bool:
-    """An image is done when its JSON (written last) and its latent exist."""
+    """An image has a result when its JSON (written last) and its latent exist (whatever its fingerprint)."""
     return (out_dir / f"{name}.json").is_file() and (out_dir / f"{name}.npz").is_file()
 
 
-class _Progress:
-    """One line per compiled chunk: batch, step, running loss, images done, ETA."""
+# ---- what decides a result ---------------------------------------------------------------------------------
 
-    def __init__(self, total_images: int, num_batches: int, stream=sys.stderr):
-        self.total, self.num_batches, self.stream = total_images, num_batches, stream
+
+def bundle_identity(path: str | Path) -> str:
+    """A hex sha256 identifying a bundle's contents without reading its weights: every JSON file in full (the
+    bundle manifest; each network's manifest, which records its source file's sha256 or its training step;
+    the fit reports) and the relative path and size of every other file. The sample cache ``supervision/`` and
+    hidden temporaries are left out. Empty when ``path`` is not a folder (networks given by the caller)."""
+    root = Path(path)
+    if not str(path) or not root.is_dir():
+        return ""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = file.relative_to(root)
+        if rel.parts[0] == "supervision" or any(part.startswith(".") for part in rel.parts):
+            continue
+        digest.update(rel.as_posix().encode() + b"\0")
+        digest.update(file.read_bytes() if file.suffix == ".json" else str(file.stat().st_size).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def preprocessing(job: JobConfig, resolution: int) -> dict[str, Any]:
+    """How an input file becomes the target image (the input policy of ``magec_jax.images``)."""
+    min_size = resolution // 2 if job.min_size is None else job.min_size
+    return dict(resolution=resolution, min_size=min_size, crop="centred square", resize="lanczos")
+
+
+def fingerprint(job: JobConfig, resolution: int, bundle_id: str) -> dict[str, Any]:
+    """Everything but the input file that decides a result, as JSON-ready data (see the module docstring)."""
+    settings = dataclasses.asdict(job.settings)
+    del settings["chunk_steps"]  # how often progress is read, not what is computed
+    record = dict(settings=settings, matmul_precision=job.matmul_precision, bundle=bundle_id,
+                  preprocessing=preprocessing(job, resolution))
+    return json.loads(json.dumps(record))
+
+
+def _short_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def differences(old: Any, new: Any, path: str = "") -> list[str]:
+    """The fields in which two JSON-like values differ, each as ``"a.b[1].c: OLD -> NEW"``."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in list(old) + [k for k in new if k not in old]:
+            field = f"{path}.{key}" if path else key
+            if key not in new or key not in old:
+                out.append(f"{field}: {old.get(key, '(absent)')!r} -> {new.get(key, '(absent)')!r}")
+            else:
+                out += differences(old[key], new[key], field)
+        return out
+    if isinstance(old, list) and isinstance(new, list):
+        if len(old) != len(new):
+            return [f"{path}: {len(old)} entries -> {len(new)}"]
+        return [d for i, (a, b) in enumerate(zip(old, new)) for d in differences(a, b, f"{path}[{i}]")]
+    return [] if old == new else [f"{path}: {old!r} -> {new!r}"]
+
+
+def _result_differences(record: dict, fp: dict, digest: str | None) -> list[str]:
+    if "fingerprint" not in record:
+        return ["fingerprint: none recorded (a result of an older magec_jax)"]
+    out = differences(record["fingerprint"], fp)
+    if record.get("input_sha256") != digest:
+        out.append("input file: its contents changed")
+    return out
+
+
+# ---- the job -----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Input:
+    path: Path
+    name: str
+    sha256: str | None  # None: the file cannot be read
+
+
+class _Progress:
+    """One line per chunk of steps: batch, step, phase, running loss, valid images done, ETA."""
+
+    def __init__(self, total_images: int, num_batches: int, settings: InversionSettings):
+        self.total, self.num_batches = total_images, num_batches
         self.done, self.t0 = 0, time.perf_counter()
         self.batch = 0
         self.batch_images = 0
+        ends = np.cumsum([p.steps for p in settings.phases])
+        self.phase_ends = list(ends) + ([ends[-1] + settings.noise_phase.steps] if settings.noise_phase else [])
+        self.noise = settings.noise_phase is not None
+
+    def phase(self, steps_done: int) -> str:
+        """``phase k/n`` of the last step taken (the noise stage is the last phase)."""
+        k = next(i for i, end in enumerate(self.phase_ends) if steps_done <= end)
+        noise = " (noise)" if self.noise and k == len(self.phase_ends) - 1 else ""
+        return f"phase {k + 1}/{len(self.phase_ends)}{noise}"
 
     def chunk(self, steps_done: int, total_steps: int, state) -> None:
         loss = np.asarray(local_rows(state.losses))[: max(self.batch_images, 1), 0]
@@ -154,8 +328,9 @@ class _Progress:
         shown = f"{finite.mean():.4f}" if finite.size else "nan"
         print(
             f"[{jax.process_index()}] batch {self.batch + 1}/{self.num_batches} step {steps_done}/{total_steps} "
-            f"loss {shown} | {self.done}/{self.total} images done | {elapsed:.0f} s, ETA {_fmt(eta)}",
-            file=self.stream, flush=True,
+            f"{self.phase(steps_done)} loss {shown} | {self.done}/{self.total} images done | "
+            f"{elapsed:.0f} s, ETA {_fmt(eta)}",
+            file=sys.stderr, flush=True,
         )
 
 
@@ -166,75 +341,145 @@ def _fmt(seconds: float) -> str:
     return f"{m}m{s:02d}s" if m else f"{s}s"
 
 
+# Batch sizes each engine has inverted: the first batch of a size compiles the step (for the "compiling" line).
+_COMPILED: weakref.WeakKeyDictionary[Engine, set[int]] = weakref.WeakKeyDictionary()
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
 def run(
     config: ml_collections.ConfigDict,
     *,
     networks: Networks | None = None,
     engine: Engine | None = None,
-    log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True),
+    log: Log = _stderr,
 ) -> dict[str, Any]:
-    """Runs the inversion job described by ``config``; returns the summary (also written to disk).
+    """Runs the inversion job described by ``config``; returns this run's record (see the module docstring).
 
     Args:
       config: an inversion config (``configs/*.py``).
-      networks: already-built networks; by default the config's bundle is loaded.
+      networks: already-built networks; by default the config's bundle is loaded (only when there is
+        something to invert).
       engine: an engine built for these networks and the config's settings, to reuse its compiled steps
         across jobs (the evaluation inverts originals and edited images with one engine per method).
       log: where one-line reports go.
+
+    Raises:
+      MagecError: a missing, empty or unreadable input or bundle, or stale results with ``on_mismatch``
+        ``refuse``; nothing is written then.
     """
     job = JobConfig.from_config(config)
     init_distributed(job.distributed)
     jax.config.update("jax_default_matmul_precision", job.matmul_precision)
     if engine is not None and engine.settings != job.settings:
         raise ValueError("the engine given was built for other inversion settings than the config's")
+    out_dir = Path(job.out_dir)
+    pid, nproc = jax.process_index(), jax.process_count()
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    t_job = time.perf_counter()
+
+    bundle = None
     if networks is None and engine is None:
         from magec_jax.bundle import load_bundle
 
-        networks = load_bundle(job.bundle).networks()
-    out_dir = Path(job.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    pid, nproc = jax.process_index(), jax.process_count()
+        bundle = load_bundle(job.bundle)
+    inputs, duplicates = _list_inputs(job, out_dir)
+    if engine is not None:
+        resolution = engine.nets.resolution
+    elif networks is not None:
+        resolution = networks.resolution
+    else:
+        resolution = int(read_manifest(bundle.part(bundle.manifest["generator"]))["config"]["img_resolution"])
+    fp = fingerprint(job, resolution, bundle_identity(job.bundle))
+    folder = _sort(inputs, duplicates, out_dir, fp)
+    if folder.stale and job.on_mismatch == "refuse":
+        raise MagecError(_stale_message(out_dir, folder.stale))
 
-    sources = imio.list_images(job.images)
-    root = Path(job.images) if Path(job.images).is_dir() else None
-    names = [imio.output_name(p, root) for p in sources]
-    if len(set(names)) != len(names):
-        dup = sorted({n for n in names if names.count(n) > 1})
-        raise MagecError(f"{job.images}: several inputs map to the same output name(s): {', '.join(dup[:5])}")
+    # Read every image to do before batching: only valid images fill batches.
+    new_skips = [dict(image=str(p), reason=reason) for p, reason in duplicates]
+    valid = []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=_WORKERS) as pool:
+        problems = pool.map(lambda item: _problem(item.path, resolution, job.min_size), folder.todo)
+        for item, problem in zip(folder.todo, problems):
+            if problem is None:
+                valid.append(item)
+            else:
+                new_skips.append(dict(image=str(item.path), reason=problem, sha256=item.sha256,
+                                      holds_for=folder.preprocessing_hash))
+    for s in new_skips:
+        log(f"skipped {s['image']}: {s['reason']}")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
     if pid == 0:
         _remove_temporaries(out_dir)
-    pending = [(p, n) for p, n in zip(sources, names) if not is_done(out_dir, n)]
     _barrier("magec-listed")  # nobody writes before everybody has listed
-    mine = pending[pid::nproc]
+    mine = valid[pid::nproc]
     local_devices = jax.local_device_count()
     batch = -(-job.batch_size // local_devices) * local_devices
-    num_batches = -(-math.ceil(len(pending) / nproc) // batch) if pending else 0
+    num_batches = -(-math.ceil(len(valid) / nproc) // batch) if valid else 0
+    skipped = folder.skipped_before + new_skips
+    steps = job.settings.total_steps + (job.settings.noise_phase.steps if job.settings.noise_phase else 0)
+    n_skipped = f"{len(skipped)} skipped ({len(folder.skipped_before)} earlier), " if skipped else ""
+    n_failed = f"{len(folder.failed_before)} failed earlier, " if folder.failed_before else ""
+    n_stale = f" ({len(folder.stale)} recomputed: {folder.stale[0][1][0]})" if folder.stale else ""
     log(
-        f"invert: {len(sources)} images, {len(sources) - len(pending)} already done, {len(pending)} to do; "
-        f"process {pid}/{nproc} takes {len(mine)} in {num_batches} batches of {batch} "
+        f"invert: {folder.listed} images, {folder.done} already done, {n_skipped}{n_failed}{len(valid)} to do"
+        f"{n_stale}; process {pid}/{nproc} takes {len(mine)} in {num_batches} batches of {batch} "
         f"on {jax.device_count()} device(s)"
     )
-
-    engine = engine if engine is not None else Engine(networks, job.settings)
-    resolution = engine.nets.resolution
-    summary: dict[str, Any] = dict(
-        config=job.name, images=len(sources), already_done=len(sources) - len(pending), done=0,
-        failed=[], skipped=[], seconds=0.0, steps=job.settings.total_steps
-        + (job.settings.noise_phase.steps if job.settings.noise_phase else 0),
-        devices=jax.device_count(), processes=nproc, batch_size=batch,
+    record: dict[str, Any] = dict(
+        started=started, seconds=0.0, images=folder.listed, valid=folder.done + len(valid),
+        already_done=folder.done, done=0, recomputed=len(folder.stale), failed=[], skipped=skipped,
+        skipped_earlier=len(folder.skipped_before), steps=steps, batch_size=batch, devices=jax.device_count(),
+        processes=nproc,
     )
-    summary_path = out_dir / ("summary.json" if nproc == 1 else f"summary.process{pid}.json")
-    progress = _Progress(len(mine), num_batches)
-    t_job = time.perf_counter()
 
-    def load(items: Sequence[tuple[Path, str]]):
+    if num_batches:
+        if engine is None:
+            engine = Engine(networks if networks is not None else bundle.networks(), job.settings)
+        _invert(job, engine, mine, batch, num_batches, record, folder, out_dir, log)
+    record["seconds"] = time.perf_counter() - t_job
+    record["seconds_per_image"] = record["seconds"] / max(record["done"], 1)
+    if nproc > 1:
+        imio.atomic_write_json(out_dir / f"summary.process{pid}.json", record)
+        _barrier("magec-finished")
+        if pid == 0:
+            parts = [_read_json(out_dir / f"summary.process{p}.json") for p in range(nproc)]
+            record = _merge_records(parts)
+    if pid == 0:
+        imio.atomic_write_json(out_dir / "summary.json", folder.summary(job, record))
+    log(
+        f"invert: {record['done']} inverted, {len(record['failed'])} failed, {len(record['skipped'])} skipped "
+        f"in {record['seconds']:.1f} s -> {out_dir}"
+    )
+    if job.edit_grid is not None and pid == 0:
+        from magec_jax.editing.render import edit_grid
+
+        edit_grid(job.bundle, out_dir, job.edit_grid.attributes, job.edit_grid.strengths, log=log)
+    return record
+
+
+def _invert(job: JobConfig, engine: Engine, mine: Sequence[_Input], batch: int, num_batches: int,
+            record: dict, folder: "_Folder", out_dir: Path, log: Log) -> None:
+    """Inverts this process's valid images in ``num_batches`` batches of ``batch``, writing each result and,
+    after each batch, the summary."""
+    resolution = engine.nets.resolution
+    pid, nproc = jax.process_index(), jax.process_count()
+    progress = _Progress(len(mine), num_batches, job.settings)
+    if batch not in _COMPILED.setdefault(engine, set()):
+        log(f"invert: compiling the inversion step for batches of {batch} at {resolution}x{resolution} "
+            "(once per batch size; about a minute on a CPU)")
+
+    def load(items: Sequence[_Input]):
         arrays, kept, skipped = [], [], []
-        for path, name in items:
+        for item in items:
             try:
-                arrays.append(imio.load_image(path, resolution, min_size=job.min_size))
-                kept.append((path, name))
-            except FileFormatError as e:
-                skipped.append(dict(image=str(path), reason=e.problem))
+                arrays.append(imio.load_image(item.path, resolution, min_size=job.min_size))
+                kept.append(item)
+            except FileFormatError as e:  # changed since it was checked
+                skipped.append(dict(image=str(item.path), reason=e.problem))
         return arrays, kept, skipped
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
@@ -245,7 +490,7 @@ def run(
                 future = pool.submit(load, mine[(b + 1) * batch: (b + 2) * batch])
             for s in skipped:
                 log(f"skipped {s['image']}: {s['reason']}")
-            summary["skipped"] += skipped
+            record["skipped"] = record["skipped"] + skipped
             local = np.zeros((batch, resolution, resolution, 3), np.float32)
             if arrays:
                 local[: len(arrays)] = np.stack(arrays)
@@ -253,58 +498,148 @@ def run(
             progress.batch, progress.batch_images = b, len(kept)
             t0 = time.perf_counter()
             out = engine.invert(_global_batch(engine, local), on_chunk=progress.chunk)
+            _COMPILED[engine].add(batch)
             ws, recon = local_rows(out["ws"]), local_rows(out["images"])
             terms, failed = local_rows(out["terms"]), local_rows(out["failed"])
             noise = [local_rows(n) for n in out["noise"]]
             seconds = (time.perf_counter() - t0) / max(len(kept), 1)
-            for i, (path, name) in enumerate(kept):
+            for i, item in enumerate(kept):
                 losses = {t: float(v) for t, v in zip(LOSS_TERMS, terms[i])}
                 if failed[i] or not np.all(np.isfinite(ws[i])):
-                    summary["failed"].append(dict(image=str(path), reason="non-finite loss during optimisation"))
-                    log(f"failed {path}: non-finite loss during optimisation")
+                    reason = "non-finite loss during optimisation"
+                    record["failed"].append(dict(image=str(item.path), reason=reason, sha256=item.sha256,
+                                                 holds_for=folder.fingerprint_hash))
+                    log(f"failed {item.path}: {reason}")
                     continue
-                _write_image(out_dir, name, path, ws[i], recon[i], [n[i] for n in noise], losses,
-                             summary["steps"], seconds, batch)
-                summary["done"] += 1
+                _write_image(out_dir, item, ws[i], recon[i], [n[i] for n in noise], losses, record["steps"],
+                             seconds, batch, folder.fingerprint)
+                record["done"] += 1
             progress.done += len(kept)
-            summary["seconds"] = time.perf_counter() - t_job
-            imio.atomic_write_json(summary_path, summary)
-    summary["seconds"] = time.perf_counter() - t_job
-    summary["seconds_per_image"] = summary["seconds"] / max(summary["done"], 1)
-    imio.atomic_write_json(summary_path, summary)
-    if nproc > 1:
-        _barrier("magec-finished")
-        if pid == 0:
-            summary = _merge_summaries(out_dir, nproc)
-    log(
-        f"invert: {summary['done']} inverted, {len(summary['failed'])} failed, {len(summary['skipped'])} skipped "
-        f"in {summary['seconds']:.1f} s -> {out_dir}"
-    )
-    if job.edit_grid is not None and pid == 0:
-        render_edit_grid(job, out_dir, log)
-    return summary
+            record["seconds"] = time.perf_counter() - progress.t0
+            if nproc == 1:
+                imio.atomic_write_json(out_dir / "summary.json", folder.summary(job, record))
+            else:
+                imio.atomic_write_json(out_dir / f"summary.process{pid}.json", record)
 
 
-def render_edit_grid(job: JobConfig, out_dir: Path, log: Callable[[str], None]) -> Path | None:
-    """Renders the config's InterFaceGAN edits of every latent in ``out_dir`` (``edits/``, resumable) and
-    tiles the per-image grids into ``edit_grid.png``; returns its path (None when nothing is inverted)."""
-    from magec_jax.editing.render import Edit, EditJob, run_edits
+def _list_inputs(job: JobConfig, out_dir: Path) -> tuple[list[_Input], list[tuple[Path, str]]]:
+    """The listed images with their output names and file hashes, and the inputs skipped because their output
+    name is taken by an earlier one (``(path, reason)``)."""
+    sources = imio.list_images(job.images, exclude=out_dir)
+    if not sources:
+        kind = "folder" if Path(job.images).is_dir() else "list file"
+        raise FileFormatError(job.images, f"no images in this {kind} (expected {', '.join(imio.IMAGE_SUFFIXES)})")
+    root = Path(job.images) if Path(job.images).is_dir() else None
+    taken: dict[str, Path] = {}
+    kept, duplicates = [], []
+    for path in sources:
+        name = imio.output_name(path, root)
+        if name in taken:
+            duplicates.append((path, f"its output name {name!r} is taken by {taken[name]}; rename one of them"))
+        else:
+            taken[name] = path
+            kept.append((path, name))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=_WORKERS) as pool:
+        digests = list(pool.map(lambda item: _digest(item[0]), kept))
+    return [_Input(path, name, digest) for (path, name), digest in zip(kept, digests)], duplicates
 
-    if not list(out_dir.glob("*.npz")):
+
+def _digest(path: Path) -> str | None:
+    try:
+        return sha256_file(path)
+    except OSError:
         return None
-    sweeps = tuple(
-        tuple(Edit("interfacegan", s, attribute=a) for s in job.edit_grid.strengths) for a in job.edit_grid.attributes
-    )
-    edits_dir = out_dir / "edits"
-    run_edits(EditJob(bundle=job.bundle, latents=(str(out_dir),), out_dir=str(edits_dir), sweeps=sweeps), log=log)
-    from PIL import Image
 
-    grids = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(edits_dir.glob("*.png"))]
-    width = max(g.shape[1] for g in grids)
-    tiles = [np.pad(g, ((0, 0), (0, width - g.shape[1]), (0, 0)), constant_values=255) for g in grids]
-    path = imio.atomic_write_bytes(out_dir / "edit_grid.png", imio.png_bytes(np.concatenate(tiles)))
-    log(f"edit grid ({', '.join(job.edit_grid.attributes)} at {job.edit_grid.strengths}) -> {path}")
-    return path
+
+def _problem(path: Path, resolution: int, min_size: int | None) -> str | None:
+    """Why an input cannot be inverted, or None when it can."""
+    try:
+        imio.load_image(path, resolution, min_size=min_size)
+    except FileFormatError as e:
+        return e.problem
+    return None
+
+
+def _stale_message(out_dir: Path, stale: list[tuple[_Input, list[str]]]) -> str:
+    fields: dict[str, str] = {}
+    for _, diffs in stale:
+        for d in diffs:
+            fields.setdefault(d.split(":")[0], d)
+    shown = "; ".join(list(fields.values())[:4]) + ("; ..." if len(fields) > 4 else "")
+    return (f"{out_dir}: {len(stale)} result(s) there were computed otherwise ({shown}); set on_mismatch to "
+            "'recompute' (--config.on_mismatch=recompute) to recompute them, or use another out_dir")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Folder:
+    """The output folder as this run found it, for the listed images."""
+
+    fingerprint: dict[str, Any]
+    fingerprint_hash: str
+    preprocessing_hash: str
+    listed: int  # images listed, duplicates included
+    done: int  # results with this fingerprint from the same file
+    stale: list[tuple[_Input, list[str]]]  # results computed otherwise, with the differences
+    skipped_before: list[dict]  # remembered: skipped before, file and preprocessing unchanged
+    failed_before: list[dict]  # remembered: failed before, file and fingerprint unchanged
+    todo: list[_Input]  # everything else (stale included), in listing order
+    previous: dict  # the summary.json found
+
+    def summary(self, job: JobConfig, record: dict) -> dict[str, Any]:
+        """``summary.json`` with ``record`` as the latest run: the folder as it stands, and every run's record
+        (earlier runs kept; a summary written before runs were recorded becomes the first)."""
+        prev = self.previous
+        runs = list(prev.get("runs", [prev] if prev else [])) + [record]
+        return dict(config=job.name, fingerprint=self.fingerprint, steps=record["steps"], images=self.listed,
+                    done=self.done + record["done"], skipped=record["skipped"],
+                    failed=self.failed_before + record["failed"], runs=runs)
+
+
+def _sort(inputs: list[_Input], duplicates: list, out_dir: Path, fp: dict[str, Any]) -> _Folder:
+    """Sorts the listed images by what the folder holds for them (see the module docstring)."""
+    fp_hash, pre_hash = _short_hash(fp), _short_hash(fp["preprocessing"])
+    previous = _read_json(out_dir / "summary.json")
+
+    def memory(entries: list) -> dict:
+        return {(e["image"], e.get("sha256"), e["holds_for"]): e for e in entries
+                if isinstance(e, dict) and "holds_for" in e}
+
+    skipped, failed = memory(previous.get("skipped", [])), memory(previous.get("failed", []))
+    done, stale, skipped_before, failed_before, todo = 0, [], [], [], []
+    for item in inputs:
+        if is_done(out_dir, item.name):
+            diffs = _result_differences(_read_json(out_dir / f"{item.name}.json"), fp, item.sha256)
+            if not diffs:
+                done += 1
+                continue
+            stale.append((item, diffs))
+            todo.append(item)
+        elif (entry := skipped.get((str(item.path), item.sha256, pre_hash))) is not None:
+            skipped_before.append(entry)
+        elif (entry := failed.get((str(item.path), item.sha256, fp_hash))) is not None:
+            failed_before.append(entry)
+        else:
+            todo.append(item)
+    return _Folder(fp, fp_hash, pre_hash, len(inputs) + len(duplicates), done, stale, skipped_before,
+                   failed_before, todo, previous)
+
+
+def _merge_records(parts: list[dict]) -> dict:
+    merged = dict(parts[0])
+    merged["done"] = sum(p["done"] for p in parts)
+    merged["failed"] = [f for p in parts for f in p["failed"]]
+    merged["skipped"] = parts[0]["skipped"] + [s for p in parts[1:] for s in p["skipped"] if s not in parts[0]["skipped"]]
+    merged["seconds"] = max(p["seconds"] for p in parts)
+    merged["seconds_per_image"] = merged["seconds"] / max(merged["done"], 1)
+    return merged
 
 
 def _remove_temporaries(out_dir: Path) -> None:
@@ -320,26 +655,13 @@ def _global_batch(engine: Engine, local: np.ndarray) -> jax.Array:
     return jax.make_array_from_process_local_data(engine.data_sharding, local)
 
 
-def _write_image(out_dir: Path, name: str, source: Path, w_LxD, recon, noise, losses, steps, seconds, batch):
+def _write_image(out_dir: Path, item: _Input, w_LxD, recon, noise, losses, steps, seconds, batch, fp) -> None:
     arrays = {"w": np.asarray(w_LxD, np.float32)[None]}
     arrays.update({f"noise_{k}": np.asarray(n, np.float32) for k, n in enumerate(noise)})
-    imio.atomic_save_npz(out_dir / f"{name}.npz", **arrays)
-    imio.atomic_write_bytes(out_dir / f"{name}.png", imio.png_bytes(recon))
+    imio.atomic_save_npz(out_dir / f"{item.name}.npz", **arrays)
+    imio.atomic_write_bytes(out_dir / f"{item.name}.png", imio.png_bytes(recon))
     imio.atomic_write_json(
-        out_dir / f"{name}.json",
-        dict(image=str(source), status="ok", losses=losses, steps=steps, seconds=seconds, batch_size=batch),
+        out_dir / f"{item.name}.json",
+        dict(image=str(item.path), status="ok", losses=losses, steps=steps, seconds=seconds, batch_size=batch,
+             fingerprint=fp, input_sha256=item.sha256),
     )
-
-
-def _merge_summaries(out_dir: Path, nproc: int) -> dict:
-    import json
-
-    parts = [json.loads((out_dir / f"summary.process{p}.json").read_text()) for p in range(nproc)]
-    merged = dict(parts[0])
-    merged["done"] = sum(p["done"] for p in parts)
-    merged["failed"] = [f for p in parts for f in p["failed"]]
-    merged["skipped"] = [s for p in parts for s in p["skipped"]]
-    merged["seconds"] = max(p["seconds"] for p in parts)
-    merged["seconds_per_image"] = merged["seconds"] / max(merged["done"], 1)
-    imio.atomic_write_json(out_dir / "summary.json", merged)
-    return merged

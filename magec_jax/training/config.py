@@ -9,6 +9,7 @@ from pathlib import Path
 
 import ml_collections
 
+from magec_jax.errors import ConfigError
 from magec_jax.models.discriminator import DiscriminatorConfig
 from magec_jax.models.stylegan2 import StyleGAN2Config
 from magec_jax.training.data import DEFAULT_CROP, DEFAULT_HELDOUT_FRACTION
@@ -20,7 +21,7 @@ def default_config() -> ml_collections.ConfigDict:
     sizes it for a CPU."""
     c = ml_collections.ConfigDict()
     c.data = ""  # tar or folder of <Person>/<image> files
-    c.run_dir = ""  # checkpoints/, samples/, generator/, metrics.jsonl, data/ (the decoded-image cache)
+    c.out_dir = ""  # checkpoints/, samples/, generator/, metrics.jsonl, data/ (the decoded-image cache)
     c.resolution = 64
     c.crop = DEFAULT_CROP  # central box (px) cut from each source image before resizing
     c.max_images = 0  # the first N source paths in sorted order (0: all)
@@ -74,7 +75,7 @@ class TrainGANConfig:
     """The typed config (see :func:`default_config` for each field)."""
 
     data: Path
-    run_dir: Path
+    out_dir: Path
     resolution: int
     crop: int
     max_images: int | None
@@ -94,12 +95,12 @@ class TrainGANConfig:
     @classmethod
     def from_config(cls, c: ml_collections.ConfigDict) -> TrainGANConfig:
         """Checks and converts a ConfigDict."""
-        for name in ("data", "run_dir"):
+        for name in ("data", "out_dir"):
             if not c[name]:
-                raise ValueError(f"config.{name} must be set")
+                raise ConfigError(f"config.{name} must be set (--config.{name}=...)")
         for name in ("total_kimg", "checkpoint_kimg", "log_every", "batch_size"):
             if c[name] <= 0:
-                raise ValueError(f"config.{name} must be positive, got {c[name]}")
+                raise ConfigError(f"config.{name} must be positive, got {c[name]}")
         g = StyleGAN2Config(
             z_dim=c.g.z_dim, w_dim=c.g.w_dim, img_resolution=c.resolution, mapping_layers=c.g.mapping_layers,
             mapping_lr_multiplier=c.g.mapping_lr_multiplier, channel_base=c.g.channel_base,
@@ -117,7 +118,7 @@ class TrainGANConfig:
             ema_rampup=c.ema_rampup or None, xflip=c.xflip,
         )
         return cls(
-            data=Path(c.data), run_dir=Path(c.run_dir), resolution=c.resolution, crop=c.crop,
+            data=Path(c.data), out_dir=Path(c.out_dir), resolution=c.resolution, crop=c.crop,
             max_images=c.max_images or None, heldout_fraction=c.heldout_fraction, seed=c.seed, setup=setup,
             total_kimg=c.total_kimg, log_every=c.log_every, checkpoint_kimg=c.checkpoint_kimg,
             keep_checkpoints=c.keep_checkpoints, sample_seeds=c.sample_seeds, metric_kimg=c.metric_kimg,

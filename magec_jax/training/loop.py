@@ -1,6 +1,6 @@
 """The GAN training run: data, state, the iteration loop, checkpoints, samples, export and the FD figure.
 
-Everything lives in ``run_dir``::
+Everything lives in ``out_dir`` (the run folder)::
 
     config.json            the config of the latest run (architecture checked on resume)
     data/                  decoded-image cache (``<source>_r<R>_c<crop>.npy`` + path list)
@@ -10,7 +10,7 @@ Everything lives in ``run_dir``::
     generator/             the latest G_ema in the converted format (kind 'stylegan2')
     metrics.jsonl          one JSON object per line: {"kind": "train" | "fd" | "fd_reference", ...}
 
-A run in a ``run_dir`` that holds checkpoints resumes from the latest one (and drops the metric lines written
+A run in an ``out_dir`` that holds checkpoints resumes from the latest one (and drops the metric lines written
 after it); the iteration, the data order and the random numbers continue as if uninterrupted.
 """
 
@@ -73,7 +73,7 @@ def _check_config(run_dir: Path, config: ml_collections.ConfigDict, cfg: TrainGA
             if old.get(key) != config.to_dict()[key]:
                 raise MagecError(
                     f"{run_dir}: config.{key} differs from the run being resumed "
-                    f"({old.get(key)} != {config.to_dict()[key]}); use another run_dir"
+                    f"({old.get(key)} != {config.to_dict()[key]}); use another out_dir"
                 )
     atomic_write_json(path, config.to_dict())
 
@@ -150,7 +150,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """
     cfg = TrainGANConfig.from_config(config)
     setup = cfg.setup
-    run_dir = cfg.run_dir
+    run_dir = cfg.out_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     _check_config(run_dir, config, cfg)
 
