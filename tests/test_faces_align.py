@@ -303,6 +303,8 @@ def test_paste_back_validates_its_input(cases):
     alignment = align.Alignment.ffhq(points, 64)
     with pytest.raises(align.AlignmentError, match="square"):
         paste.paste_back(photo, [(np.zeros((64, 32, 3), np.uint8), alignment)])
+    with pytest.raises(align.AlignmentError, match="face crop must be uint8"):
+        paste.paste_back(photo, [(np.zeros((64, 64, 3), np.float32), alignment)])
     with pytest.raises(align.AlignmentError, match="margin"):
         paste.paste_back(photo, [], margin=0.3, feather=0.3)
     np.testing.assert_array_equal(paste.paste_back(photo, []), photo)

@@ -70,21 +70,28 @@ def points_from_landmarks68(lm_68x2: Any) -> np.ndarray:
     return np.stack([lm[36:42].mean(0), lm[42:48].mean(0), lm[48], lm[54]])
 
 
-def as_rgb(photo: np.ndarray) -> np.ndarray:
-    """A uint8 photograph as ``[H, W, 3]`` RGB: grey (``[H, W]`` or ``[H, W, 1]``) is replicated; RGBA is accepted
+def check_image(img: Any, what: str = "photograph") -> np.ndarray:
+    """``img`` as an array, if it is a uint8 image: ``[H, W]`` or ``[H, W, C]`` with C in 1 (grey), 3 (RGB), 4
+    (RGBA); else an :class:`AlignmentError` naming ``what`` it is."""
+    img = np.asarray(img)
+    if img.dtype != np.uint8 or img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (1, 3, 4)):
+        raise AlignmentError(f"a {what} must be uint8 [H, W] or [H, W, 1|3|4], got {img.dtype} {img.shape}")
+    return img
+
+
+def as_rgb(img: Any, what: str = "photograph") -> np.ndarray:
+    """A uint8 image as ``[H, W, 3]`` RGB: grey (``[H, W]`` or ``[H, W, 1]``) is replicated; RGBA is accepted
     when every pixel is opaque (a transparent pixel has no defined colour to align)."""
-    photo = np.asarray(photo)
-    if photo.dtype != np.uint8 or photo.ndim not in (2, 3) or (photo.ndim == 3 and photo.shape[2] not in (1, 3, 4)):
-        raise AlignmentError(f"a photograph must be uint8 [H, W] or [H, W, 1|3|4], got {photo.dtype} {photo.shape}")
-    if photo.ndim == 2:
-        photo = photo[:, :, None]
-    if photo.shape[2] == 4:
-        transparent = int(np.count_nonzero(photo[:, :, 3] < 255))
+    img = check_image(img, what)
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if img.shape[2] == 4:
+        transparent = int(np.count_nonzero(img[:, :, 3] < 255))
         if transparent:
-            raise AlignmentError(f"RGBA photograph with {transparent} transparent pixels: flatten it onto a "
-                                 "background first")
-        return photo[:, :, :3]
-    return np.repeat(photo, 3, axis=2) if photo.shape[2] == 1 else photo
+            raise AlignmentError(f"RGBA {what} with {transparent} transparent pixels: flatten it onto a background "
+                                 "first")
+        return img[:, :, :3]
+    return np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img
 
 
 # ----------------------------------------------------------------------------------------------------------------

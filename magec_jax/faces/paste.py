@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from magec_jax.faces.align import Alignment, AlignmentError, as_rgb, untouched_weight
+from magec_jax.faces.align import Alignment, AlignmentError, as_rgb, check_image, untouched_weight
 
 # ITU-R BT.601 luma, as PIL's RGB -> L conversion: a grey photograph receives the crops' luma.
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
@@ -39,9 +39,7 @@ def paste_back(photo: np.ndarray, faces: Sequence[tuple[np.ndarray, Alignment]],
       margin: the band along each crop edge, as a fraction of the crop side, that is never pasted.
       feather: the width of the fade from 0 to 1 inside the margin, as a fraction of the crop side.
     """
-    photo = np.asarray(photo)
-    if photo.dtype != np.uint8 or photo.ndim not in (2, 3) or (photo.ndim == 3 and photo.shape[2] not in (1, 3, 4)):
-        raise AlignmentError(f"a photograph must be uint8 [H, W] or [H, W, 1|3|4], got {photo.dtype} {photo.shape}")
+    photo = check_image(photo)
     if not (0 <= margin and 0 < feather and margin + feather <= 0.5):
         raise AlignmentError(f"paste-back needs margin >= 0, feather > 0 and margin + feather <= 0.5, got "
                              f"{margin} and {feather}")
@@ -49,7 +47,7 @@ def paste_back(photo: np.ndarray, faces: Sequence[tuple[np.ndarray, Alignment]],
     colour = image[:, :, :3] if image.shape[2] == 4 else image
     out = colour.astype(np.float32)
     for crop, alignment in faces:
-        crop = as_rgb(crop)
+        crop = as_rgb(crop, "face crop")
         if crop.shape[0] != crop.shape[1]:
             raise AlignmentError(f"a face crop must be square, got {crop.shape[1]}x{crop.shape[0]}")
         _blend_one(out, crop, alignment, margin, feather)
