@@ -38,6 +38,8 @@ CONVERTERS: dict[str, tuple[str, str]] = {
     # TensorFlow.js graph models (ports/tfjs.py)
     "tfjs-faceres": ("ports.tfjs", "convert_faceres"),
     "tfjs-emotion": ("ports.tfjs", "convert_emotion"),
+    "tfjs-blazeface": ("ports.tfjs", "convert_blazeface"),
+    "tfjs-facemesh": ("ports.tfjs", "convert_facemesh"),
 }
 
 

@@ -135,8 +135,13 @@ def _tfjs_format(path: Path) -> str:
         return "tfjs-faceres"
     if any("predictions/Softmax" in n or "separable_conv2d" in n for n in names):
         return "tfjs-emotion"
+    if any("classificators_1" in n or "regressors_1" in n for n in names):
+        return "tfjs-blazeface"
+    if any("output_mesh" in n or "output_faceflag" in n for n in names):
+        return "tfjs-facemesh"
     raise FileFormatError(
-        path, f"not a recognised checkpoint (a TF.js model of {len(names)} nodes that is neither faceres nor emotion)"
+        path, f"not a recognised checkpoint (a TF.js model of {len(names)} nodes that is neither faceres nor emotion "
+        "nor blazeface nor facemesh)"
     )
 
 
@@ -154,7 +159,7 @@ def detect_format(path: str | os.PathLike) -> str:
     """Returns the format of a foreign checkpoint: a key of ``ports.convert.CONVERTERS``.
 
     One of ``'nvidia-pkl', 'tf-pkl', 'rosinality', 'state-dict', 'lpips-vgg16', 'irse50', 'resnet50',
-    'tfjs-faceres', 'tfjs-emotion'``.
+    'tfjs-faceres', 'tfjs-emotion', 'tfjs-blazeface', 'tfjs-facemesh'``.
 
     Raises:
       FileFormatError: one line naming the file -- missing, a directory, empty, truncated, not a checkpoint

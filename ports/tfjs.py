@@ -1,4 +1,5 @@
-"""TensorFlow.js graph models: a reader, and the converters of Human's ``faceres`` and ``emotion`` networks.
+"""TensorFlow.js graph models: a reader, and the converters of Human's ``faceres``, ``emotion``, ``blazeface``
+and ``facemesh`` networks.
 
 A TF.js graph model is ``model.json`` + binary weight shards::
 
@@ -16,7 +17,10 @@ TF.js does). Every problem is one :class:`~magec_jax.errors.FileFormatError` lin
 The converters read the graph to confirm the architecture (every non-Const node, its op, inputs and
 layout attributes must be exactly those of the network the Flax port computes), then fill the Flax
 variables through a name table of ``(regex on the graph const name -> target leaves)``, asserting that every
-weight is consumed and every target leaf filled with the right shape.
+weight is consumed and every target leaf filled with the right shape. The MediaPipe graphs (BlazeFace,
+FaceMesh) name most of their weights by position (``unknown_17``) or by layer with the layer number varying
+by kind, so their expected graph and name table are built together by one walk over the architecture
+(:class:`_Spec`): each weight is named once, where the node that reads it is.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from magec_jax.errors import FileFormatError
-from magec_jax.models import emotion, faceres
+from magec_jax.models import blazeface, emotion, facemesh, faceres
 from magec_jax.weights import Converted, unflatten
 
 CONVERTER = "ports.tfjs/1"
@@ -306,6 +310,10 @@ def _emotion_graph() -> ExpectedGraph:
     return g
 
 
+# Ops whose inputs may come in either order (the MediaPipe graphs add the shortcut first or second).
+_COMMUTATIVE = {"AddV2"}
+
+
 def _check_graph(model: GraphModel, expected: ExpectedGraph, network: str) -> None:
     """Asserts that the graph's non-Const nodes are exactly ``expected`` and its consts are the weights."""
     computed = {name: node for name, node in model.nodes.items() if node.op != "Const"}
@@ -320,7 +328,8 @@ def _check_graph(model: GraphModel, expected: ExpectedGraph, network: str) -> No
         raise FileFormatError(model.path, f"not the {network} graph: unexpected node {extra[0]!r}")
     for name, (op, inputs, attrs) in expected.items():
         node = computed[name]
-        if node.op != op or node.inputs != inputs:
+        same_inputs = sorted(node.inputs) == sorted(inputs) if op in _COMMUTATIVE else node.inputs == inputs
+        if node.op != op or not same_inputs:
             raise FileFormatError(
                 model.path, f"not the {network} graph: node {name!r} is {node.op}{list(node.inputs)}, "
                 f"expected {op}{list(inputs)}"
@@ -395,6 +404,166 @@ _EMOTION_TABLE: list[Rule] = [
 ]
 
 
+# ---------------------------------------------------------------------------------------------------------
+# MediaPipe graphs (BlazeFace, FaceMesh): expected graph and name table built in one walk.
+
+
+class _Spec:
+    """An expected graph and its converter table under construction; each method returns the node's name."""
+
+    def __init__(self) -> None:
+        self.graph: ExpectedGraph = {}
+        self.table: list[Rule] = []
+
+    def node(self, name: str, op: str, inputs: tuple[str, ...], attrs: dict[str, Any] | None = None) -> str:
+        self.graph[name] = (op, inputs, attrs or {})
+        return name
+
+    def param(self, const: str, leaf: str, transform: Callable[[np.ndarray], np.ndarray] = np.asarray) -> str:
+        self.table.append((re.escape(const), lambda m, w: {leaf: transform(w)}))
+        return const
+
+    def const(self, const: str, value: Any, meaning: str) -> str:
+        self.table.append((re.escape(const), _const(value, meaning)))
+        return const
+
+    def fused_conv(self, name: str, x: str, weights: tuple[str, ...], stride: int, padding: str,
+                   ops: tuple[str, ...]) -> str:
+        return self.node(name, "_FusedConv2D", (x, *weights), {**_conv_attrs(stride, padding), "fused_ops": ops})
+
+    def depthwise(self, name: str, x: str, const: str, leaf: str, stride: int) -> str:
+        kernel = self.param(const, leaf, _depthwise_to_hwio)
+        return self.node(name, "DepthwiseConv2dNative", (x, kernel), _conv_attrs(stride, "SAME"))
+
+    def channel_pad(self, name: str, x: str, const: str, extra: int) -> str:
+        paddings = self.const(const, [[0, 0], [0, 0], [0, 0], [0, extra]], f"zero-pad {extra} channels")
+        return self.node(name, "Pad", (x, paddings))
+
+
+def _pool_attrs(padding: str) -> dict[str, Any]:
+    return {"ksize": (1, 2, 2, 1), "strides": (1, 2, 2, 1), "padding": padding, "data_format": "NHWC"}
+
+
+def _prelu_alpha(w_1x1xC: np.ndarray) -> np.ndarray:
+    """The graph's PReLU alpha ``[1, 1, C]`` -> ``[C]``."""
+    if w_1x1xC.ndim != 3 or w_1x1xC.shape[:2] != (1, 1):
+        raise ValueError(f"PReLU alpha has shape {w_1x1xC.shape}, expected [1, 1, C]")
+    return w_1x1xC.reshape(-1)
+
+
+_BLAZE = "StatefulPartitionedCall/functional_1/"
+
+
+def _blazeface_spec() -> _Spec:
+    """The BlazeFace back-camera graph (see :mod:`magec_jax.models.blazeface`).
+
+    Its weights are ``unknown``, ``unknown_0`` (first conv), then ``unknown_{4k+1}`` (depthwise) and
+    ``unknown_{4k+3}``/``unknown_{4k+4}`` (pointwise kernel/bias) for blocks ``k = 0..31``, then the heads.
+    """
+    s, p = _Spec(), _BLAZE
+    bias, bias_relu = ("BiasAdd",), ("BiasAdd", "Relu")
+
+    def conv(name: str, x: str, layer: str, kernel: str, bias_const: str, stride: int, padding: str,
+             ops: tuple[str, ...]) -> str:
+        weights = (s.param(kernel, f"params/{layer}/kernel"), s.param(bias_const, f"params/{layer}/bias"))
+        return s.fused_conv(p + name, x, weights, stride, padding, ops)
+
+    x = conv("conv2d/Relu", s.node("input", "Placeholder", ()), "conv2d", "unknown", "unknown_0", 2, "SAME",
+             bias_relu)
+    pools = {7: "max_pooling2d", 15: "max_pooling2d_1", 23: "max_pooling2d_2"}
+    pads = {15: "tf_op_layer_Pad/Pad", 23: "tf_op_layer_Pad_1/Pad_1"}
+    channels = 24
+    for k, (stride, features) in enumerate(blazeface.BLOCKS):
+        sfx = f"_{k}" if k else ""
+        dw = s.depthwise(f"{p}depthwise_conv2d{sfx}/depthwise", x, f"unknown_{4 * k + 1}",
+                         f"params/depthwise_conv2d{sfx}/kernel", stride)
+        pw = conv(f"conv2d_{k + 1}/BiasAdd", dw, f"conv2d_{k + 1}", f"unknown_{4 * k + 3}", f"unknown_{4 * k + 4}",
+                  1, "VALID", bias)
+        shortcut = x
+        if stride == 2:
+            shortcut = s.node(f"{p}{pools[k]}/MaxPool", "MaxPool", (x,), _pool_attrs("SAME"))
+        if features > channels:
+            shortcut = s.channel_pad(p + pads[k], shortcut, f"{p}{pads[k]}/paddings", features - channels)
+        x = s.node(f"{p}re_lu{sfx}/Relu", "Relu", (s.node(f"{p}add{sfx}/add", "AddV2", (shortcut, pw)),))
+        channels = features
+    map16 = x
+    dw = s.depthwise(f"{p}depthwise_conv2d_31/depthwise", x, "unknown_125", "params/depthwise_conv2d_31/kernel", 2)
+    map8 = conv("re_lu_31/Relu", dw, "conv2d_32", "unknown_127", "unknown_128", 1, "VALID", bias_relu)
+    # (output, graph layer, feature map, its weights, anchors per cell x values per anchor)
+    heads = (("Identity", "classificators_1", map16, 33, (135, 136), 512, 1),
+             ("Identity_2", "regressors_1", map16, 35, (131, 132), 512, 16),
+             ("Identity_1", "classificators_2", map8, 34, (133, 134), 384, 1),
+             ("Identity_3", "regressors_2", map8, 36, (129, 130), 384, 16))
+    for identity, layer, feature_map, index, (kernel, bias_const), count, width in heads:
+        y = conv(f"conv2d_{index}/BiasAdd", feature_map, f"conv2d_{index}", f"unknown_{kernel}",
+                 f"unknown_{bias_const}", 1, "SAME", bias)
+        reshape = f"{p}tf_op_layer_{layer}/{layer}"
+        shape = s.const(f"{reshape}/shape", [1, count, width], f"reshape to [1, {count}, {width}]")
+        s.node(identity, "Identity", (s.node(reshape, "Reshape", (y, shape)),))
+    return s
+
+
+_MESH = "StatefulPartitionedCall/model_1/"
+
+
+def _facemesh_spec() -> _Spec:
+    """The FaceMesh graph (see :mod:`magec_jax.models.facemesh`).
+
+    Each folded convolution ``conv2d_c`` is computed by a node named ``batch_normalization_p`` after the
+    PReLU ``p`` that follows it; ``add_d`` and ``max_pooling2d_*`` belong to depthwise block ``d``.
+    """
+    s, m = _Spec(), _MESH
+    pools = {3: 1, 6: 2, 9: 3, 12: 4, 15: 5, 19: 6, 23: 7}  # depthwise block -> max_pooling2d_i
+    pads = {3: 1, 6: 2, 9: 3}  # depthwise block -> channel_padding_i
+
+    def alpha(prelu: int) -> str:
+        return s.param(f"{m}p_re_lu_{prelu}/Neg", f"params/p_re_lu_{prelu}/alpha", _prelu_alpha)
+
+    def folded(x: str, conv: int, prelu: int, stride: int, padding: str, with_prelu: bool) -> str:
+        weights = (s.param(f"{m}conv2d_{conv}/Conv2D_weights", f"params/conv2d_{conv}/kernel"),
+                   s.param(f"{m}conv2d_{conv}/Conv2D_bn_offset", f"params/conv2d_{conv}/bias"))
+        if with_prelu:
+            weights = (*weights, alpha(prelu))
+        ops = ("BiasAdd", "Prelu") if with_prelu else ("BiasAdd",)
+        return s.fused_conv(f"{m}batch_normalization_{prelu}/FusedBatchNormV3", x, weights, stride, padding, ops)
+
+    def block(x: str, dw: int, conv: int, prelu: int, stride: int, channels: int, features: int) -> str:
+        y = s.depthwise(f"{m}depthwise_conv2d_{dw}/depthwise", x, f"{m}depthwise_conv2d_{dw}/depthwise/ReadVariableOp",
+                        f"params/depthwise_conv2d_{dw}/kernel", stride)
+        y = folded(y, conv, prelu, 1, "VALID", with_prelu=False)
+        if stride == 2:
+            x = s.node(f"{m}max_pooling2d_{pools[dw]}/MaxPool", "MaxPool", (x,), _pool_attrs("VALID"))
+        if features > channels:
+            name = f"{m}channel_padding_{pads[dw]}/Pad"
+            x = s.channel_pad(name, x, f"{name}/paddings", features - channels)
+        add = s.node(f"{m}add_{dw}/add", "AddV2", (x, y))
+        return s.node(f"{m}p_re_lu_{prelu}/Relu", "Prelu", (add, alpha(prelu)))
+
+    x = folded(s.node("input_1", "Placeholder", ()), 1, 1, 2, "SAME", with_prelu=True)
+    channels = 16
+    for dw, (stride, features) in facemesh.TRUNK_BLOCKS.items():
+        x = block(x, dw, dw + 1, dw + 1, stride, channels, features)
+        channels = features
+    trunk = x
+    outputs = {"mesh": ("output_mesh", "Identity_2"), "contours": ("output_contours", "Identity"),
+               "face_flag": ("output_faceflag", "Identity_1")}
+    for h in facemesh.HEADS:
+        x = trunk
+        for i in range(h.count):
+            x = block(x, h.first_dw + i, h.first_conv + i, h.first_prelu + i, 2 if i == 0 else 1, 128, 128)
+        x = folded(x, h.first_conv + h.count, h.first_prelu + h.count, 1, "VALID", with_prelu=True)
+        x = block(x, h.narrow_dw, h.first_conv + h.count + 1, h.first_prelu + h.count + 1, 1, 32, 32)
+        weights = (s.param(f"{m}conv2d_{h.out}/Conv2D/ReadVariableOp", f"params/conv2d_{h.out}/kernel"),
+                   s.param(f"{m}conv2d_{h.out}/BiasAdd/ReadVariableOp", f"params/conv2d_{h.out}/bias"))
+        x = s.fused_conv(f"{m}conv2d_{h.out}/BiasAdd", x, weights, 3, "VALID", ("BiasAdd",))
+        if h.name == "face_flag":
+            x = s.node(f"{m}activation_1/Sigmoid", "Sigmoid", (x,))
+        layer, identity = outputs[h.name]
+        shape = s.const(f"{m}{layer}/Const", [-1, h.width], f"reshape to [-1, {h.width}]")
+        s.node(identity, "Identity", (s.node(f"{m}{layer}/Reshape", "Reshape", (x, shape)),))
+    return s
+
+
 def _apply_table(model: GraphModel, table: list[Rule], targets: dict[str, jax.ShapeDtypeStruct]) -> dict:
     """Maps every weight through ``table``; asserts each weight is used once and each target filled."""
     produced: dict[str, np.ndarray] = {}
@@ -461,4 +630,24 @@ def convert_emotion(path: str | Path, *, network: str | None = None) -> Converte
         path, network, kind="emotion", description="emotion (mini-Xception)", expected=_emotion_graph(),
         table=_EMOTION_TABLE, module=emotion.Emotion(),
         config={"input_shape": [emotion.INPUT_SIZE, emotion.INPUT_SIZE, 1], "labels": list(emotion.LABELS)},
+    )
+
+
+def convert_blazeface(path: str | Path, *, network: str | None = None) -> Converted:
+    """Converts Human's ``blazeface.json`` (+ shard) to :class:`magec_jax.models.blazeface.BlazeFace` variables."""
+    spec = _blazeface_spec()
+    size = blazeface.INPUT_SIZE
+    return _convert(
+        path, network, kind="blazeface", description="BlazeFace (back camera, 256 px)", expected=spec.graph,
+        table=spec.table, module=blazeface.BlazeFace(), config={"input_shape": [size, size, 3]},
+    )
+
+
+def convert_facemesh(path: str | Path, *, network: str | None = None) -> Converted:
+    """Converts Human's ``facemesh.json`` (+ shard) to :class:`magec_jax.models.facemesh.FaceMesh` variables."""
+    spec = _facemesh_spec()
+    size = facemesh.INPUT_SIZE
+    return _convert(
+        path, network, kind="facemesh", description="FaceMesh (468 landmarks, 192 px)", expected=spec.graph,
+        table=spec.table, module=facemesh.FaceMesh(), config={"input_shape": [size, size, 3]},
     )
