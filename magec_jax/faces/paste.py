@@ -37,7 +37,8 @@ def paste_back(photo: np.ndarray, faces: Sequence[tuple[np.ndarray, Alignment]],
       faces: ``(crop, alignment)`` pairs; ``crop`` is a square uint8 image of any size (grey, RGB or opaque
         RGBA), placed where ``alignment.quad`` says, whatever its own size.
       margin: the band along each crop edge, as a fraction of the crop side, that is never pasted.
-      feather: the width of the fade from 0 to 1 inside the margin, as a fraction of the crop side.
+      feather: the width of the fade from weight 0 (at ``margin`` from the crop edge) to 1, as a fraction of
+        the crop side.
     """
     photo = check_image(photo)
     if not (0 <= margin and 0 < feather and margin + feather <= 0.5):
