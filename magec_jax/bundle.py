@@ -41,9 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from magec_jax import images as imio
-from magec_jax.cli import error_status
 from magec_jax.errors import FileFormatError, MagecError
-from magec_jax.inversion.engine import Networks
+from magec_jax.inversion.engine import NetworkCompute, Networks
 from magec_jax.models import stylegan2
 from magec_jax.models.interfaces import Descriptor, IdentityEmbedder
 from magec_jax.weights import load_converted
@@ -54,17 +53,63 @@ MANIFEST = "manifest.json"
 
 
 @functools.lru_cache(maxsize=None)
-def synthesize_fn(cfg: stylegan2.StyleGAN2Config, fused_modconv: bool = False, dtype: Any = jnp.float32):
+def synthesize_fn(
+    cfg: stylegan2.StyleGAN2Config, fused_modconv: bool = False, dtype: Any = jnp.float32, remat: bool = False
+):
     """The engine's ``synthesize`` for one architecture: ``(variables, ws, noise) -> images``, const noise.
 
-    Cached so every engine built for the same generator closes over the same function (one compile).
+    ``fused_modconv``, ``dtype`` and ``remat`` are the ``stylegan2.Generator`` options. Cached so every engine
+    built for the same generator and options closes over the same function (one compile).
     """
-    model = stylegan2.Generator(cfg, dtype=dtype, fused_modconv=fused_modconv)
+    model = stylegan2.Generator(cfg, dtype=dtype, fused_modconv=fused_modconv, remat=remat)
 
     def synthesize(variables, ws_BxLxD, noise):
         return model.apply(variables, ws_BxLxD, method="synthesis", noise_mode="const", noise=noise)
 
     return synthesize
+
+
+def stylegan2_networks(
+    cfg: stylegan2.StyleGAN2Config,
+    generator: dict,
+    compute: NetworkCompute = NetworkCompute(),
+    *,
+    w_avg: jax.Array,
+    lpips_variables: Any,
+    identity: IdentityEmbedder | None = None,
+    descriptor: Descriptor | None = None,
+    linknet: Any = None,
+    directions: Any = None,
+) -> Networks:
+    """The engine's networks for a StyleGAN2 generator and the LPIPS-VGG16 distance, computing as ``compute``
+    says (generator options; the generator and the LPIPS trunk in ``compute.dtype``; identity and descriptor
+    as given). The generator's variables are frozen for inversion (``stylegan2.freeze_synthesis``) and the
+    result's ``compute_variant`` rebuilds it for another :class:`NetworkCompute` from the same weights."""
+    from magec_jax.models import lpips as lpips_lib
+
+    dtype = jnp.dtype(compute.dtype)
+    return Networks(
+        synthesize=synthesize_fn(cfg, compute.fused_modulation, dtype, compute.remat),
+        generator=stylegan2.freeze_synthesis(cfg, generator, dtype=dtype),
+        num_ws=cfg.num_ws,
+        w_dim=cfg.w_dim,
+        resolution=cfg.img_resolution,
+        w_avg=w_avg,
+        lpips=functools.partial(lpips_lib.lpips_distance, dtype=dtype),
+        lpips_target=functools.partial(lpips_lib.lpips_target, dtype=dtype),
+        lpips_to_target=functools.partial(lpips_lib.lpips_distance_to_target, dtype=dtype),
+        lpips_variables=lpips_variables,
+        noise_init=noise_buffers(cfg, generator),
+        identity=identity,
+        descriptor=descriptor,
+        linknet=linknet,
+        directions=directions,
+        compute=compute,
+        compute_variant=functools.partial(
+            stylegan2_networks, cfg, generator, w_avg=w_avg, lpips_variables=lpips_variables, identity=identity,
+            descriptor=descriptor, linknet=linknet, directions=directions,
+        ),
+    )
 
 
 def noise_buffers(cfg: stylegan2.StyleGAN2Config, variables: dict) -> tuple[jax.Array, ...]:
@@ -197,18 +242,11 @@ class Bundle:
                     f"LinkNet kernel {kernel.shape} does not map {cfg.num_ws}x{cfg.w_dim} latents to "
                     f"{descriptor.num_outputs} descriptor outputs",
                 )
-        return Networks(
-            synthesize=synthesize_fn(cfg),
-            generator=gen_vars,
-            num_ws=cfg.num_ws,
-            w_dim=cfg.w_dim,
-            resolution=cfg.img_resolution,
+        return stylegan2_networks(
+            cfg,
+            gen_vars,
             w_avg=jnp.asarray(self.w_avg()),
-            lpips=lpips_lib.lpips_distance,
-            lpips_target=lpips_lib.lpips_target,
-            lpips_to_target=lpips_lib.lpips_distance_to_target,
             lpips_variables=lpips_lib.load_variables(self.part(lpips_rel) if lpips_rel else None),
-            noise_init=noise_buffers(cfg, gen_vars),
             identity=self.identity(),
             descriptor=descriptor,
             linknet=None if linknet is None else jax.tree.map(jnp.asarray, linknet),
@@ -404,6 +442,8 @@ def main(argv: list[str] | None = None) -> int:
             directions=directions, w_avg_samples=args.w_avg_samples, seed=args.seed, overwrite=args.overwrite,
         )
     except MagecError as e:
+        from magec_jax.cli import error_status  # the CLI plumbing, not needed to load bundles
+
         return error_status(e)
     print(f"bundle written: {bundle.path}")
     return 0

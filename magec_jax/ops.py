@@ -14,13 +14,21 @@ convolution is computed as ``stride**2`` ordinary convolutions on the input grid
 interleaved: the same FLOPs as a transposed convolution, and on CPU its backward pass is ~40x faster than
 XLA's input-dilated convolution (``lax.conv_transpose``), which matters because the inversion engine
 differentiates the generator at every step.
+
+An inversion differentiates the generator with respect to its latent only, at fixed weights, so everything
+that depends on the weights alone is a constant of the whole optimisation. :func:`freeze_conv` computes those
+constants once (the demodulation's squared-weight sums, the up-sampling phase kernels and the flipped,
+channel-transposed kernels the input gradient convolves with); given them, :func:`modulated_conv2d` runs
+:func:`frozen_conv2d`, whose backward pass uses the precomputed kernels instead of re-deriving them at every
+step. On XLA:CPU those per-step weight copies and reductions were 29% of an MSE + LPIPS step at 256.
 """
 
 from __future__ import annotations
 
 import math
+import functools
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -121,8 +129,82 @@ def conv2d(x_BxHxWxI: jax.Array, w_KxKxIxO: jax.Array, *, padding: int = 0, feat
     )
 
 
+class FrozenConv(NamedTuple):
+    """Constants of a convolution whose kernel stays fixed, computed once by :func:`freeze_conv`.
+
+    Attributes:
+      wsq_IxO: ``sum_{ky,kx} w**2`` (float32), what :func:`demodulation` needs from the kernel.
+      kernels: the kernels actually convolved: ``(w,)`` for ``up == 1``; for ``up == 2`` the phase kernels
+        ``w[a::2, b::2][::-1, ::-1]`` in phase order ``(0, 0), (0, 1), (1, 0), (1, 1)`` (empty phases of a
+        1x1 kernel left out).
+      kernels_t: for each, the kernel of its input gradient: flipped spatially, input and output channels
+        swapped (``[k, k, O, I]``), laid out as a forward kernel so that no per-step transpose is needed.
+    """
+
+    wsq_IxO: jax.Array
+    kernels: tuple[jax.Array, ...]
+    kernels_t: tuple[jax.Array, ...]
+
+
+def freeze_conv(w_KxKxIxO: jax.Array, *, up: int = 1, dtype=jnp.float32) -> FrozenConv:
+    """The constants of a modulated convolution with fixed kernel ``w`` (see :class:`FrozenConv`).
+
+    ``dtype`` is the compute dtype the kernels are stored in (the squared sums stay float32).
+    """
+    if up not in (1, 2):
+        raise ValueError(f"up must be 1 or 2, got {up}")
+    w = jnp.asarray(w_KxKxIxO, jnp.float32)
+    wsq_IxO = jnp.sum(jnp.square(w), axis=(0, 1))
+    if up == 1:
+        kernels = (w,)
+    else:
+        k = w.shape[0]
+        kernels = tuple(w[a::2, b::2][::-1, ::-1] for a in range(2) for b in range(2) if a < k and b < k)
+    kernels_t = tuple(jnp.transpose(kern[::-1, ::-1], (0, 1, 3, 2)) for kern in kernels)
+    cast = lambda ks: tuple(kern.astype(dtype) for kern in ks)  # noqa: E731
+    return FrozenConv(wsq_IxO, cast(kernels), cast(kernels_t))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def frozen_conv2d(x_BxHxWxI: jax.Array, kernel_KxKxIxO: jax.Array, kernel_t_KxKxOxI: jax.Array, padding: int):
+    """Stride-1 correlation with a constant kernel whose input-gradient kernel is given precomputed.
+
+    ``kernel_t`` must be ``kernel`` flipped spatially with its channel axes swapped (:func:`freeze_conv`).
+    The input gradient is one ordinary convolution with it (no per-call kernel transpose); both kernels are
+    constants: their gradient is zero by definition.
+    """
+    return conv2d(x_BxHxWxI, kernel_KxKxIxO, padding=padding)
+
+
+def _frozen_conv2d_fwd(x, kernel, kernel_t, padding):
+    return conv2d(x, kernel, padding=padding), (kernel, kernel_t)
+
+
+def _frozen_conv2d_bwd(padding, residuals, dy_BxHxWxO):
+    kernel, kernel_t = residuals
+    kh, kw = kernel.shape[:2]
+    # For a stride-1 correlation padded by p, dx is the correlation of dy padded by k - 1 - p with the flipped,
+    # transposed kernel; the output has x's size.
+    dx = lax.conv_general_dilated(
+        dy_BxHxWxO,
+        kernel_t,
+        window_strides=(1, 1),
+        padding=((kh - 1 - padding,) * 2, (kw - 1 - padding,) * 2),
+        dimension_numbers=_DIMS,
+    )
+    return dx, None, None
+
+
+frozen_conv2d.defvjp(_frozen_conv2d_fwd, _frozen_conv2d_bwd)
+
+
 def conv_transpose2d(
-    x_BxHxWxI: jax.Array, w_KxKxIxO: jax.Array, *, stride: int = 2, feature_group_count: int = 1
+    x_BxHxWxI: jax.Array,
+    w_KxKxIxO: jax.Array,
+    *,
+    stride: int = 2,
+    feature_group_count: int = 1,
+    frozen: FrozenConv | None = None,
 ) -> jax.Array:
     """Transposed convolution with padding 0 and an unflipped kernel, as PyTorch ``F.conv_transpose2d``.
 
@@ -131,7 +213,8 @@ def conv_transpose2d(
 
     Computed per output phase ``(a, b)`` (rows ``s*m + a``, columns ``s*n + b``): each phase is an ordinary
     valid correlation of the zero-padded input with the reversed taps ``w[a::s, b::s][::-1, ::-1]``; the
-    phases are then interleaved.
+    phases are then interleaved. ``frozen`` (from :func:`freeze_conv` with ``up=stride``) supplies those phase
+    kernels precomputed, and the weights are then constants (no gradient flows to them).
     """
     batch, h, w, _ = x_BxHxWxI.shape
     k = w_KxKxIxO.shape[0]
@@ -140,15 +223,19 @@ def conv_transpose2d(
     rows = -(-out_h // stride)  # phase grid (ceil), padded with zeros where a phase is shorter
     cols = -(-out_w // stride)
     phases = []
+    frozen_phases = None if frozen is None else zip(frozen.kernels, frozen.kernels_t)
     for a in range(stride):
         phase_row = []
         for b in range(stride):
-            kernel = w_KxKxIxO[a::stride, b::stride][::-1, ::-1]
-            nty, ntx = kernel.shape[:2]
+            nty, ntx = len(range(a, k, stride)), len(range(b, k, stride))
             if nty == 0 or ntx == 0:
                 phase_row.append(jnp.zeros((batch, rows, cols, out_channels), x_BxHxWxI.dtype))
                 continue
             xp = jnp.pad(x_BxHxWxI, ((0, 0), (nty - 1, rows - h), (ntx - 1, cols - w), (0, 0)))
+            if frozen is not None:
+                phase_row.append(frozen_conv2d(xp, *next(frozen_phases), 0))
+                continue
+            kernel = w_KxKxIxO[a::stride, b::stride][::-1, ::-1]
             phase_row.append(
                 lax.conv_general_dilated(
                     xp,
@@ -165,9 +252,15 @@ def conv_transpose2d(
     return y[:, :out_h, :out_w]
 
 
-def demodulation(w_KxKxIxO: jax.Array, styles_BxI: jax.Array, eps: float = 1e-8) -> jax.Array:
-    """Demodulation coefficients ``rsqrt(sum_{ky,kx,i} (w * s_i)**2 + eps)``: ``[B, O]``."""
-    wsq_IxO = jnp.sum(jnp.square(w_KxKxIxO.astype(jnp.float32)), axis=(0, 1))
+def demodulation(
+    w_KxKxIxO: jax.Array, styles_BxI: jax.Array, eps: float = 1e-8, *, wsq_IxO: jax.Array | None = None
+) -> jax.Array:
+    """Demodulation coefficients ``rsqrt(sum_{ky,kx,i} (w * s_i)**2 + eps)``: ``[B, O]``.
+
+    ``wsq_IxO``, the kernel's squared sums over taps, may be given precomputed (:class:`FrozenConv`).
+    """
+    if wsq_IxO is None:
+        wsq_IxO = jnp.sum(jnp.square(w_KxKxIxO.astype(jnp.float32)), axis=(0, 1))
     return lax.rsqrt(jnp.square(styles_BxI.astype(jnp.float32)) @ wsq_IxO + eps)
 
 
@@ -180,6 +273,7 @@ def modulated_conv2d(
     up: int = 1,
     fused: bool = False,
     taps: Sequence[float] = FIR_TAPS,
+    frozen: FrozenConv | None = None,
 ) -> jax.Array:
     """StyleGAN2 modulated convolution (NVIDIA ``modulated_conv2d`` + ``conv2d_resample``), no noise or bias.
 
@@ -197,6 +291,8 @@ def modulated_conv2d(
         scale the activations by the styles and the output by the demodulation coefficients, with one shared
         kernel: equal up to rounding, and much cheaper under ``vmap`` and for large batches.
       taps: FIR of the up-sampling.
+      frozen: ``freeze_conv(w, up=up)``, the kernel's precomputed constants (non-fused path only); the kernel
+        is then a constant: no gradient flows to it.
 
     Returns:
       ``[B, H*up, W*up, O]``.
@@ -225,11 +321,17 @@ def modulated_conv2d(
     else:
         x = x_BxHxWxI * styles_BxI.astype(dtype)[:, None, None, :]
         kernel = w_KxKxIxO.astype(dtype)
-        y = conv2d(x, kernel, padding=k // 2) if up == 1 else conv_transpose2d(x, kernel, stride=2)
+        if up == 2:
+            y = conv_transpose2d(x, kernel, stride=2, frozen=frozen)
+        elif frozen is not None:
+            y = frozen_conv2d(x, frozen.kernels[0], frozen.kernels_t[0], k // 2)
+        else:
+            y = conv2d(x, kernel, padding=k // 2)
     if up == 2:
         y = upfirdn2d(y, taps, padding=1, gain=4.0)
     if demodulate and not fused:
-        y = y * demodulation(w_KxKxIxO, styles_BxI).astype(dtype)[:, None, None, :]
+        wsq = None if frozen is None else frozen.wsq_IxO
+        y = y * demodulation(w_KxKxIxO, styles_BxI, wsq_IxO=wsq).astype(dtype)[:, None, None, :]
     return y
 
 

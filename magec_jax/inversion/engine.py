@@ -10,11 +10,15 @@ Data flow of one batch::
 Every image is an independent problem (METHOD.md): per-image loss, per-image Adam state, no batch
 statistics, so an image inverted alone or in a batch gets the same latent up to float reduction order.
 The loss weights of every step come from a ``[total_steps, 4]`` table indexed by the step number, an array
-argument, so the phase switch never recompiles: the step compiles once per batch shape. Steps are dispatched
-one jitted call each rather than as a ``lax.scan``: XLA:CPU runs the same step 3-4x slower inside a while
-loop (measured: 4.4 s vs 1.2 s at 256x256), and JAX's asynchronous dispatch already keeps the host from
-waiting on the device between steps. A non-finite loss freezes that image
-(its ``failed`` flag is set and its latent stops changing) while the others go on.
+argument, so the phase switch never recompiles: the step compiles once per batch shape. A non-finite loss
+freezes that image (its ``failed`` flag is set and its latent stops changing) while the others go on.
+
+How the step is computed is :class:`ComputeOptions` (``InversionSettings.compute``), each option ``"auto"`` by
+default, resolved per platform from ``jax.default_backend()`` (:data:`AUTO`): modulation (fused or not),
+precision (float32, TF32 or bf16), the loop (one jitted call per step, asynchronously dispatched, or
+``lax.scan`` over ``chunk_steps`` steps per call), donation of the state buffers, and rematerialisation of the
+generator's blocks. Every choice gives the same latents within its precision's tolerance
+(``tests/test_engine_options.py``); they differ in speed and memory (``benchmarks/device_suite.py``).
 
 Sharding: the batch axis of every per-image array is sharded over a 1-D mesh ``('data',)`` of all
 devices (all hosts under ``jax.distributed``); frozen network weights are replicated.
@@ -23,7 +27,8 @@ devices (all hosts under ``jax.distributed``); frozen network weights are replic
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple, Sequence
+import functools
+from typing import Any, Callable, Literal, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +36,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from magec_jax.errors import ConfigError, MagecError
 from magec_jax.inversion.magec_loss import EditMode, binarize, magec_loss
 from magec_jax.models.interfaces import Descriptor, IdentityEmbedder
 
@@ -67,6 +73,105 @@ class NoisePhase:
 
 
 @dataclasses.dataclass(frozen=True)
+class NetworkCompute:
+    """What the compute options ask of the networks themselves (their static callables; weights unchanged).
+
+    Attributes:
+      fused_modulation: the generator's modulated convolutions as per-sample kernels (one grouped
+        convolution) instead of scaled activations with one shared kernel.
+      dtype: compute dtype of the generator's convolutions and the LPIPS trunk (``"float32"`` or
+        ``"bfloat16"``); styles, demodulation, the skip image and every loss stay float32.
+      remat: rematerialise each generator block in the backward pass (``jax.checkpoint``).
+    """
+
+    fused_modulation: bool = False
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    remat: bool = False
+
+
+_CHOICES = dict(
+    modulation=("auto", "fused", "non_fused"),
+    precision=("auto", "float32", "tf32", "bf16"),
+    loop=("auto", "dispatch", "scan"),
+    donate=("auto", "on", "off"),
+    remat=("auto", "on", "off"),
+)
+# jax_default_matmul_precision of each precision: float32 pins full float32 (XLA:GPU would otherwise use
+# TF32), tf32 allows TF32 on GPUs (3-pass bf16 on TPUs); bf16 computes the big convolution trunks in bfloat16
+# (NetworkCompute.dtype) and lets the rest run at the backend's default precision.
+_MATMUL_PRECISION = dict(float32="highest", tf32="tensorfloat32", bf16="default")
+
+
+@dataclasses.dataclass(frozen=True)
+class ComputeOptions:
+    """How an inversion step is computed; never what it computes (each choice gives the same latents within
+    its precision's tolerance).
+
+    Attributes:
+      modulation: ``"fused"`` (per-sample kernels, NVIDIA's eval path) or ``"non_fused"`` (scaled
+        activations, one shared kernel).
+      precision: ``"float32"``, ``"tf32"`` (float32 storage, TF32 matrix units on GPUs) or ``"bf16"`` (the
+        generator and the LPIPS trunk compute in bfloat16).
+      loop: ``"dispatch"`` (one jitted call per step; the host queues them asynchronously) or ``"scan"``
+        (``lax.scan`` over ``InversionSettings.chunk_steps`` steps per call).
+      donate: ``"on"`` lets each call reuse the state's buffers for its output.
+      remat: ``"on"`` rematerialises the generator's blocks in the backward pass (less memory, about one more
+        generator forward pass per step), so that larger batches fit.
+
+    Every field may be ``"auto"``: the platform's choice in :data:`AUTO`, see :meth:`resolved`.
+    """
+
+    modulation: Literal["auto", "fused", "non_fused"] = "auto"
+    precision: Literal["auto", "float32", "tf32", "bf16"] = "auto"
+    loop: Literal["auto", "dispatch", "scan"] = "auto"
+    donate: Literal["auto", "on", "off"] = "auto"
+    remat: Literal["auto", "on", "off"] = "auto"
+
+    def __post_init__(self):
+        for name, allowed in _CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ConfigError(f"config.inversion.compute.{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+    def resolved(self, backend: str | None = None) -> ComputeOptions:
+        """Every ``"auto"`` replaced by ``AUTO[backend]`` (default: ``jax.default_backend()``)."""
+        backend = backend or jax.default_backend()
+        if backend not in AUTO:
+            raise ConfigError(f"config.inversion.compute: no automatic choices for platform {backend!r} "
+                              f"(known: {', '.join(AUTO)})")
+        auto = AUTO[backend]
+        return dataclasses.replace(
+            self, **{f.name: getattr(auto, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) == "auto"}
+        )
+
+    @property
+    def matmul_precision(self) -> str:
+        """``jax_default_matmul_precision`` the engine traces with (options resolved)."""
+        return _MATMUL_PRECISION[self.precision]
+
+    @property
+    def networks(self) -> NetworkCompute:
+        """What these (resolved) options ask of the networks."""
+        return NetworkCompute(
+            fused_modulation=self.modulation == "fused",
+            dtype="bfloat16" if self.precision == "bf16" else "float32",
+            remat=self.remat == "on",
+        )
+
+
+# The platform choices behind "auto". CPU: measured on a 2-core AMD EPYC (Zen 4) with jax 0.10.2 (README,
+# benchmarks/results): under vmap the fused modulation's grouped convolutions ran ~5x slower in the backward
+# pass; XLA:CPU ran the step 2-3x slower inside a while loop than as one call per step; bf16 convolutions are
+# not faster on XLA:CPU. GPU and TPU: chosen before any accelerator run (TF32 / bf16 matrix units, scan to
+# drop per-step host work); benchmarks/device_suite.py measures every alternative and decides them.
+AUTO: dict[str, ComputeOptions] = {
+    "cpu": ComputeOptions(modulation="non_fused", precision="float32", loop="dispatch", donate="on", remat="off"),
+    "gpu": ComputeOptions(modulation="non_fused", precision="tf32", loop="scan", donate="on", remat="off"),
+    "tpu": ComputeOptions(modulation="non_fused", precision="bf16", loop="scan", donate="on", remat="off"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
 class InversionSettings:
     """Everything that decides the optimisation (METHOD.md defaults)."""
 
@@ -84,7 +189,8 @@ class InversionSettings:
     magec_alpha: float = 3.0
     magec_mode: EditMode = "flip"
     noise_phase: NoisePhase | None = None
-    chunk_steps: int = 25  # steps between progress reports (the only host reads of device values)
+    chunk_steps: int = 25  # steps between progress reports (the only host reads of device values); scan length
+    compute: ComputeOptions = ComputeOptions()
 
     @property
     def total_steps(self) -> int:
@@ -125,6 +231,9 @@ class Networks:
       identity, descriptor: optional ID network and attribute descriptor F.
       linknet: LinkNet variables (needed when the MAGEC term is used).
       directions: ``[K, w_dim]`` or ``[K, num_ws, w_dim]`` unit boundaries in F's output order.
+      compute: what the callables compute with.
+      compute_variant: builds these networks for another :class:`NetworkCompute` (same weights); None when
+        the callables are fixed (they then serve only ``compute``).
     """
 
     synthesize: SynthesizeFn
@@ -142,6 +251,16 @@ class Networks:
     descriptor: Descriptor | None = None
     linknet: Any = None
     directions: Any = None
+    compute: NetworkCompute = NetworkCompute()
+    compute_variant: Callable[[NetworkCompute], Networks] | None = None
+
+    def for_compute(self, compute: NetworkCompute) -> Networks:
+        """These networks computing as ``compute`` asks (themselves when they already do)."""
+        if compute == self.compute:
+            return self
+        if self.compute_variant is None:
+            raise MagecError(f"these networks compute with {self.compute} and cannot run with {compute}")
+        return self.compute_variant(compute)
 
     def arrays(self) -> dict:
         """The traced part: every weight the step reads."""
@@ -186,8 +305,9 @@ class Engine:
     """
 
     def __init__(self, nets: Networks, settings: InversionSettings, mesh: Mesh | None = None):
-        self.nets = nets
         self.settings = settings
+        self.compute = settings.compute.resolved()
+        self.nets = nets = nets.for_compute(self.compute.networks)
         self.mesh = mesh if mesh is not None else make_mesh()
         # Terms that can be evaluated with the networks given, and terms weighted in some phase.
         self.available = dict(
@@ -215,13 +335,18 @@ class Engine:
         replicated = NamedSharding(self.mesh, P())
         self.data_sharding, self.replicated = data, replicated
         self._arrays = jax.device_put(nets.arrays(), replicated)
-        self._prepare = jax.jit(self._prepare_impl, out_shardings=data)
-        self._init = jax.jit(self._init_impl, static_argnums=(1,), out_shardings=data)
-        self._run = jax.jit(self._step_impl, donate_argnums=(1,), out_shardings=data)
-        self._finish = jax.jit(self._finish_impl, out_shardings=data)
+        # Every entry point is jitted here, once, and traced at the options' matmul precision.
+        jit = functools.partial(_jit_at_precision, self.compute.matmul_precision, out_shardings=data)
+        donate = (1,) if self.compute.donate == "on" else ()
+        self._prepare = jit(self._prepare_impl)
+        self._init = jit(self._init_impl, static_argnums=(1,))
+        self._run = jit(self._step_impl, donate_argnums=donate)
+        self._run_chunk = jit(self._chunk_impl, donate_argnums=donate)
+        self._finish = jit(self._finish_impl)
         if self._noise_optimizer is not None:
-            self._noise_init = jax.jit(self._noise_init_impl, donate_argnums=(1,), out_shardings=data)
-            self._noise_run = jax.jit(self._noise_step_impl, donate_argnums=(1,), out_shardings=data)
+            self._noise_init = jit(self._noise_init_impl, donate_argnums=donate)
+            self._noise_run = jit(self._noise_step_impl, donate_argnums=donate)
+            self._noise_run_chunk = jit(self._noise_chunk_impl, donate_argnums=donate)
 
     # ---- pure per-image pieces -------------------------------------------------------------------
 
@@ -309,6 +434,11 @@ class Engine:
         weights = self._weights[jnp.minimum(step, self._weights.shape[0] - 1)]
         return jax.vmap(self._step, in_axes=(None, 0, 0, None, None))(arrays, state, targets, step, weights)
 
+    def _chunk_impl(self, arrays, state: State, targets: Targets, steps) -> State:
+        """The steps numbered by the int32 vector ``steps``, in one ``lax.scan``."""
+        body = lambda st, step: (self._step_impl(arrays, st, targets, step), None)  # noqa: E731
+        return jax.lax.scan(body, state, steps)[0]
+
     def _finish_impl(self, arrays, state: State, targets: Targets):
         """Final reconstructions and every available loss term (whatever the weights) of every image."""
 
@@ -343,10 +473,16 @@ class Engine:
         opt = jax.tree.map(keep, opt, state_i.opt)
         return state_i._replace(noise=noise, opt=opt, failed=~ok, losses=jnp.concatenate([loss[None], terms]))
 
-    def _noise_step_impl(self, arrays, state: State, targets: Targets) -> State:
+    def _noise_step_impl(self, arrays, state: State, targets: Targets, step) -> State:
+        """One noise step of every image (``step`` is unused: the noise stage has one set of weights)."""
+        del step
         phase = self.settings.noise_phase
         weights = jnp.asarray([phase.mse, phase.lpips, 0.0, 0.0], jnp.float32)
         return jax.vmap(self._noise_step, in_axes=(None, 0, 0, None))(arrays, state, targets, weights)
+
+    def _noise_chunk_impl(self, arrays, state: State, targets: Targets, steps) -> State:
+        body = lambda st, step: (self._noise_step_impl(arrays, st, targets, step), None)  # noqa: E731
+        return jax.lax.scan(body, state, steps)[0]
 
     def _term_gradients_impl(self, arrays, latents_BxLxD: jax.Array, targets: Targets) -> tuple[jax.Array, jax.Array]:
         def one(latent, target):
@@ -371,7 +507,7 @@ class Engine:
           compute. Multiply by a phase's weights to compare what the optimiser sees.
         """
         if not hasattr(self, "_term_gradients"):
-            self._term_gradients = jax.jit(self._term_gradients_impl)
+            self._term_gradients = _jit_at_precision(self.compute.matmul_precision, self._term_gradients_impl)
         targets = self._prepare(self._arrays, jax.device_put(images_BxHxWxC, self.data_sharding))
         latents = jax.device_put(jnp.asarray(latents_BxLxD, jnp.float32), self.data_sharding)
         terms, norms = self._term_gradients(self._arrays, latents, targets)
@@ -404,19 +540,41 @@ class Engine:
         state = self._init(self._arrays, images.shape[0])
         noise_steps = 0 if s.noise_phase is None else s.noise_phase.steps
         total = s.total_steps + noise_steps
-        chunk = max(1, s.chunk_steps)
-        for step in range(s.total_steps):
-            state = self._run(self._arrays, state, targets, np.int32(step))
-            if on_chunk is not None and ((step + 1) % chunk == 0 or step + 1 == s.total_steps):
-                on_chunk(step + 1, total, state)
+        if on_chunk is None:
+            on_chunk = lambda done, total, state: None  # noqa: E731
+        state = self._loop(self._run, self._run_chunk, state, targets, 0, s.total_steps, total, on_chunk)
         if noise_steps:
             state = self._noise_init(self._arrays, state)
-            for step in range(noise_steps):
-                state = self._noise_run(self._arrays, state, targets)
-                if on_chunk is not None and ((step + 1) % chunk == 0 or step + 1 == noise_steps):
-                    on_chunk(s.total_steps + step + 1, total, state)
+            state = self._loop(
+                self._noise_run, self._noise_run_chunk, state, targets, s.total_steps, noise_steps, total, on_chunk
+            )
         ws, recon, terms = self._finish(self._arrays, state, targets)
         return dict(ws=ws, images=recon, terms=terms, failed=state.failed, noise=state.noise)
+
+    def _loop(self, run, run_chunk, state: State, targets: Targets, offset: int, steps: int, total: int, on_chunk):
+        """``steps`` steps of ``run`` (one step) or ``run_chunk`` (a ``lax.scan`` over a vector of step numbers)
+        as ``compute.loop`` says; ``on_chunk(offset + steps done, total, state)`` after every chunk."""
+        chunk = max(1, self.settings.chunk_steps)
+        for start in range(0, steps, chunk):
+            count = min(chunk, steps - start)
+            if self.compute.loop == "scan":
+                state = run_chunk(self._arrays, state, targets, np.arange(start, start + count, dtype=np.int32))
+            else:
+                for step in range(start, start + count):
+                    state = run(self._arrays, state, targets, np.int32(step))
+            on_chunk(offset + start + count, total, state)
+        return state
+
+
+def _jit_at_precision(precision: str, fn: Callable, **jit_kwargs) -> Callable:
+    """``jax.jit(fn)`` traced under ``jax.default_matmul_precision(precision)``."""
+
+    @functools.wraps(fn)
+    def traced(*args):
+        with jax.default_matmul_precision(precision):
+            return fn(*args)
+
+    return jax.jit(traced, **jit_kwargs)
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:

@@ -13,6 +13,7 @@ one; only layouts differ (NHWC activations, HWIO kernels, ``[in, out]`` dense ke
     params/synthesis/b{R}/torgb/{weight [1, 1, C, img_channels], bias [img_channels], affine/...}
     buffers/mapping/w_avg [w_dim]
     buffers/synthesis/b{R}/conv{0,1}/noise_const [R, R]
+    frozen/synthesis/b{R}/{conv0,conv1,torgb}/conv  ops.FrozenConv   optional: see freeze_synthesis
 
 Typical use (``ws`` is ``[B, w_dim]`` or W+ ``[B, num_ws, w_dim]``; images are NHWC, about [-1, 1] for a
 trained network, not clamped)::
@@ -21,6 +22,12 @@ trained network, not clamped)::
     G = Generator(cfg)
     ws = G.apply(variables, z, method="mapping", truncation_psi=0.7)
     img_BxHxWxC = G.apply(variables, ws, method="synthesis", noise_mode="const")
+
+An inversion renders with fixed weights many times: :func:`freeze_synthesis` adds the ``frozen`` collection of
+per-layer constants (``ops.freeze_conv``), computed once, which the layers then use instead of re-deriving them
+at every call; with it the weights are constants (no gradient flows to them). ``Generator(remat=True)``
+rematerialises each synthesis block in the backward pass (``jax.checkpoint``), trading a second forward pass
+for the memory of the blocks' activations.
 
 ``w`` index sharing follows NVIDIA: block ``b4`` reads ``ws[:, 0]`` (conv1) and ``ws[:, 1]`` (torgb); block
 ``R`` reads ``ws[:, i]``, ``ws[:, i+1]``, ``ws[:, i+2]`` (conv0, conv1, torgb) with ``i = 2*log2(R) - 5``.
@@ -43,6 +50,7 @@ from magec_jax.weights import load_converted
 
 NoiseMode = Literal["const", "random", "none"]
 KIND = "stylegan2"
+FROZEN = "frozen"  # variable collection of precomputed per-layer constants (freeze_synthesis)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,6 +239,11 @@ def _noise_BxHxWx1(explicit: jax.Array | None, const_HxW: jax.Array, mode: Noise
     return noise[..., None]
 
 
+def _frozen(layer: nn.Module) -> ops.FrozenConv | None:
+    """The layer's precomputed kernel constants when the variables carry them (:func:`freeze_synthesis`)."""
+    return layer.get_variable(FROZEN, "conv") if layer.has_variable(FROZEN, "conv") else None
+
+
 class SynthesisLayer(nn.Module):
     """Modulated 3x3 conv (up-sampling when ``up == 2``) + noise + bias + lrelu*sqrt(2) + clamp."""
 
@@ -253,7 +266,10 @@ class SynthesisLayer(nn.Module):
         noise_const = self.variable(
             "buffers", "noise_const", lambda: jax.random.normal(self.make_rng("params"), (res, res), jnp.float32)
         ).value
-        x = ops.modulated_conv2d(x_BxHxWxI.astype(self.dtype), weight, styles_BxI, up=self.up, fused=self.fused_modconv)
+        x = ops.modulated_conv2d(
+            x_BxHxWxI.astype(self.dtype), weight, styles_BxI, up=self.up, fused=self.fused_modconv,
+            frozen=_frozen(self),
+        )
         noise = _noise_BxHxWx1(noise, noise_const, noise_mode, key, (x.shape[0], res, res))
         if noise is not None:
             x = x + (noise * strength).astype(self.dtype)
@@ -277,7 +293,8 @@ class ToRGBLayer(nn.Module):
         weight = self.param("weight", _normal_init(), (1, 1, in_channels, self.img_channels))
         bias = self.param("bias", _const_init(0.0), (self.img_channels,))
         y = ops.modulated_conv2d(
-            x_BxHxWxI, weight, styles_BxI / math.sqrt(in_channels), demodulate=False, fused=self.fused_modconv
+            x_BxHxWxI, weight, styles_BxI / math.sqrt(in_channels), demodulate=False, fused=self.fused_modconv,
+            frozen=_frozen(self),
         )
         return ops.bias_act(y, bias, clamp=self.conv_clamp), styles_BxI
 
@@ -294,8 +311,11 @@ class SynthesisBlock(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, img, ws_BxNxD, *, noise_mode: NoiseMode, noises, keys):
-        """``ws_BxNxD`` holds this block's rows (conv0?, conv1, torgb); returns ``(x, img, intermediates)``."""
+    def __call__(self, x, img, ws_BxNxD, noise_mode: NoiseMode, noises, keys):
+        """``ws_BxNxD`` holds this block's rows (conv0?, conv1, torgb); returns ``(x, img, intermediates)``.
+
+        ``noise_mode`` is positional so that a rematerialised block can take it as a static argument.
+        """
         layer_kw = {"conv_clamp": self.conv_clamp, "fused_modconv": self.fused_modconv, "dtype": self.dtype}
         inter = {}
         batch = ws_BxNxD.shape[0]
@@ -325,6 +345,7 @@ class SynthesisNetwork(nn.Module):
     cfg: StyleGAN2Config
     fused_modconv: bool = False
     dtype: Any = jnp.float32
+    remat: bool = False
 
     @nn.compact
     def __call__(
@@ -350,9 +371,11 @@ class SynthesisNetwork(nn.Module):
         x = img = None
         inter = {}
         w_idx = noise_idx = 0
+        # self, x, img, ws, noise_mode: noise_mode (a string) is static.
+        block_cls = nn.remat(SynthesisBlock, static_argnums=(4,)) if self.remat else SynthesisBlock
         for res in cfg.block_resolutions:
             num_conv = 1 if res == 4 else 2
-            block = SynthesisBlock(
+            block = block_cls(
                 in_channels=0 if res == 4 else cfg.channels(res // 2),
                 out_channels=cfg.channels(res),
                 resolution=res,
@@ -363,9 +386,7 @@ class SynthesisNetwork(nn.Module):
                 name=f"b{res}",
             )
             sl = slice(noise_idx, noise_idx + num_conv)
-            x, img, block_inter = block(
-                x, img, ws[:, w_idx : w_idx + num_conv + 1], noise_mode=noise_mode, noises=noise[sl], keys=keys[sl]
-            )
+            x, img, block_inter = block(x, img, ws[:, w_idx : w_idx + num_conv + 1], noise_mode, noise[sl], keys[sl])
             inter.update({f"b{res}/{k}": v for k, v in block_inter.items()})
             w_idx += num_conv
             noise_idx += num_conv
@@ -381,16 +402,19 @@ class Generator(nn.Module):
         demodulation and the skip image stay float32.
       fused_modconv: per-sample kernels in one grouped convolution (NVIDIA's eval path) instead of scaling
         activations (equal up to rounding; see ``ops.modulated_conv2d``).
+      remat: rematerialise every synthesis block in the backward pass (same values, less memory, about one
+        more forward pass of compute).
     """
 
     cfg: StyleGAN2Config
     dtype: Any = jnp.float32
     fused_modconv: bool = False
+    remat: bool = False
 
     def setup(self):
         self.mapping_network = MappingNetwork(self.cfg, name="mapping")
         self.synthesis_network = SynthesisNetwork(
-            self.cfg, fused_modconv=self.fused_modconv, dtype=self.dtype, name="synthesis"
+            self.cfg, fused_modconv=self.fused_modconv, dtype=self.dtype, remat=self.remat, name="synthesis"
         )
 
     def __call__(
@@ -449,6 +473,26 @@ class Generator(nn.Module):
         return self.synthesis_network(
             ws, noise_mode=noise_mode, noise=noise, key=key, return_intermediates=return_intermediates
         )
+
+
+def freeze_synthesis(cfg: StyleGAN2Config, variables: dict, *, dtype: Any = jnp.float32) -> dict:
+    """``variables`` plus the ``frozen`` collection: every synthesis layer's ``ops.freeze_conv`` constants.
+
+    For rendering many times with fixed weights (inversion): the layers then convolve with the precomputed
+    kernels (stored in ``dtype``, the generator's compute dtype) and take their gradient through precomputed
+    flipped kernels, instead of re-deriving both at every call. The weights become constants of the
+    computation: differentiate the frozen variables with respect to latents or noise only.
+    """
+    synth = variables["params"]["synthesis"]
+    frozen = {}
+    for res in cfg.block_resolutions:
+        block = synth[f"b{res}"]
+        layers = {}
+        for name in ("conv1", "torgb") if res == 4 else ("conv0", "conv1", "torgb"):
+            up = 2 if name == "conv0" else 1
+            layers[name] = {"conv": ops.freeze_conv(block[name]["weight"], up=up, dtype=dtype)}
+        frozen[f"b{res}"] = layers
+    return {**variables, FROZEN: {"synthesis": frozen}}
 
 
 def variable_shapes(cfg: StyleGAN2Config) -> dict:
