@@ -32,8 +32,9 @@ A job killed at any moment and restarted with the same output folder redoes only
 (and deletes the killed run's half-written temporaries; one job per output folder).
 
 The fingerprint (:func:`fingerprint`): the inversion settings actually run (after ``steps_scale``; the
-progress interval ``chunk_steps`` left out), ``matmul_precision``, the bundle (:func:`bundle_identity`) and
-the preprocessing (resolution, minimum size, crop, resize).
+progress interval ``chunk_steps`` left out; of the compute options only the resolved precision),
+``matmul_precision``, the bundle (:func:`bundle_identity`) and the preprocessing (resolution, minimum size,
+crop, resize).
 
 ``summary.json``: ``config``, ``fingerprint``, ``steps``, ``images`` (listed), ``done`` (listed images with a
 result), ``skipped`` and ``failed`` (the images skipped or failed as the folder stands, with the reason and
@@ -68,7 +69,16 @@ import numpy as np
 
 from magec_jax import images as imio
 from magec_jax.errors import ConfigError, FileFormatError, MagecError
-from magec_jax.inversion.engine import LOSS_TERMS, Engine, InversionSettings, Networks, NoisePhase, Phase, local_rows
+from magec_jax.inversion.engine import (
+    LOSS_TERMS,
+    ComputeOptions,
+    Engine,
+    InversionSettings,
+    Networks,
+    NoisePhase,
+    Phase,
+    local_rows,
+)
 from magec_jax.inversion.protocols import ON_MISMATCH, scale_steps
 from magec_jax.weights import read_manifest, sha256_file
 
@@ -164,6 +174,7 @@ class JobConfig:
             magec_mode=str(inv.magec_mode),
             noise_phase=NoisePhase(steps=int(noise_steps), lr=float(inv.noise_lr)) if noise_steps else None,
             chunk_steps=int(inv.chunk_steps),
+            compute=_compute_options(inv.get("compute", ml_collections.ConfigDict())),
         )
         dist = config.get("distributed", ml_collections.ConfigDict())
         grid = config.get("edit_grid")
@@ -191,6 +202,15 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _compute_options(block: ml_collections.ConfigDict) -> ComputeOptions:
+    """``inversion.compute`` as typed options (each value checked by :class:`ComputeOptions`)."""
+    known = [f.name for f in dataclasses.fields(ComputeOptions)]
+    unknown = sorted(set(block) - set(known))
+    if unknown:
+        raise ConfigError(f"config.inversion.compute has no field {unknown[0]!r} (fields: {', '.join(known)})")
+    return ComputeOptions(**{k: str(v) for k, v in block.items()})
 
 
 def _require(ok: bool, field: str, value: Any, expected: str) -> None:
@@ -255,6 +275,9 @@ def fingerprint(job: JobConfig, resolution: int, bundle_id: str) -> dict[str, An
     """Everything but the input file that decides a result, as JSON-ready data (see the module docstring)."""
     settings = dataclasses.asdict(job.settings)
     del settings["chunk_steps"]  # how often progress is read, not what is computed
+    # Of how the step is computed, only the precision (as resolved on this platform) changes the result beyond
+    # float rounding; modulation, loop, donation and remat do not.
+    settings["compute"] = dict(precision=job.settings.compute.resolved().precision)
     record = dict(settings=settings, matmul_precision=job.matmul_precision, bundle=bundle_id,
                   preprocessing=preprocessing(job, resolution))
     return json.loads(json.dumps(record))

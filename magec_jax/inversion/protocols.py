@@ -23,7 +23,7 @@ import dataclasses
 
 import ml_collections
 
-from magec_jax.inversion.engine import InversionSettings
+from magec_jax.inversion.engine import ComputeOptions, InversionSettings
 
 PHASE1 = dict(mse=1e-3, lpips=0.5, id=3e-4, magec=3e-4)
 PHASE2 = dict(mse=0.5, lpips=0.5, id=3e-4, magec=3e-4)
@@ -59,6 +59,8 @@ def inversion_config(protocol: str = "magec") -> ml_collections.ConfigDict:
     inv.noise_steps = 1000 if protocol == "i2spp" else 0
     inv.noise_lr = 0.07
     inv.chunk_steps = 25
+    # How the step is computed (engine.ComputeOptions): "auto" picks each platform's measured choice.
+    inv.compute = ml_collections.ConfigDict(dataclasses.asdict(ComputeOptions()))
     return inv
 
 
