@@ -212,9 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     except MagecError as e:
         return error_status(e)
-    print(
-        f"{images.shape[0]} images {images.shape[1]}x{images.shape[2]} -> {args.out or ''} {args.out_npy or ''}".strip()
-    )
+    count = f"{images.shape[0]} image{'s' if images.shape[0] != 1 else ''}"
+    print(f"{count} {images.shape[1]}x{images.shape[2]} -> {' and '.join(str(p) for p in (args.out, args.out_npy) if p)}")
     return 0
 
 
