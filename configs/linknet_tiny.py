@@ -25,6 +25,7 @@ def get_config(arg: str = "both"):
     config.sampling.shard_size = 32
     config.linknet.epochs = 2
     config.linknet.batch_size = 16
+    config.boundaries.num_samples = 96
     config.boundaries.ratio = 0.1
     config.ganspace.num_samples = 512
     config.ganspace.num_components = 8

@@ -91,6 +91,8 @@ def test_paired_ttest_matches_scipy():
         ref = scipy.stats.ttest_rel(a, b)
         assert ours.statistic == pytest.approx(ref.statistic, rel=1e-12)
         assert ours.p_value == pytest.approx(ref.pvalue, rel=1e-9, abs=1e-300)
+        ci = ref.confidence_interval(0.95)
+        assert (ours.ci_low, ours.ci_high) == (pytest.approx(ci.low, rel=1e-9), pytest.approx(ci.high, rel=1e-9))
     for a_, b_, x in [(0.5, 0.5, 0.3), (1.5, 0.5, 0.999), (250.0, 0.5, 0.01), (3.0, 7.0, 0.4), (0.1, 30.0, 0.02)]:
         assert betainc(a_, b_, x) == pytest.approx(scipy.special.betainc(a_, b_, x), rel=1e-11)
     with warnings.catch_warnings():  # scipy warns about the degenerate samples

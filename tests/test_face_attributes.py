@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import require_shared
+from magec_jax.errors import MagecError
 from magec_jax.models import emotion, face_attributes, faceres
 from ports import tfjs
 
@@ -109,9 +110,9 @@ def test_descriptor_is_differentiable_at_generator_resolution(variables):
     assert np.all(grads[:, :11] == 0) and np.abs(grads[:, 20:40, 20:40]).sum() > 0
 
 
-
-def test_face_box_option_and_threshold_calibration():
-    """The whole-image crop differs from the aligned-face box; calibration splits Young at the quantile."""
+def test_face_box_option_and_scores():
+    """The whole-image crop differs from the aligned-face box; the descriptor's logits are its thresholds applied
+    to the threshold-free scores."""
     models = require_shared("data", "face_models")
     fv = tfjs.convert_faceres(models / "faceres.json").variables
     ev = tfjs.convert_emotion(models / "emotion.json").variables
@@ -121,8 +122,29 @@ def test_face_box_option_and_threshold_calibration():
     assert float(jnp.max(jnp.abs(whole(images) - boxed(images)))) > 1e-3
     # One apply per setting: engines built twice for the same bundle compile once.
     assert face_attributes.faceres_identity(fv, box=None).apply is whole.apply
-    thresholds = face_attributes.calibrate_thresholds(fv, images, box=None, young_fraction=0.5)
+    thresholds = face_attributes.FaceAttributeThresholds(male_prob=0.7, age_threshold=33.0, age_scale=2.0,
+                                                         happy_prob=0.2)
     descriptor = face_attributes.face_attribute_descriptor(fv, ev, thresholds=thresholds, box=None)
     assert face_attributes.face_attribute_descriptor(fv, ev, thresholds=thresholds, box=None).apply is descriptor.apply
-    young = np.asarray(descriptor(images)[:, 1] > 0)
-    assert young.sum() == 2  # half of the four are below the median expected age
+    scores = face_attributes.attribute_scores({"faceres": fv, "emotion": ev}, images, box=None)
+    face = faceres.apply(fv, faceres.preprocess(images, box=None))
+    np.testing.assert_allclose(scores[:, 1], face["age_expected"], rtol=1e-6)
+    np.testing.assert_allclose(descriptor(images), face_attributes.logits_from_scores(scores, thresholds),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_thresholds_for_rates_match_the_asked_label_rates():
+    rng = np.random.default_rng(3)
+    scores = np.stack([rng.normal(2.0, 3.0, 1000), rng.normal(40.0, 12.0, 1000), rng.normal(-1.0, 4.0, 1000)], 1)
+    rates = (0.77, 0.5, 0.4)
+    thresholds = face_attributes.thresholds_for_rates(scores, rates, age_scale=4.0)
+    np.testing.assert_allclose(face_attributes.label_rates(scores, thresholds), rates, atol=1.5e-3)
+    assert thresholds.age_scale == 4.0
+    np.testing.assert_allclose(thresholds.age_threshold, np.median(scores[:, 1]))
+    # P(male) at the 23% quantile of the gender logit
+    np.testing.assert_allclose(math.log(thresholds.male_prob / (1 - thresholds.male_prob)),
+                               np.quantile(scores[:, 0], 0.23), rtol=1e-9)
+    with pytest.raises(MagecError, match="in \\(0, 1\\)"):
+        face_attributes.thresholds_for_rates(scores, (0.5, 1.0, 0.5))
+    with pytest.raises(MagecError, match="shape"):
+        face_attributes.thresholds_for_rates(scores[:, :2], rates)

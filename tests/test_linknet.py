@@ -14,7 +14,7 @@ import pytest
 
 from bundle_tools import TINY, face_models, tiny_generator
 from conftest import REPO
-from magec_jax.bundle import build_bundle, load_bundle
+from magec_jax.bundle import build_bundle, load_bundle, update_manifest
 from magec_jax.editing.directions import load_ganspace
 from magec_jax.errors import MagecError
 from magec_jax.inversion.magec_loss import binarize
@@ -22,7 +22,8 @@ from magec_jax.models import stylegan2
 from magec_jax.models.face_attributes import ATTRIBUTE_NAMES
 from magec_jax.supervision import job as sup_job
 from magec_jax.supervision.samples import sample_ws
-from magec_jax.supervision.train import TrainSettings, balanced_accuracy, train_linknet
+from magec_jax.supervision.train import (TrainSettings, balanced_accuracy, class_weights, train_linknet,
+                                         weighted_descriptor_loss)
 from magec_jax.weights import load_converted
 
 
@@ -97,6 +98,38 @@ def test_balanced_accuracy_is_not_fooled_by_a_constant_guess():
     np.testing.assert_allclose(balanced_accuracy(np.eye(3)[[0, 1, 1, 2]], onehot, "softmax_ce"), [0.5, 1.0, 1.0])
 
 
+def test_class_weights_equalise_the_classes_and_average_one():
+    targets = np.array([[1, 0], [1, 0], [1, 1], [0, 0]], np.float32)  # positive rates 3/4 and 1/4
+    w = class_weights(targets, "bce")
+    np.testing.assert_allclose(w, [[2.0, 2 / 3], [2 / 3, 2.0]])
+    per_element = targets * w[1] + (1 - targets) * w[0]
+    np.testing.assert_allclose(per_element.mean(0), 1.0)  # the loss keeps its scale
+    np.testing.assert_allclose((per_element * targets).sum(0), (per_element * (1 - targets)).sum(0))
+    logits = np.array([[0.3, -1.0], [2.0, 0.5], [-0.2, 1.0], [0.1, -2.0]], np.float32)
+    bce = -(targets * np.log(1 / (1 + np.exp(-logits))) + (1 - targets) * np.log(1 / (1 + np.exp(logits))))
+    np.testing.assert_allclose(weighted_descriptor_loss(logits, targets, jnp.asarray(w), "bce"),
+                               (bce * per_element).mean(1), rtol=1e-5)
+    onehot = np.eye(3, dtype=np.float32)[[0, 0, 0, 1]]  # class 2 never occurs
+    np.testing.assert_allclose(class_weights(onehot, "softmax_ce"), [2 / 3, 2.0, 0.0])
+    with pytest.raises(MagecError, match="one class only"):
+        class_weights(np.ones((4, 2), np.float32), "bce")
+
+
+def test_class_balanced_loss_raises_balanced_accuracy_on_rare_labels():
+    """A noisy linear labelling with a 6% positive class: the plain loss leans to the majority, the class-balanced
+    one recovers the rare class (higher balanced accuracy, at some cost in plain accuracy)."""
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((3000, 4, 8)).astype(np.float32)
+    score = w.reshape(3000, -1) @ rng.standard_normal((32, 1)).astype(np.float32) / np.sqrt(32)
+    noisy = score + rng.normal(0.0, 0.5, score.shape).astype(np.float32)
+    targets = (noisy > np.quantile(noisy, 0.94)).astype(np.float32)
+    results = {balanced: train_linknet(w, targets, loss_kind="bce", key=jax.random.key(0),
+                                       settings=TrainSettings(batch_size=16, class_balanced=balanced))
+               for balanced in (False, True)}
+    plain, weighted = results[False].val_balanced_accuracy[0], results[True].val_balanced_accuracy[0]
+    assert weighted > plain + 0.15 and weighted > 0.8, (plain, weighted)
+
+
 def test_attribute_scores_rank_softmax_classes_by_log_odds():
     logits = np.array([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
     scores = sup_job.attribute_scores(logits, "softmax_ce")
@@ -159,13 +192,25 @@ def test_end_to_end_linknet_boundaries_ganspace_and_cache(bundle_dir):
     np.testing.assert_array_equal(load_converted(bundle_dir / "linknet").variables["params"]["fc"]["kernel"],
                                   link.variables["params"]["fc"]["kernel"])
 
+    # new descriptor thresholds relabel the cached scores: nothing is rendered, and the labels follow
+    cached = sup_job.label_source(bundle, bundle.descriptor())
+    scores = np.concatenate([np.load(p)["outputs"] for p in sorted(shards) if p.parent.name.startswith("mixed")])
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    manifest["descriptor"]["thresholds"] = dict(male_prob=0.5, age_threshold=float(np.median(scores[:, 1])),
+                                                age_scale=5.0, happy_prob=0.5)
+    update_manifest(bundle_dir, descriptor=manifest["descriptor"])
+    relabelled = sup_job.run(config, log=lambda msg: None)
+    assert relabelled["rendered"] == {"mixed": 0, "single": 0}
+    assert relabelled["linknet"]["positive_rates"]["Young"] == pytest.approx(0.5, abs=0.02)
+    assert cached.spec == sup_job.label_source(load_bundle(bundle_dir), bundle.descriptor()).spec
+
     # an interrupted run resumes: only the missing shard is rendered
     missing = next(p for p in shards if p.parent.name.startswith("mixed"))
     missing.unlink()
     config.fit = "linknet"
     resumed = sup_job.run(config, log=lambda msg: None)
     assert resumed["rendered"] == {"mixed": 32}
-    assert resumed["linknet"]["accuracies"] == summary["linknet"]["accuracies"]
+    assert resumed["linknet"]["accuracies"] == relabelled["linknet"]["accuracies"]
 
 
 def test_bundle_without_descriptor_is_one_clear_error(tmp_path, generator_dir):

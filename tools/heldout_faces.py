@@ -1,13 +1,18 @@
 """Writes photographs of HELD-OUT LFW people (never seen by the demo generator) as PNG crops, for inversion
 and evaluation.
 
-    python tools/heldout_faces.py --count 16 --out out/lfw_heldout16     # the faces of configs/eval_demo.py
+    python tools/heldout_faces.py --count 48 --out runs/lfw_heldout48     # the faces of configs/eval_demo.py
+    python tools/heldout_faces.py --count 16 --exclude runs/lfw_heldout48 --out runs/lfw_heldout_val16
 
 One photograph per person (:func:`magec_jax.training.data.heldout_portraits`: spread over the sorted held-out
 people; a count that divides a larger one picks a subset, so the 8 ``examples/`` are among the 16), cut as the
 central ``crop`` box the generator was trained on and saved at that native size as ``<Person>_0001.png``.
 The held-out rule (person-name hash below ``--fraction``) and the crop default to the demo run's
 (``configs/lfw_stylegan2.py``); ``tools/build_demo.py`` calls the same code for ``examples/``.
+
+``--exclude DIR`` leaves out the people who already have a portrait in DIR and spreads the pick over the
+others the same way: a validation set of people disjoint from the evaluation set, on which settings can be
+chosen without touching the evaluation faces.
 """
 
 from __future__ import annotations
@@ -17,16 +22,38 @@ import os
 import shutil
 from pathlib import Path
 
+from magec_jax.errors import MagecError
 from magec_jax.images import png_bytes
 from magec_jax.training import data as lfw
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pick_portraits(paths: list[str], count: int, *, fraction: float = lfw.DEFAULT_HELDOUT_FRACTION,
+                   exclude: frozenset[str] = frozenset()) -> list[str]:
+    """One photograph each of ``count`` held-out people not in ``exclude``, spread over the sorted remaining
+    people as :func:`magec_jax.training.data.heldout_portraits` spreads them (its pick when nobody is excluded)."""
+    if not exclude:
+        return lfw.heldout_portraits(paths, count, fraction)
+    every = lfw.heldout_portraits(paths, len(lfw.heldout_people(paths, fraction)), fraction)
+    left = [p for p in every if lfw.person_of(p) not in exclude]
+    if not 0 < count <= len(left):
+        raise MagecError(f"asked for {count} held-out people besides {len(exclude)} excluded; {len(left)} are left")
+    return [left[i * len(left) // count] for i in range(count)]
+
+
+def people_in(folder: Path) -> frozenset[str]:
+    """The people of the ``<Person>_NNNN.png`` portraits in ``folder``."""
+    if not folder.is_dir():
+        raise MagecError(f"{folder}: no such folder of portraits to exclude")
+    return frozenset(p.stem.rsplit("_", 1)[0] for p in folder.glob("*.png"))
+
+
 def write_portraits(source: Path, out_dir: Path, count: int, *, crop: int = lfw.DEFAULT_CROP,
-                    fraction: float = lfw.DEFAULT_HELDOUT_FRACTION) -> list[str]:
-    """Replaces ``out_dir`` with ``count`` held-out portraits of ``source``; returns their source paths."""
-    chosen = lfw.heldout_portraits(lfw.list_source(source), count, fraction)
+                    fraction: float = lfw.DEFAULT_HELDOUT_FRACTION, exclude: frozenset[str] = frozenset()) -> list[str]:
+    """Replaces ``out_dir`` with ``count`` held-out portraits of ``source`` (none of the ``exclude`` people);
+    returns their source paths."""
+    chosen = pick_portraits(lfw.list_source(source), count, fraction=fraction, exclude=exclude)
     crops = lfw.decode_source(source, chosen, crop, crop)  # the training crop, at its native size
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -44,8 +71,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "out" / "lfw_heldout16")
     parser.add_argument("--crop", type=int, default=lfw.DEFAULT_CROP)
     parser.add_argument("--fraction", type=float, default=lfw.DEFAULT_HELDOUT_FRACTION)
+    parser.add_argument("--exclude", type=Path, help="a folder of portraits whose people are left out")
     args = parser.parse_args()
-    chosen = write_portraits(args.source, args.out, args.count, crop=args.crop, fraction=args.fraction)
+    exclude = people_in(args.exclude) if args.exclude else frozenset()
+    chosen = write_portraits(args.source, args.out, args.count, crop=args.crop, fraction=args.fraction,
+                             exclude=exclude)
     print(f"{len(chosen)} held-out faces in {args.out}: {', '.join(Path(p).stem for p in chosen)}")
 
 

@@ -8,7 +8,7 @@
                                                p_before, p_after, t, realism}}}}}
     common             {reconstruction: [names], edits: {e: [names]}}: the images every method has
     means              {m: {mse, lpips, steps, seconds, ecs/<e>, realism/<e>, t/<e>}}: over ``common``
-    ttests             {metric: {m: {statistic, p_value, df, mean_difference, n}}}: each method against
+    ttests             {metric: {m: {statistic, p_value, df, mean_difference, n, ci_low, ci_high}}}: each method against
                        the reference method (the first), paired over ``common``
     run_seconds        {total, methods: {m: seconds}}: wall time of the invocation that wrote the file,
                        compilation included (work found done by a resumed run costs almost nothing)
@@ -210,7 +210,8 @@ def markdown(results: dict) -> str:
     if len(methods) > 1:
         tested = [k for k in keys if k in results["ttests"]]
         lines.append(f"Paired Student's t-tests against {results['methods'][results['reference_method']]['label']} "
-                     "(two-sided p; t statistic; bold: p < " + f"{results['significance']}):")
+                     "(two-sided p; t statistic; the mean difference reference - method with its 95% confidence "
+                     "interval; bold: p < " + f"{results['significance']}):")
         lines.append("")
         lines.append("| method | " + " | ".join(_title(k) for k in tested) + " |")
         lines.append("| --- | " + " | ".join("---" for _ in tested) + " |")
@@ -222,6 +223,8 @@ def markdown(results: dict) -> str:
                     cells.append("n/a")
                     continue
                 text = f"p={r['p_value']:.3g} (t={r['statistic']:.2f}, n={r['n']})"
+                if math.isfinite(r.get("ci_low", math.nan)):
+                    text += f"; {r['mean_difference']:+.3g} [{r['ci_low']:+.3g}, {r['ci_high']:+.3g}]"
                 cells.append(f"**{text}**" if r["p_value"] < results["significance"] else text)
             lines.append(f"| {results['methods'][m]['label']} | " + " | ".join(cells) + " |")
         lines.append("")

@@ -57,6 +57,21 @@ def student_t_two_sided_p(t: float, df: float) -> float:
     return betainc(df / 2.0, 0.5, df / (df + t * t))
 
 
+def student_t_quantile(q: float, df: float) -> float:
+    """The ``q`` quantile of Student's T with ``df`` degrees of freedom, for ``0.5 <= q < 1``: the root of
+    ``student_t_two_sided_p(t, df) = 2 (1 - q)``, bracketed by doubling and found by bisection to 1e-12."""
+    if not (0.5 <= q < 1.0 and df > 0):
+        raise ValueError(f"student_t_quantile needs 0.5 <= q < 1 and df > 0, got q={q}, df={df}")
+    target, hi = 2.0 * (1.0 - q), 1.0
+    while student_t_two_sided_p(hi, df) > target:
+        hi *= 2.0
+    lo = 0.0
+    while hi - lo > 1e-12 * max(1.0, hi):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if student_t_two_sided_p(mid, df) > target else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
 class TTest(NamedTuple):
     """A paired t-test of ``a - b``.
 
@@ -67,6 +82,8 @@ class TTest(NamedTuple):
       df: ``n - 1``.
       mean_difference: ``mean(a - b)``.
       n: number of pairs.
+      ci_low, ci_high: the 95% confidence interval of the mean difference,
+        ``mean(d) -/+ t_{0.975, n-1} std(d, ddof=1) / sqrt(n)`` (NaN for fewer than two pairs).
     """
 
     statistic: float
@@ -74,6 +91,8 @@ class TTest(NamedTuple):
     df: int
     mean_difference: float
     n: int
+    ci_low: float = math.nan
+    ci_high: float = math.nan
 
 
 def paired_ttest(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> TTest:
@@ -90,4 +109,5 @@ def paired_ttest(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarra
         statistic = math.nan if mean == 0.0 else math.copysign(math.inf, mean)
     else:
         statistic = mean / se
-    return TTest(statistic, student_t_two_sided_p(statistic, n - 1), n - 1, mean, n)
+    half = student_t_quantile(0.975, n - 1) * se
+    return TTest(statistic, student_t_two_sided_p(statistic, n - 1), n - 1, mean, n, mean - half, mean + half)

@@ -29,11 +29,14 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from magec_jax.errors import MagecError
 from magec_jax.models import emotion, faceres
 from magec_jax.models.interfaces import Descriptor, IdentityEmbedder
 
 ATTRIBUTE_NAMES = ("Male", "Young", "Smiling")
+SCORE_NAMES = ("gender_logit", "expected_age", "happy_log_odds")
 _HAPPY = emotion.LABELS.index("happy")
 
 
@@ -93,6 +96,25 @@ def happy_log_odds(emotion_logits_Bx7: jax.Array) -> jax.Array:
     return z[:, _HAPPY] - jax.nn.logsumexp(others_Bx6, axis=-1)
 
 
+def attribute_scores(
+    variables: Any, images_BxHxWx3: jax.Array, *, box: faceres.Box | None, dtype: Any = jnp.float32
+) -> jax.Array:
+    """``[B, 3]`` threshold-free scores, in the order of ``SCORE_NAMES``: faceres's gender logit, its expected
+    age in years, and the emotion model's happy log-odds. The descriptor's logits are affine in them
+    (:func:`logits_from_scores`), so thresholds can be calibrated on stored scores without running the networks."""
+    face = faceres.apply(variables["faceres"], faceres.preprocess(images_BxHxWx3, box=box), dtype=dtype)
+    z_Bx7 = emotion.apply(variables["emotion"], emotion.preprocess(images_BxHxWx3, box=box), dtype=dtype)["logits"]
+    return jnp.stack([face["gender_logit"][:, 0], face["age_expected"], happy_log_odds(z_Bx7)], axis=-1)
+
+
+def logits_from_scores(scores_Bx3: jax.Array, thresholds: FaceAttributeThresholds) -> jax.Array:
+    """``[B, 3]`` logits of ``ATTRIBUTE_NAMES`` from :func:`attribute_scores` (the module docstring's formulas)."""
+    male_B = scores_Bx3[:, 0] - _logit(thresholds.male_prob)
+    young_B = (thresholds.age_threshold - scores_Bx3[:, 1]) / thresholds.age_scale
+    smiling_B = scores_Bx3[:, 2] - _logit(thresholds.happy_prob)
+    return jnp.stack([male_B, young_B, smiling_B], axis=-1)
+
+
 def _attribute_logits(
     variables: Any,
     images_BxHxWx3: jax.Array,
@@ -102,12 +124,7 @@ def _attribute_logits(
     dtype: Any,
 ) -> jax.Array:
     """``[B, 3]`` logits of (Male, Young, Smiling) for project images."""
-    face = faceres.apply(variables["faceres"], faceres.preprocess(images_BxHxWx3, box=box), dtype=dtype)
-    z_Bx7 = emotion.apply(variables["emotion"], emotion.preprocess(images_BxHxWx3, box=box), dtype=dtype)["logits"]
-    male_B = face["gender_logit"][:, 0] - _logit(thresholds.male_prob)
-    young_B = (thresholds.age_threshold - face["age_expected"]) / thresholds.age_scale
-    smiling_B = happy_log_odds(z_Bx7) - _logit(thresholds.happy_prob)
-    return jnp.stack([male_B, young_B, smiling_B], axis=-1)
+    return logits_from_scores(attribute_scores(variables, images_BxHxWx3, box=box, dtype=dtype), thresholds)
 
 
 def face_attribute_descriptor(
@@ -145,26 +162,36 @@ def _logits_fn(thresholds: FaceAttributeThresholds, box: faceres.Box | None, dty
     return functools.partial(_attribute_logits, thresholds=thresholds, box=box, dtype=dtype)
 
 
-def calibrate_thresholds(
-    faceres_variables: Any,
-    images_NxHxWx3: Any,
-    *,
-    box: faceres.Box | None = faceres.FACE_BOX,
-    young_fraction: float = 0.5,
-    male_prob: float = 0.5,
-    happy_prob: float = 0.5,
-    batch: int = 32,
+def label_rates(scores_Nx3: np.ndarray, thresholds: FaceAttributeThresholds) -> np.ndarray:
+    """``[3]`` fraction of samples labelled present (logit > 0) for each of ``ATTRIBUTE_NAMES``."""
+    return np.asarray(logits_from_scores(jnp.asarray(scores_Nx3, jnp.float32), thresholds) > 0).mean(axis=0)
+
+
+def thresholds_for_rates(
+    scores_Nx3: np.ndarray, rates: tuple[float, float, float], *, age_scale: float = FaceAttributeThresholds.age_scale
 ) -> FaceAttributeThresholds:
-    """Thresholds for a domain: Young is set so that ``young_fraction`` of ``images`` (real photographs of the
-    domain, [-1, 1]) count as young (the quantile of faceres's expected age), which keeps the attribute
-    informative whatever the age spread of the data; Male and Smiling keep the networks' own decision rules
-    (``male_prob``, ``happy_prob``), which need no calibration data of their own."""
-    fn = jax.jit(lambda v, x: faceres.apply(v, faceres.preprocess(x, box=box))["age_expected"])
-    ages = jnp.concatenate([fn(faceres_variables, jnp.asarray(images_NxHxWx3[i:i + batch]))
-                            for i in range(0, len(images_NxHxWx3), batch)])
+    """Thresholds under which a fraction ``rates[k]`` of the samples behind ``scores`` (:func:`attribute_scores`)
+    is labelled with attribute k: each threshold is the matching quantile of its score (quantile matching).
+
+    Used to give generated samples the label rates of the real photographs the generator imitates, when the
+    face models read generated faces differently from real ones (``tools/build_demo.py``).
+
+    Raises:
+      MagecError: a rate outside (0, 1), or fewer than two samples.
+    """
+    scores = np.asarray(scores_Nx3, np.float64)
+    if scores.ndim != 2 or scores.shape[1] != len(ATTRIBUTE_NAMES) or len(scores) < 2:
+        raise MagecError(f"threshold calibration needs scores of shape [N >= 2, 3], got {scores.shape}")
+    if not all(0.0 < r < 1.0 for r in rates) or len(rates) != len(ATTRIBUTE_NAMES):
+        raise MagecError(f"threshold calibration: label rates must be three numbers in (0, 1), got {rates}")
+    male_rate, young_rate, smiling_rate = rates
     return FaceAttributeThresholds(
-        male_prob=male_prob,
-        age_threshold=float(jnp.quantile(ages, young_fraction)),
-        age_scale=FaceAttributeThresholds.age_scale,
-        happy_prob=happy_prob,
+        male_prob=_sigmoid(float(np.quantile(scores[:, 0], 1.0 - male_rate))),
+        age_threshold=float(np.quantile(scores[:, 1], young_rate)),
+        age_scale=age_scale,
+        happy_prob=_sigmoid(float(np.quantile(scores[:, 2], 1.0 - smiling_rate))),
     )
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))

@@ -2,10 +2,11 @@
 
 Stages (``config.fit``: ``linknet``, ``boundaries``, ``both`` or ``none``; ``config.ganspace.enabled``):
 
-  * **linknet**: N per-layer-mixed samples (:mod:`.samples`), labelled with F's binarised outputs, train
-    the linear LinkNet (:mod:`.train`); saved as ``BUNDLE/linknet`` (converted format, kind ``linknet``,
-    ``extra``: accuracies, N, epochs, seed, loss history) and named in the manifest.
-  * **boundaries**: N single-w samples; per attribute of F, InterFaceGAN's SVM on the top and bottom
+  * **linknet**: ``sampling.num_samples`` per-layer-mixed samples (:mod:`.samples`), labelled with F's
+    binarised outputs, train the linear LinkNet (:mod:`.train`; plain or class-balanced loss); saved as
+    ``BUNDLE/linknet`` (converted format, kind ``linknet``, ``extra``: plain and balanced accuracies, label
+    rates, N, epochs, seed, loss history) and named in the manifest.
+  * **boundaries**: ``boundaries.num_samples`` single-w samples; per attribute of F, InterFaceGAN's SVM on the top and bottom
     ``ratio`` by F's score (bce: the logit; softmax_ce: the class log-odds), unit normal ``[w_dim]``. Written
     into ``BUNDLE/directions.npz`` (other directions already there are kept) and named in the manifest; the
     fit report goes to ``BUNDLE/directions_fit.json``.
@@ -20,6 +21,7 @@ so a rerun, or a run that was stopped, renders only what is missing.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
 from pathlib import Path
@@ -31,13 +33,16 @@ import ml_collections
 import numpy as np
 
 from magec_jax import images as imio
-from magec_jax.bundle import Bundle, load_bundle, update_manifest
+from magec_jax.bundle import Bundle, _face_box, load_bundle, update_manifest
 from magec_jax.editing.directions import fit_boundary, fit_ganspace, save_ganspace
 from magec_jax.errors import MagecError
 from magec_jax.inversion.magec_loss import binarize
+from magec_jax.models.face_attributes import SCORE_NAMES, FaceAttributeThresholds, logits_from_scores
 from magec_jax.models.interfaces import Descriptor, LossKind
 from magec_jax.models.linknet import LinkNetConfig
-from magec_jax.supervision.samples import SampleSettings, Samples, fingerprint, load_or_render, mapped_ws, weight_hashes
+from magec_jax.supervision.calibration import scores_fn
+from magec_jax.supervision.samples import (LabelSource, SampleSettings, Samples, fingerprint, load_or_render, mapped_ws,
+                                           weight_hashes)
 from magec_jax.supervision.train import TrainSettings, train_linknet
 from magec_jax.weights import Converted, save_converted
 
@@ -48,8 +53,10 @@ Log = Callable[[str], None]
 
 @dataclasses.dataclass(frozen=True)
 class BoundarySettings:
-    """InterFaceGAN's recipe: top/bottom ``ratio`` of N samples, ``val_fraction`` held out, SVM ``C``."""
+    """InterFaceGAN's recipe: top/bottom ``ratio`` of ``num_samples`` single-w samples, ``val_fraction`` held
+    out, SVM ``C``."""
 
+    num_samples: int = 50_000
     ratio: float = 0.02
     val_fraction: float = 0.3
     svm_c: float = 1.0
@@ -94,7 +101,8 @@ class SupervisionConfig:
         )
         if job.fit not in FITS:
             raise MagecError(f"config.fit is {job.fit!r}; expected one of {', '.join(FITS)}")
-        positive = dict(num_samples=job.sampling.num_samples, batch_size=job.sampling.batch_size,
+        positive = dict(num_samples=job.sampling.num_samples, boundary_samples=job.boundaries.num_samples,
+                        batch_size=job.sampling.batch_size,
                         shard_size=job.sampling.shard_size, epochs=job.linknet.epochs,
                         linknet_batch_size=job.linknet.batch_size)
         for name, value in positive.items():
@@ -104,7 +112,8 @@ class SupervisionConfig:
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """A supervision config with the paper's settings (N = 50,000, 10 epochs, Adam lr 1e-3) and empty paths."""
+    """A supervision config with the paper's settings (N = 50,000 samples for LinkNet and for the boundaries,
+    10 epochs, Adam lr 1e-3, the plain loss) and empty paths."""
     config = ml_collections.ConfigDict()
     config.bundle = ""
     config.fit = "both"
@@ -123,6 +132,33 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def streams_of(job: SupervisionConfig) -> dict[str, jax.Array]:
+    """The job's named random streams: ``jax.random.key(seed)`` split once into ``STREAMS``."""
+    return dict(zip(STREAMS, jax.random.split(jax.random.key(job.seed), len(STREAMS))))
+
+
+def load_samples(bundle: Bundle, job: SupervisionConfig, variant: str, *, log: Log = _stderr) -> Samples:
+    """The job's samples of one variant (``mixed``: ``sampling.num_samples``; ``single``:
+    ``boundaries.num_samples``), labelled by the bundle's F, from the cache where rendered before."""
+    descriptor = bundle.descriptor()
+    if descriptor is None:
+        raise MagecError(f"{bundle.path}: the bundle has no descriptor F to label samples with; add one "
+                         "(python -m magec_jax.bundle --face-descriptor or --resnet-descriptor)")
+    cfg, gen_variables = bundle.generator
+    if cfg.c_dim:
+        raise MagecError(f"{bundle.path}: conditional generators (c_dim={cfg.c_dim}) are not supported")
+    labels = label_source(bundle, descriptor)
+    settings = job.sampling if variant == "mixed" else dataclasses.replace(
+        job.sampling, num_samples=job.boundaries.num_samples)
+    with jax.default_matmul_precision(job.matmul_precision):  # also when called on its own
+        return load_or_render(
+            variant, settings, cfg=cfg, gen_variables=gen_variables, labels=labels, w_avg_D=bundle.w_avg(),
+            key=streams_of(job)[variant], cache_root=Path(job.cache_dir) if job.cache_dir else bundle.path / "supervision",
+            cache_key=fingerprint(variant, settings, job.seed, weight_hashes(bundle.path, bundle.manifest), labels),
+            log=log,
+        )
+
+
 def run(config: ml_collections.ConfigDict, *, log: Log = _stderr) -> dict[str, Any]:
     """Runs the stages ``config`` selects on its bundle; returns a summary.
 
@@ -131,44 +167,53 @@ def run(config: ml_collections.ConfigDict, *, log: Log = _stderr) -> dict[str, A
     """
     job = SupervisionConfig.from_config(config)
     bundle = load_bundle(job.bundle)
-    cfg, gen_variables = bundle.generator
-    if cfg.c_dim:
-        raise MagecError(f"{bundle.path}: conditional generators (c_dim={cfg.c_dim}) are not supported")
-    w_avg = bundle.w_avg()
-    streams = dict(zip(STREAMS, jax.random.split(jax.random.key(job.seed), len(STREAMS))))
+    streams = streams_of(job)
     summary: dict[str, Any] = dict(bundle=str(bundle.path), fit=job.fit, seed=job.seed, rendered={})
+
+    def samples(variant: str) -> Samples:
+        found = load_samples(bundle, job, variant, log=log)
+        summary["rendered"][variant] = found.rendered
+        return found
+
     with jax.default_matmul_precision(job.matmul_precision):
-        if job.fit != "none":
-            descriptor = bundle.descriptor()
-            if descriptor is None:
-                raise MagecError(f"{bundle.path}: the bundle has no descriptor F to label samples with; add one "
-                                 "(python -m magec_jax.bundle --face-descriptor or --resnet-descriptor)")
-            hashes = weight_hashes(bundle.path, bundle.manifest)
-            cache_root = Path(job.cache_dir) if job.cache_dir else bundle.path / "supervision"
-
-            def samples(variant: str) -> Samples:
-                found = load_or_render(
-                    variant, job.sampling, cfg=cfg, gen_variables=gen_variables, descriptor=descriptor,
-                    w_avg_D=w_avg, key=streams[variant], cache_root=cache_root,
-                    cache_key=fingerprint(variant, job.sampling, job.seed, hashes), log=log,
-                )
-                summary["rendered"][variant] = found.rendered
-                return found
-
-            if job.fit in ("linknet", "both"):
-                summary["linknet"] = fit_linknet(bundle, samples("mixed"), descriptor, job, streams["linknet"], log)
-            if job.fit in ("boundaries", "both"):
-                summary["boundaries"] = fit_boundaries(bundle, samples("single"), descriptor, job, log)
+        if job.fit in ("linknet", "both"):
+            summary["linknet"] = fit_linknet(bundle, samples("mixed"), bundle.descriptor(), job, streams["linknet"], log)
+        if job.fit in ("boundaries", "both"):
+            summary["boundaries"] = fit_boundaries(bundle, samples("single"), bundle.descriptor(), job, log)
         if job.ganspace.enabled:
-            summary["ganspace"] = fit_bundle_ganspace(bundle, w_avg, job, streams["ganspace"], log)
+            summary["ganspace"] = fit_bundle_ganspace(bundle, bundle.w_avg(), job, streams["ganspace"], log)
     return summary
 
 
+def label_source(bundle: Bundle, descriptor: Descriptor) -> LabelSource:
+    """What the sample cache stores for the bundle's F: the faceres+emotion descriptor's threshold-free scores
+    (its thresholds applied on loading, so recalibrating them renders nothing again), else F's logits.
+
+    A face-attribute descriptor entry may hold ``generated_thresholds`` beside ``thresholds``: the thresholds
+    that give generated samples the label rates ``thresholds`` give real photographs (``tools/build_demo.py``);
+    the samples are labelled with them, real images (F's role in the inversion and the evaluation) with
+    ``thresholds``."""
+    spec = dict(bundle.manifest["descriptor"])
+    if spec["kind"] != "face_attributes":
+        return LabelSource(name=descriptor.name, apply=descriptor.apply, variables=descriptor.variables,
+                           spec=dict(spec, outputs="logits"), to_logits=np.asarray)
+    thresholds = FaceAttributeThresholds(**spec.pop("generated_thresholds", spec.get("thresholds", {})))
+    spec.pop("thresholds", None)
+    return LabelSource(name=descriptor.name, apply=scores_fn(_face_box(spec)), variables=descriptor.variables,
+                       spec=dict(spec, face_box=_face_box(spec), outputs=list(SCORE_NAMES)),
+                       to_logits=functools.partial(_face_logits, thresholds=thresholds))
+
+
+def _face_logits(scores_Nx3: np.ndarray, *, thresholds: FaceAttributeThresholds) -> np.ndarray:
+    return np.asarray(logits_from_scores(jnp.asarray(scores_Nx3), thresholds))
+
+
 def _recorded_path(bundle: Bundle, path: Path) -> str:
-    """``path`` as the reports record it: relative to the bundle when inside it (bundles move), else absolute."""
+    """A sample cache folder as the reports record it: relative to the bundle when inside it (bundles move),
+    else its name alone (``<variant>-<fingerprint digest>``, which identifies the samples wherever they are)."""
     path = Path(path).resolve()
     root = Path(bundle.path).resolve()
-    return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
 
 
 def _floats(values) -> list[float | None]:
@@ -190,6 +235,7 @@ def fit_linknet(bundle: Bundle, samples: Samples, descriptor: Descriptor, job: S
         positive_rates=dict(zip(names, _floats(result.positive_rate))),
         N=int(samples.w.shape[0]), num_train=result.num_train, num_val=result.num_val,
         epochs=job.linknet.epochs, seed=job.seed, batch_size=job.linknet.batch_size,
+        class_balanced=job.linknet.class_balanced,
         learning_rate=job.linknet.learning_rate, loss=descriptor.loss, descriptor=descriptor.name,
         attribute_names=list(names), truncation_psi=job.sampling.truncation_psi,
         initial_loss=result.initial_loss, train_loss=_floats(result.train_loss),

@@ -2,7 +2,12 @@
 
 METHOD.md: Adam with default hyper-parameters (lr 1e-3, b1 0.9, b2 0.999, eps 1e-8), 10 epochs, loss L_F
 (:func:`~magec_jax.inversion.magec_loss.descriptor_loss`, bce or softmax_ce). A held-out split measures
-validation accuracy.
+validation accuracy, plain and balanced (:func:`balanced_accuracy`).
+
+``TrainSettings.class_balanced`` (off by default, a deviation from the paper's plain loss) weighs every
+class by the inverse of its frequency in the training split (:func:`class_weights`), so that a rare label
+(women, or smiles, among a generator's samples) counts as much as the common one; the weights average to 1
+over the training split, so the loss keeps its scale.
 
 An epoch is ONE jitted call: a ``lax.scan`` over the minibatches of a fresh permutation of the training rows
 (the ragged tail is dropped; a different tail every epoch), with the parameters and Adam state donated. The
@@ -34,6 +39,7 @@ class TrainSettings:
     batch_size: int = 64
     learning_rate: float = 1e-3
     val_fraction: float = 0.1
+    class_balanced: bool = False
 
 
 class TrainResult(NamedTuple):
@@ -97,21 +103,61 @@ def split_indices(n: int, val_fraction: float, key: jax.Array) -> tuple[np.ndarr
     return perm[num_val:], perm[:num_val]
 
 
-def _loss(variables, w_BxLxD, targets_BxK, loss_kind: LossKind) -> jax.Array:
-    return descriptor_loss(linknet_apply(variables, w_BxLxD), targets_BxK, loss_kind).mean()
+def class_weights(targets_NxK: np.ndarray, loss_kind: LossKind) -> np.ndarray:
+    """Inverse-frequency class weights, each class's total weight equal, averaging 1 over ``targets``.
+
+    bce: ``[2, K]``, row 0 for absent and row 1 for present labels: ``0.5 / (1 - p_k)`` and ``0.5 / p_k``
+    with ``p_k`` the attribute's positive rate. softmax_ce: ``[K]``, ``1 / (C p_c)`` for the ``C`` classes that
+    occur (0 for a class that never does).
+
+    Raises:
+      MagecError: a bce attribute that is always or never present (no weighting can balance it).
+    """
+    on = np.asarray(targets_NxK, np.float64) > 0.5
+    rate_K = on.mean(axis=0)
+    if loss_kind == "bce":
+        if np.any((rate_K == 0) | (rate_K == 1)):
+            raise MagecError(f"class-balanced LinkNet loss: an attribute has one class only (positive rates {rate_K})")
+        return np.stack([0.5 / (1 - rate_K), 0.5 / rate_K]).astype(np.float32)
+    present = rate_K > 0
+    return np.where(present, 1.0 / (present.sum() * np.where(present, rate_K, 1.0)), 0.0).astype(np.float32)
+
+
+def sample_weights(targets_xK: jax.Array, weights: jax.Array, loss_kind: LossKind) -> jax.Array:
+    """Per-element weights ``[..., K]`` (bce) or per-sample weights ``[...]`` (softmax_ce) from :func:`class_weights`."""
+    if loss_kind == "bce":
+        on, off = (jnp.broadcast_to(w_K, targets_xK.shape) for w_K in (weights[1], weights[0]))
+        return targets_xK * on + (1.0 - targets_xK) * off
+    return targets_xK @ weights
+
+
+def weighted_descriptor_loss(logits_xK: jax.Array, targets_xK: jax.Array, weights: jax.Array | None,
+                             loss_kind: LossKind) -> jax.Array:
+    """L_F per sample (leading axes kept), class-weighted when ``weights`` (:func:`class_weights`) is given."""
+    if weights is None:
+        return descriptor_loss(logits_xK, targets_xK, loss_kind)
+    if loss_kind == "bce":
+        per_k = optax.sigmoid_binary_cross_entropy(logits_xK, targets_xK)
+        return (per_k * sample_weights(targets_xK, weights, loss_kind)).mean(axis=-1)
+    return descriptor_loss(logits_xK, targets_xK, loss_kind) * sample_weights(targets_xK, weights, loss_kind)
+
+
+def _loss(variables, w_BxLxD, targets_BxK, weights, loss_kind: LossKind) -> jax.Array:
+    return weighted_descriptor_loss(linknet_apply(variables, w_BxLxD), targets_BxK, weights, loss_kind).mean()
 
 
 @functools.lru_cache(maxsize=None)
 def _epoch_fn(loss_kind: LossKind, batch_size: int, num_batches: int, learning_rate: float) -> Callable:
-    """Jitted ``(variables, opt_state, w, targets, key) -> (variables, opt_state, mean_loss)``."""
+    """Jitted ``(variables, opt_state, w, targets, weights, key) -> (variables, opt_state, mean_loss)``;
+    ``weights`` is :func:`class_weights` or None (the plain loss)."""
     optimizer = optax.adam(learning_rate)
 
-    def epoch(variables, opt_state, w_NxLxD, targets_NxK, key):
+    def epoch(variables, opt_state, w_NxLxD, targets_NxK, weights, key):
         order = jax.random.permutation(key, w_NxLxD.shape[0])[: num_batches * batch_size]
 
         def step(carry, idx_B):
             params, state = carry
-            loss, grads = jax.value_and_grad(_loss)(params, w_NxLxD[idx_B], targets_NxK[idx_B], loss_kind)
+            loss, grads = jax.value_and_grad(_loss)(params, w_NxLxD[idx_B], targets_NxK[idx_B], weights, loss_kind)
             updates, state = optimizer.update(grads, state, params)
             return (optax.apply_updates(params, updates), state), loss
 
@@ -125,11 +171,13 @@ def _epoch_fn(loss_kind: LossKind, batch_size: int, num_batches: int, learning_r
 
 @functools.lru_cache(maxsize=None)
 def _eval_fn(loss_kind: LossKind) -> Callable:
-    """Jitted ``(variables, w, targets) -> (loss, per_output_accuracy, mean_accuracy)``."""
+    """Jitted ``(variables, w, targets, weights) -> (loss, per_output_accuracy, mean_accuracy)``; the loss is
+    the training objective (class-weighted when ``weights`` is given)."""
 
-    def evaluate(variables, w_NxLxD, targets_NxK):
+    def evaluate(variables, w_NxLxD, targets_NxK, weights):
         logits = linknet_apply(variables, w_NxLxD)
-        return (descriptor_loss(logits, targets_NxK, loss_kind).mean(), *accuracy(logits, targets_NxK, loss_kind))
+        return (weighted_descriptor_loss(logits, targets_NxK, weights, loss_kind).mean(),
+                *accuracy(logits, targets_NxK, loss_kind))
 
     return jax.jit(evaluate)
 
@@ -162,20 +210,21 @@ def train_linknet(
     num_batches = len(train_idx) // batch_size
     w_train, t_train = jnp.asarray(w_NxLxD[train_idx]), jnp.asarray(targets_NxK[train_idx])
     w_val, t_val = jnp.asarray(w_NxLxD[val_idx]), jnp.asarray(targets_NxK[val_idx])
+    weights = jnp.asarray(class_weights(targets_NxK[train_idx], loss_kind)) if settings.class_balanced else None
 
     cfg = LinkNetConfig(num_ws=num_ws, w_dim=w_dim, num_outputs=targets_NxK.shape[1])
     variables = LinkNet(cfg).init(keys["init"], jnp.zeros((1, num_ws, w_dim), jnp.float32))
     opt_state = optax.adam(settings.learning_rate).init(variables)
     epoch_fn = _epoch_fn(loss_kind, batch_size, num_batches, settings.learning_rate)
     eval_fn = _eval_fn(loss_kind)
-    initial_loss = float(eval_fn(variables, w_train, t_train)[0])
+    initial_loss = float(eval_fn(variables, w_train, t_train, weights)[0])
     log(f"linknet: {len(train_idx)} train / {len(val_idx)} val samples, {num_batches} steps of {batch_size} "
-        f"per epoch; initial loss {initial_loss:.4f}")
+        f"per epoch; {'class-balanced' if settings.class_balanced else 'plain'} loss, initial {initial_loss:.4f}")
     history = []
     for epoch in range(settings.epochs):
-        variables, opt_state, train_loss = epoch_fn(variables, opt_state, w_train, t_train,
+        variables, opt_state, train_loss = epoch_fn(variables, opt_state, w_train, t_train, weights,
                                                     jax.random.fold_in(keys["shuffle"], epoch))
-        metrics = jax.device_get((train_loss, *eval_fn(variables, w_val, t_val)))  # one fetch per epoch
+        metrics = jax.device_get((train_loss, *eval_fn(variables, w_val, t_val, weights)))  # one fetch per epoch
         if not all(np.all(np.isfinite(m)) for m in metrics[:2]):
             raise MagecError(f"linknet: non-finite loss in epoch {epoch + 1} (learning rate {settings.learning_rate})")
         history.append(metrics)
