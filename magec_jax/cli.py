@@ -13,8 +13,10 @@ is refused, and a file without ``VARIANTS`` takes none.
 field's type: ``true``/``false`` for booleans, numbers, text as it is, a Python literal or a comma-separated
 list for tuples (``--config.edit_grid.strengths=-2,0,2``), ``None`` where a field may be None.
 
-**Output location.** Every config tool writes to the field ``out_dir``; the flag tools (``generate``, ``edit``,
-``diagnose``) take ``--out``. Inputs are named for what they hold (``images``, ``bundle``, ``latents``).
+**Output location.** Every config tool writes to the field ``out_dir`` (``linknet`` writes into its bundle);
+the flag tools (``generate``, ``edit``, ``diagnose``) take ``--out``; the two that assemble a folder
+(``ports.convert SRC DST``, ``magec_jax.bundle DST``) name it last. Inputs are named for what they hold
+(``images``, ``bundle``, ``latents``).
 
 ``--help`` prints the tool's description, its config files in ``configs/`` with their variants, and every field
 of the config given (else the tool's example config) with its value; it exits 0. Every mistake (an unknown
