@@ -260,6 +260,22 @@ def test_overrides_are_read_by_the_field_type():
         cli.load_config(str(REPO / "configs" / "demo.py"), [("step_scale", "0.1")])
 
 
+@pytest.mark.parametrize("tool,shown", [
+    ("generate", ["truncation towards w_avg (1: none) (default: 1.0)", "(default: const)", "(default: 8)"]),
+    ("edit", ["(default: -3,0,3)", "along the component (default: -2,0,2)", "(default: 5)"]),
+    ("diagnose", ["(default: magec)", "mapped w samples (default: 4000)"]),
+])
+def test_flag_tools_help_shows_the_defaults(tool, shown, capsys):
+    main = _main(tool)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for text in shown:
+        assert text in out, text
+    assert "(default: None)" not in out
+
+
 # ---- 9. one field shortens every protocol ------------------------------------------------------------------
 
 
