@@ -13,9 +13,9 @@ MediaPipe); weights are converted by :func:`ports.tfjs.convert_blazeface`. Layer
 * Heads (1x1 convolutions): on the 16 px map ``conv2d_33`` (2 anchors x 1 score) and ``conv2d_35``
   (2 x 16 regressors); on the 8 px map ``conv2d_34`` (6 x 1) and ``conv2d_36`` (6 x 16).
 
-Input: ``x_Bx256x256x3`` float RGB, ``u8 / 127.5 - 0.5`` (Human's normalisation, which the golden fixture
-records; MediaPipe itself feeds [-1, 1], so the detector sees a slightly brightened image, as in Human).
-:func:`normalize` makes it from uint8 pixels.
+Input: ``x_Bx256x256x3`` float RGB in [-1, 1] (``u8 / 127.5 - 1``, as MediaPipe and Human 3.3.6's detector
+feed it; :func:`normalize`). The golden fixture's network-only cases feed ``u8 / 127.5 - 0.5`` instead (an
+older Human's normalisation): the port matches them too, as any input is just an input to the graph.
 
 Output, in anchor order (row-major cells, then anchors per cell; the 16 px grid's 512 anchors first):
 ``scores`` [B, 896] logits and ``regressors`` [B, 896, 16] -- box centre offset x, y and box width, height,
@@ -46,8 +46,8 @@ RIGHT_EYE, LEFT_EYE, NOSE, MOUTH, RIGHT_EAR, LEFT_EAR = range(NUM_KEYPOINTS)
 
 
 def normalize(pixels_u8: jax.Array) -> jax.Array:
-    """uint8 (or float 0..255) RGB -> the network's input ``x / 127.5 - 0.5``, float32."""
-    return jnp.asarray(pixels_u8, jnp.float32) / 127.5 - 0.5
+    """uint8 (or float 0..255) RGB -> the network's input ``x / 127.5 - 1`` in [-1, 1], float32."""
+    return jnp.asarray(pixels_u8, jnp.float32) / 127.5 - 1.0
 
 
 def anchors() -> np.ndarray:
@@ -77,6 +77,7 @@ class Depthwise3x3(nn.Module):
     def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
         b, h, w, c = x_BxHxWxC.shape
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, 1, c)).astype(self.dtype)
+        taps = kernel.reshape(3, 3, 1, 1, 1, c)  # each tap broadcast over [B, H, W, C]
         (top, bottom), (left, right) = jax.lax.padtype_to_pads((h, w), (3, 3), (self.stride,) * 2, "SAME")
         x = jnp.pad(x_BxHxWxC.astype(self.dtype), ((0, 0), (top, bottom), (left, right), (0, 0)))
         ho, wo = -(-h // self.stride), -(-w // self.stride)
@@ -85,7 +86,7 @@ class Depthwise3x3(nn.Module):
             for j in range(3):
                 window = x[:, i : i + self.stride * (ho - 1) + 1 : self.stride, j : j + self.stride * (wo - 1) + 1 :
                            self.stride, :]
-                out = out + window * kernel[i, j, 0]
+                out = out + window * taps[i, j]
         return out
 
 
@@ -101,7 +102,8 @@ class Pointwise(nn.Module):
         c = x_BxHxWxC.shape[-1]
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (1, 1, c, self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        return x_BxHxWxC.astype(self.dtype) @ kernel[0, 0].astype(self.dtype) + bias.astype(self.dtype)
+        y = x_BxHxWxC.astype(self.dtype) @ kernel[0, 0].astype(self.dtype)
+        return y + bias.reshape((1,) * (y.ndim - 1) + (-1,)).astype(self.dtype)
 
 
 class BlazeFace(nn.Module):

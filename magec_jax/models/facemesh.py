@@ -73,7 +73,8 @@ class PReLU(nn.Module):
     @nn.compact
     def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
         alpha = self.param("alpha", nn.initializers.constant(0.25), (x_BxHxWxC.shape[-1],))
-        return jnp.where(x_BxHxWxC < 0, x_BxHxWxC * alpha.astype(self.dtype), x_BxHxWxC)
+        alpha = alpha.reshape((1,) * (x_BxHxWxC.ndim - 1) + (-1,)).astype(self.dtype)
+        return jnp.where(x_BxHxWxC < 0, x_BxHxWxC * alpha, x_BxHxWxC)
 
 
 class FaceMesh(nn.Module):
