@@ -322,6 +322,7 @@ def test_bad_input(detector):
         with pytest.raises(DetectionError) as err:
             detector.detect([np.zeros((8, 8, 3), np.uint8), image])
         assert "image 1" in str(err.value) and what in str(err.value) and "\n" not in str(err.value)
+    assert detector.detect([]) == []
     with pytest.raises(DetectionError, match="max_faces"):
         DetectorConfig(max_faces=0)
     with pytest.raises(DetectionError, match="rotation_line"):

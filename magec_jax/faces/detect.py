@@ -23,18 +23,24 @@ The steps, for a batch of photographs (uint8 RGB; grey is replicated, an alpha c
 5. **Refinement** (optional, ``refine=True``): FaceMesh runs once more, on crops made from its first landmarks (upright
    on the line of the two eye centres, centred on the landmarks, ``box_scale`` times their extent), as
    MediaPipe does when it tracks a face. The crop then follows the face rather than BlazeFace's coarse box
-   and keypoints (whose eye line is off by up to 5 degrees), and the landmarks vary far less with the
+   and keypoints (whose eye line is off by up to 5 degrees), and the landmarks vary less with the
    photograph's framing. Measured, in crop pixels (``side / 192`` photograph pixels): the 26 CelebA-HQ faces
-   at 1024 px against the same at 512 px, 0.34 RMS in one pass, 0.22 refined; a face rotated by 25 degrees
-   against the upright face rotated, 0.95 RMS in one pass, 0.20 refined.
+   at 1024 px against the same at 512 px, 0.35 RMS in one pass, 0.19 refined; a face rotated by 25 degrees
+   against the upright face rotated, 0.77 RMS in one pass (alignment points within 1.2), 0.36 refined (0.6).
+   The outline points (forehead, jaw) follow the crop's framing, so refined landmarks are further from
+   Human's, which come from BlazeFace's box: that is why it is not the default.
 
 Coordinates are photograph pixels with pixel centres at integers (``x`` = column index, ``y`` = row index), as
 dlib and NVIDIA's FFHQ alignment script use them. A landmark's ``z`` is FaceMesh's relative depth, scaled to
 the same pixels.
 
-Agreement with Human 3.3.6 (``../shared/fixtures/face_landmarks``, ``tests/test_faces_detect.py``): the same
-faces are found, and landmarks agree to about one photograph pixel. Human truncates its landmarks to integers
-and squashes non-square photographs; :class:`DetectorConfig` documents which settings reproduce it.
+Agreement with Human 3.3.6 (``../shared/fixtures/face_landmarks``, ``tests/test_faces_detect.py``): with
+:meth:`DetectorConfig.human` (its squashing, its rotation rule), every face Human finds is found and every
+landmark is within 0.5 px + 1.5 crop pixels of Human's (LFW's 250-px photographs: under 1 px; 512-px CelebA-HQ:
+under 2.5 px), with no bias. The defaults differ from it only where Human errs: letterboxing (Human's squashed
+2:1 frame puts faces tens of pixels off; letterboxed, a face gets the landmarks it has in its photograph
+alone) and the eye line for rotation (Human's mouth-nose line tilts upright faces by 10-15 degrees). On
+square photographs of upright faces the defaults give Human's landmarks.
 """
 
 from __future__ import annotations
@@ -402,7 +408,7 @@ class FaceDetector:
                 lo = out["boxes"][p, k, :2] * scale + offset - 0.5
                 hi = out["boxes"][p, k, 2:] * scale + offset - 0.5
                 keypoints = out["keypoints"][p, k] * scale + offset - 0.5
-                crop = Crop(centre=tuple((lo + hi) / 2), side=cfg.box_scale * float(np.max(hi - lo)),
+                crop = Crop(centre=_point((lo + hi) / 2), side=cfg.box_scale * float(np.max(hi - lo)),
                             angle=_upright_angle(keypoints, cfg))
                 found.append((p, tuple(np.concatenate([lo, hi]).tolist()), float(out["scores"][p, k]), keypoints, crop))
         faces: list[list[Face]] = [[] for _ in photos]
@@ -424,7 +430,8 @@ class FaceDetector:
                                  keypoints_6x2=_readonly(keypoints), crop=crops[i]))
         return faces
 
-    def _mesh_pass(self, photos: list[np.ndarray], owners: list[int], crops: list[Crop]) -> tuple[np.ndarray, ...]:
+    def _mesh_pass(self, photos: list[np.ndarray], owners: list[int],
+                   crops: list[Crop]) -> tuple[np.ndarray, np.ndarray]:
         """One FaceMesh call on ``crops`` (of ``photos[owners]``): landmarks ``[N, 468, 3]`` in photograph pixels
         and face flags ``[N]``."""
         pixels = np.stack([_crop_pixels(photos[p], crop) for p, crop in zip(owners, crops)])
@@ -458,7 +465,7 @@ def _refined_crop(mesh_468x3: np.ndarray, cfg: DetectorConfig) -> Crop:
     eye_to_eye, eye_to_mouth = eye_right - eye_left, (mouth_left + mouth_right) / 2 - eye_avg
     size = FACE_SIZE_FROM_POINTS * max(2 * np.hypot(*eye_to_eye), 1.8 * np.hypot(*eye_to_mouth))
     angle = _applied(math.atan2(eye_to_eye[1], eye_to_eye[0]), cfg)
-    return Crop(centre=tuple(eye_avg + eye_to_mouth / 2), side=cfg.box_scale * float(size), angle=angle)
+    return Crop(centre=_point(eye_avg + eye_to_mouth / 2), side=cfg.box_scale * float(size), angle=angle)
 
 
 def _mesh_to_photo(mesh_468x3: np.ndarray, crop: Crop) -> np.ndarray:
@@ -467,6 +474,10 @@ def _mesh_to_photo(mesh_468x3: np.ndarray, crop: Crop) -> np.ndarray:
     offsets = (mesh_468x3[:, :2] - facemesh.INPUT_SIZE / 2) * scale
     xy = np.asarray(crop.centre) + offsets @ _rotation(crop.angle).T
     return np.concatenate([xy, mesh_468x3[:, 2:] * scale], axis=1)
+
+
+def _point(xy: np.ndarray) -> tuple[float, float]:
+    return float(xy[0]), float(xy[1])
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
