@@ -231,27 +231,11 @@ def _detector_input(image_HxWx3: np.ndarray, squash: bool) -> tuple[np.ndarray, 
     else:
         side = max(h, w)
         scale, pad = np.full(2, side / n), np.array([(side - w) // 2, (side - h) // 2], np.float64)
-    rows = _lerp_along(image_HxWx3, np.arange(n) * scale[1] - pad[1], axis=0)
-    return _lerp_along(rows, np.arange(n) * scale[0] - pad[0], axis=1), scale, 0.5 - 0.5 * scale - pad
-
-
-def _lerp_along(x: np.ndarray, positions: np.ndarray, axis: int) -> np.ndarray:
-    """Linear interpolation of ``x`` at fractional pixel indices along ``axis``; zero beyond the edges."""
-    size = x.shape[axis]
-    lo = np.floor(positions).astype(np.int64)
-    frac = (positions - lo).astype(np.float32)
-
-    def take(i: np.ndarray) -> np.ndarray:
-        inside = ((i >= 0) & (i < size)).astype(np.float32)
-        values = np.take(x, np.clip(i, 0, size - 1), axis=axis).astype(np.float32)
-        shape = [1] * x.ndim
-        shape[axis] = len(i)
-        return values * inside.reshape(shape)
-
-    shape = [1] * x.ndim
-    shape[axis] = len(positions)
-    frac = frac.reshape(shape)
-    return take(lo) * (1 - frac) + take(lo + 1) * frac
+    offset = 0.5 - 0.5 * scale - pad  # pixel index i * s - pad, in continuous coordinates
+    # Pillow's affine map takes output continuous coordinates to input continuous coordinates.
+    coeffs = (scale[0], 0.0, offset[0], 0.0, scale[1], offset[1])
+    pixels = Image.fromarray(image_HxWx3).transform((n, n), Image.AFFINE, coeffs, resample=Image.BILINEAR)
+    return np.asarray(pixels, np.float32), scale, offset
 
 
 def _rotation(angle: float) -> np.ndarray:
