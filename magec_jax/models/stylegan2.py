@@ -255,8 +255,9 @@ class SynthesisLayer(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x_BxHxWxI, w_BxD, *, noise_mode: NoiseMode, noise=None, key=None):
-        """Returns ``(out_BxRxRxO, styles_BxI)``."""
+    def __call__(self, x_BxHxWxI, w_BxD, noise_mode: NoiseMode, noise=None, key=None):
+        """Returns ``(out_BxRxRxO, styles_BxI)``. ``noise_mode`` is positional so that a rematerialised layer
+        can take it as a static argument."""
         in_channels = x_BxHxWxI.shape[-1]
         styles_BxI = Dense(in_channels, bias_init=1.0, name="affine")(w_BxD)
         weight = self.param("weight", _normal_init(), (3, 3, in_channels, self.out_channels))
@@ -309,14 +310,19 @@ class SynthesisBlock(nn.Module):
     conv_clamp: float | None = None
     fused_modconv: bool = False
     dtype: Any = jnp.float32
+    remat: bool = False
 
     @nn.compact
-    def __call__(self, x, img, ws_BxNxD, noise_mode: NoiseMode, noises, keys):
+    def __call__(self, x, img, ws_BxNxD, *, noise_mode: NoiseMode, noises, keys):
         """``ws_BxNxD`` holds this block's rows (conv0?, conv1, torgb); returns ``(x, img, intermediates)``.
 
-        ``noise_mode`` is positional so that a rematerialised block can take it as a static argument.
+        With ``remat``, each layer is rematerialised in the backward pass: only layer inputs are kept. (Whole
+        blocks would keep less, but the top block's activations alone are most of the memory at 1024.)
         """
         layer_kw = {"conv_clamp": self.conv_clamp, "fused_modconv": self.fused_modconv, "dtype": self.dtype}
+        # self, x, w, noise_mode: noise_mode (a string) is static.
+        synthesis_layer = nn.remat(SynthesisLayer, static_argnums=(3,)) if self.remat else SynthesisLayer
+        torgb_layer = nn.remat(ToRGBLayer) if self.remat else ToRGBLayer
         inter = {}
         batch = ws_BxNxD.shape[0]
         if self.in_channels == 0:
@@ -326,12 +332,12 @@ class SynthesisBlock(nn.Module):
         else:
             convs = ("conv0", "conv1")
         for i, name in enumerate(convs):
-            layer = SynthesisLayer(
+            layer = synthesis_layer(
                 self.out_channels, self.resolution, up=2 if name == "conv0" else 1, name=name, **layer_kw
             )
-            x, inter[f"{name}/style"] = layer(x, ws_BxNxD[:, i], noise_mode=noise_mode, noise=noises[i], key=keys[i])
+            x, inter[f"{name}/style"] = layer(x, ws_BxNxD[:, i], noise_mode, noises[i], keys[i])
             inter[f"{name}/out"] = x
-        torgb = ToRGBLayer(self.img_channels, name="torgb", **layer_kw)
+        torgb = torgb_layer(self.img_channels, name="torgb", **layer_kw)
         y, inter["torgb/style"] = torgb(x, ws_BxNxD[:, len(convs)])
         y = y.astype(jnp.float32)  # the skip image accumulates in float32, as NVIDIA's
         img = y if img is None else ops.upsample2d(img) + y
@@ -371,11 +377,9 @@ class SynthesisNetwork(nn.Module):
         x = img = None
         inter = {}
         w_idx = noise_idx = 0
-        # self, x, img, ws, noise_mode: noise_mode (a string) is static.
-        block_cls = nn.remat(SynthesisBlock, static_argnums=(4,)) if self.remat else SynthesisBlock
         for res in cfg.block_resolutions:
             num_conv = 1 if res == 4 else 2
-            block = block_cls(
+            block = SynthesisBlock(
                 in_channels=0 if res == 4 else cfg.channels(res // 2),
                 out_channels=cfg.channels(res),
                 resolution=res,
@@ -383,10 +387,13 @@ class SynthesisNetwork(nn.Module):
                 conv_clamp=cfg.conv_clamp,
                 fused_modconv=self.fused_modconv,
                 dtype=self.dtype,
+                remat=self.remat,
                 name=f"b{res}",
             )
             sl = slice(noise_idx, noise_idx + num_conv)
-            x, img, block_inter = block(x, img, ws[:, w_idx : w_idx + num_conv + 1], noise_mode, noise[sl], keys[sl])
+            x, img, block_inter = block(
+                x, img, ws[:, w_idx : w_idx + num_conv + 1], noise_mode=noise_mode, noises=noise[sl], keys=keys[sl]
+            )
             inter.update({f"b{res}/{k}": v for k, v in block_inter.items()})
             w_idx += num_conv
             noise_idx += num_conv
@@ -402,7 +409,7 @@ class Generator(nn.Module):
         demodulation and the skip image stay float32.
       fused_modconv: per-sample kernels in one grouped convolution (NVIDIA's eval path) instead of scaling
         activations (equal up to rounding; see ``ops.modulated_conv2d``).
-      remat: rematerialise every synthesis block in the backward pass (same values, less memory, about one
+      remat: rematerialise every synthesis layer in the backward pass (same values, less memory, about one
         more forward pass of compute).
     """
 

@@ -1,0 +1,203 @@
+"""The engine's compute options (modulation, precision, loop, donation, remat) on a tiny real generator with the
+real LPIPS-VGG16 architecture (random weights): each gives the default's latents within its precision's
+tolerance, and each really changes how the step runs (donated buffers, one scan per chunk, checkpointed
+layers, bfloat16 kernels). Also the frozen generator kernels the engine renders with, and the options' parsing.
+
+Tolerances: float32 alternatives (fused modulation, scan, no donation, remat, TF32, which XLA:CPU computes in
+float32) reorder float32 roundings only; over 8 Adam steps the latents then agree to 5e-6, against
+differences of 4.3e-7 or below measured here. bf16 changes the generator's and LPIPS's arithmetic; its latents
+must stay within 5% of the distance the float32 run moved them (measured: 2.6% and 2.7%).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from magec_jax.bundle import stylegan2_networks, synthesize_fn
+from magec_jax.errors import ConfigError, MagecError
+from magec_jax.inversion import protocols
+from magec_jax.inversion.engine import AUTO, ComputeOptions, Engine, InversionSettings, NetworkCompute, Phase
+from magec_jax.inversion.job import JobConfig
+from magec_jax.models import stylegan2
+from magec_jax.models.interfaces import Descriptor, IdentityEmbedder
+from magec_jax.models.linknet import LinkNet, LinkNetConfig
+from magec_jax.models.lpips import LPIPS
+
+CFG = stylegan2.StyleGAN2Config(
+    z_dim=8, w_dim=8, img_resolution=16, channel_base=128, channel_max=16, mapping_layers=2
+)
+K = 3
+FLOAT32_ATOL = 5e-6
+BF16_RELATIVE = 0.05
+SETTINGS = InversionSettings(
+    phases=(Phase(4, mse=1e-3, lpips=0.5, id=0.1, magec=0.1), Phase(4, mse=0.5, lpips=0.5, id=0.1, magec=0.1)),
+    lr=0.05,
+    lr_decay_every=4,
+    chunk_steps=3,  # 3 + 3 + 2: the scan loop runs a shorter last chunk
+    compute=ComputeOptions(modulation="non_fused", precision="float32", loop="dispatch", donate="on", remat="off"),
+)
+
+
+def _pooled(images_BxHxWxC):
+    b, h, w, c = images_BxHxWxC.shape
+    return images_BxHxWxC.reshape(b, 4, h // 4, 4, w // 4, c).mean((2, 4)).reshape(b, -1)
+
+
+def _embed(variables, images):
+    e = _pooled(images) @ variables["w"]
+    return e / jnp.linalg.norm(e, axis=-1, keepdims=True)
+
+
+def _describe(variables, images):
+    return _pooled(images) @ variables["w"]
+
+
+@pytest.fixture(scope="module")
+def networks():
+    keys = jax.random.split(jax.random.key(0), 6)
+    generator = stylegan2.init_generator(CFG, keys[0])
+    generator = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(keys[1], x.shape), generator)  # non-zero biases
+    image = jnp.zeros((1, 16, 16, 3))
+    lpips = LPIPS().init(keys[4], image, image)
+    # LPIPS's heads are non-negative (a distance); random ones would make the loss unbounded below.
+    lpips = {"params": {k: jax.tree.map(jnp.abs, v) if k.startswith("lin") else v for k, v in lpips["params"].items()}}
+    directions = jax.random.normal(keys[3], (K, CFG.w_dim))
+    return stylegan2_networks(
+        CFG,
+        generator,
+        w_avg=0.1 * jax.random.normal(keys[2], (CFG.w_dim,)),
+        lpips_variables=lpips,
+        identity=IdentityEmbedder("tiny", _embed, {"w": jax.random.normal(keys[5], (48, 16))}),
+        descriptor=Descriptor("tiny", ("a", "b", "c"), "bce", _describe, {"w": jax.random.normal(keys[1], (48, K))}),
+        linknet=LinkNet(LinkNetConfig(CFG.num_ws, CFG.w_dim, K)).init(keys[2], jnp.zeros((CFG.num_ws, CFG.w_dim))),
+        directions=directions / jnp.linalg.norm(directions, axis=-1, keepdims=True),
+    )
+
+
+@pytest.fixture(scope="module")
+def targets():
+    return np.random.default_rng(1).uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def run(networks, targets):
+    """``run(**options)``: the engine for the default options changed by ``options`` and its inversion of the
+    targets, each computed once per module."""
+    done = {}
+
+    def invert(**options):
+        key = tuple(sorted(options.items()))
+        if key not in done:
+            settings = dataclasses.replace(SETTINGS, compute=dataclasses.replace(SETTINGS.compute, **options))
+            engine = Engine(networks, settings)
+            done[key] = engine, engine.invert(targets)
+        return done[key]
+
+    return invert
+
+
+@pytest.mark.parametrize(
+    "options", [dict(modulation="fused"), dict(loop="scan"), dict(donate="off"), dict(remat="on"), dict(precision="tf32")]
+)
+def test_float32_options_give_the_default_latents(networks, run, options):
+    _, reference = run()
+    engine, out = run(**options)
+    assert engine.compute == dataclasses.replace(SETTINGS.compute, **options)
+    moved = np.abs(np.asarray(reference["ws"]) - np.asarray(networks.w_avg)).max()
+    assert moved > 0.1  # the optimisation really moved the latents
+    np.testing.assert_allclose(np.asarray(out["ws"]), np.asarray(reference["ws"]), atol=FLOAT32_ATOL)
+    np.testing.assert_allclose(np.asarray(out["terms"]), np.asarray(reference["terms"]), rtol=1e-4, atol=1e-6)
+
+
+def test_bf16_stays_within_its_tolerance(networks, run):
+    _, reference = run()
+    engine, out = run(precision="bf16")
+    assert engine.nets.compute.dtype == "bfloat16"
+    frozen = engine.nets.generator[stylegan2.FROZEN]["synthesis"]["b8"]["conv1"]["conv"]
+    assert frozen.kernels[0].dtype == jnp.bfloat16
+    ref_ws, ws = np.asarray(reference["ws"]), np.asarray(out["ws"])
+    moved = np.linalg.norm(ref_ws - np.asarray(networks.w_avg), axis=(1, 2))
+    off = np.linalg.norm(ws - ref_ws, axis=(1, 2))
+    assert np.all(off > 0), "bf16 must really run in bfloat16"
+    assert np.all(off < BF16_RELATIVE * moved), off / moved
+
+
+def test_scan_runs_one_call_per_chunk(run):
+    engine, _ = run(loop="scan")
+    assert engine._run_chunk._cache_size() == 2  # chunks of 3 and the last of 2
+    assert engine._run._cache_size() == 0
+
+
+@pytest.mark.parametrize("donate", ["on", "off"])
+def test_donation_reuses_the_state_buffers(targets, run, donate):
+    engine, _ = run() if donate == "on" else run(donate="off")
+    prepared = engine._prepare(engine._arrays, jnp.asarray(targets))
+    state = engine._init(engine._arrays, 2)
+    engine._run(engine._arrays, state, prepared, np.int32(0))
+    assert state.latent.is_deleted() == (donate == "on")
+
+
+def test_remat_checkpoints_every_synthesis_layer(networks):
+    ws = jnp.zeros((1, CFG.num_ws, CFG.w_dim))
+    layers = 3 * len(CFG.block_resolutions) - 1  # conv0 (but at 4x4), conv1, torgb per block
+
+    def checkpoints(remat):
+        synthesize = synthesize_fn(CFG, remat=remat)
+        jaxpr = jax.make_jaxpr(lambda w: synthesize(networks.generator, w, None))(ws)
+        return sum(eqn.primitive.name in ("checkpoint", "remat2") for eqn in jaxpr.jaxpr.eqns)  # jax.checkpoint
+
+    assert (checkpoints(False), checkpoints(True)) == (0, layers)
+
+
+def test_frozen_kernels_give_the_plain_images_and_gradients():
+    variables = stylegan2.init_generator(CFG, jax.random.key(3))
+    variables = jax.tree.map(lambda x: x + 0.05, variables)
+    ws = jax.random.normal(jax.random.key(4), (2, CFG.num_ws, CFG.w_dim))
+    synthesize = synthesize_fn(CFG)
+
+    def value_and_grad(v):
+        return jax.jit(jax.value_and_grad(lambda w: jnp.sum(jnp.sin(synthesize(v, w, None)))))(ws)
+
+    with jax.default_matmul_precision("highest"):
+        (value, grad), (frozen_value, frozen_grad) = value_and_grad(variables), value_and_grad(
+            stylegan2.freeze_synthesis(CFG, variables)
+        )
+    np.testing.assert_allclose(frozen_value, value, rtol=1e-5)
+    np.testing.assert_allclose(frozen_grad, grad, rtol=1e-5, atol=1e-5 * float(jnp.abs(grad).max()))
+
+
+def test_auto_resolves_per_platform_and_bad_values_are_refused():
+    for platform, choices in AUTO.items():
+        resolved = ComputeOptions().resolved(platform)
+        assert resolved == choices and "auto" not in dataclasses.asdict(resolved).values()
+    assert ComputeOptions(loop="scan").resolved("cpu").loop == "scan"  # an explicit choice wins
+    assert ComputeOptions(precision="bf16", modulation="fused", remat="on").resolved("cpu").networks == (
+        NetworkCompute(fused_modulation=True, dtype="bfloat16", remat=True)
+    )
+    with pytest.raises(ConfigError, match="compute.precision must be one of"):
+        ComputeOptions(precision="fp8")
+    with pytest.raises(ConfigError, match="no automatic choices"):
+        ComputeOptions().resolved("abacus")
+
+
+def test_job_config_reads_the_compute_block():
+    config = protocols.job_config("magec")
+    assert JobConfig.from_config(config).settings.compute == ComputeOptions()
+    config.inversion.compute.loop = "scan"
+    config.inversion.compute.precision = "bf16"
+    assert JobConfig.from_config(config).settings.compute == ComputeOptions(loop="scan", precision="bf16")
+    config.inversion.compute.remat = "sometimes"
+    with pytest.raises(ConfigError, match="compute.remat"):
+        JobConfig.from_config(config)
+
+
+def test_networks_without_variants_refuse_other_compute(networks):
+    fixed = dataclasses.replace(networks, compute_variant=None)
+    assert fixed.for_compute(NetworkCompute()) is fixed
+    with pytest.raises(MagecError, match="cannot run with"):
+        fixed.for_compute(NetworkCompute(remat=True))
