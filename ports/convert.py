@@ -26,11 +26,11 @@ from magec_jax.weights import Converted, save_converted
 
 # format -> (module, function). Kept as strings so that `--help` imports nothing heavy.
 CONVERTERS: dict[str, tuple[str, str]] = {
-    # StyleGAN2 generators (ports/stylegan2.py)
-    "nvidia-pkl": ("ports.stylegan2", "convert_nvidia_pkl"),
-    "tf-pkl": ("ports.stylegan2", "convert_tf_pkl"),
-    "rosinality": ("ports.stylegan2", "convert_rosinality"),
-    "state-dict": ("ports.stylegan2", "convert_state_dict"),
+    # StyleGAN2 generators and discriminators (ports/stylegan2/, one module per source format)
+    "nvidia-pkl": ("ports.stylegan2.ada_pytorch", "convert_nvidia_pkl"),
+    "tf-pkl": ("ports.stylegan2.nvlabs_tf", "convert_tf_pkl"),
+    "rosinality": ("ports.stylegan2.rosinality", "convert_rosinality"),
+    "state-dict": ("ports.stylegan2.ada_pytorch", "convert_state_dict"),
     # Loss networks (ports/loss_nets.py)
     "lpips-vgg16": ("ports.loss_nets", "convert_lpips_vgg16"),
     "irse50": ("ports.loss_nets", "convert_irse50"),

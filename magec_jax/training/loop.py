@@ -29,12 +29,13 @@ import orbax.checkpoint as ocp
 
 from magec_jax.errors import MagecError
 from magec_jax.images import atomic_write_bytes, atomic_write_json, grid, png_bytes
-from magec_jax.models import lpips, stylegan2
+from magec_jax.models import stylegan2
 from magec_jax.training import data as data_lib
 from magec_jax.training import fd as fd_lib
 from magec_jax.training import gan
 from magec_jax.training.config import TrainGANConfig
 from magec_jax.weights import Converted, save_converted
+from ports.loss_nets import packaged_lpips
 
 CONVERTER = "magec_jax.train_gan/1"
 PSIS = (1.0, 0.7)
@@ -107,7 +108,7 @@ class QualityFigure:
             raise MagecError(f"{cfg.data}: {len(heldout_idx)} held-out images; the FD figure needs at least 2")
         self.cfg = cfg
         self.num_images = cfg.metric_num_images or len(heldout_idx)
-        self.feature_fn = fd_lib.vgg_feature_fn(lpips.load_variables(), fast_compile=cfg.fast_compile)
+        self.feature_fn = fd_lib.vgg_feature_fn(packaged_lpips(), fast_compile=cfg.fast_compile)
         heldout = faces.images_NxHxWx3[heldout_idx]
         self.heldout = fd_lib.feature_stats(
             fd_lib.compute_features(self.feature_fn, heldout, len(heldout), cfg.metric_batch)
