@@ -113,13 +113,6 @@ def _run(argv: list[str]) -> dict:
     return result
 
 
-def _write_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def main() -> None:
     """Writes (or takes) the snapshot, measures each step, writes and prints the JSON results."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -128,6 +121,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the temporary snapshot and converted output")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
+    from magec_jax.images import atomic_write_json
+
     load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="magec-convert-bench-"))
     try:
@@ -164,7 +159,7 @@ def main() -> None:
             "repeats": args.repeats,
             "steps": steps,
         }
-        _write_atomic(RESULTS, results)
+        atomic_write_json(RESULTS, results)
         print(json.dumps(results, indent=2))
     finally:
         if args.keep:

@@ -28,6 +28,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from magec_jax.images import atomic_write_json
 from magec_jax.models.stylegan2 import Generator, StyleGAN2Config, init_generator
 
 RESULTS = Path(__file__).resolve().parent / "results" / "generator.json"
@@ -122,10 +123,7 @@ def main() -> None:
         "total_s": round(time.perf_counter() - t0, 1),
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, args.out)
+    atomic_write_json(args.out, result)
     print(f"wrote {args.out} ({result['total_s']} s)")
 
 

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from magec_jax.bundle import noise_buffers, synthesize_fn
+from magec_jax.images import atomic_write_json
 from magec_jax.inversion.engine import Engine, InversionSettings, Networks, Phase
 from magec_jax.inversion.magec_loss import magec_loss
 from magec_jax.models import lpips as lpips_lib
@@ -39,6 +40,7 @@ from magec_jax.models import stylegan2
 from magec_jax.models.irse50 import IRSE50, irse50_identity
 from magec_jax.models.linknet import LinkNet, LinkNetConfig
 from magec_jax.models.resnet import ResNet50, ResNetConfig, resnet_descriptor
+from ports.loss_nets import packaged_lpips
 
 VARIANTS = {
     "mse_lpips": dict(mse=0.5, lpips=0.5),
@@ -71,7 +73,7 @@ def build_networks(resolution: int, channel_base: int, seed: int = 0) -> Network
         resolution=resolution,
         w_avg=jnp.zeros((cfg.w_dim,)),
         lpips=lpips_lib.lpips_distance,
-        lpips_variables=lpips_lib.load_variables(),
+        lpips_variables=packaged_lpips(),
         lpips_target=lpips_lib.lpips_target,
         lpips_to_target=lpips_lib.lpips_distance_to_target,
         noise_init=noise_buffers(cfg, gen),
@@ -172,8 +174,7 @@ def main() -> None:
                       f"{100 * run['magec_term_fraction']:.2f}% of a MAGEC step", flush=True)
             run["peak_memory_bytes"] = peak_memory_bytes()
             results["runs"].append(run)
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(results, indent=2) + "\n")
+            atomic_write_json(args.out, results)
     print(json.dumps(results, indent=2))
 
 

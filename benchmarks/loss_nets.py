@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import platform
 import statistics
@@ -37,7 +36,9 @@ import jax.numpy as jnp
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from magec_jax.images import atomic_write_json  # noqa: E402
 from magec_jax.models import irse50, lpips, resnet  # noqa: E402
+from ports.loss_nets import packaged_lpips  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "loss_nets.json"
 GFLOP_FWD = {"lpips": 40.0, "irse50": 12.6, "resnet50": 8.2}
@@ -48,7 +49,7 @@ def _init(module, size: int) -> Any:
 
 
 def _lpips(dtype: Any):
-    variables = lpips.load_variables()
+    variables = packaged_lpips()
     target = lpips.lpips_target(variables, jnp.zeros((1, 256, 256, 3)), dtype=dtype)
 
     def f(v, x):
@@ -140,10 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": args.repeats,
         "results": [r for group in rows for r in group],
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, args.out)
+    atomic_write_json(args.out, result)
     print(f"wrote {args.out}")
     return 0
 

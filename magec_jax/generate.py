@@ -13,7 +13,8 @@ Latents come from exactly one of:
   when asked for, is applied to every row, towards ``w_avg``); or an ``.npz`` whose key ``w`` holds such an
   array, as ``python -m magec_jax.invert`` and ``python -m magec_jax.edit`` write (``w`` ``[1, num_ws, w_dim]``).
 
-``--out`` writes a PNG grid (pixels ``clip(x * 127.5 + 128, 0, 255)``, like NVIDIA); ``--out-npy`` writes the
+``--out`` writes a PNG grid, ``ceil(sqrt(B))`` images wide, with no gaps (pixels rounded as NVIDIA does, by
+:func:`magec_jax.images.to_uint8`); ``--out-npy`` writes the
 raw float32 images ``[B, H, W, C]`` (about [-1, 1], not clamped). ``--noise-mode random`` draws the noise
 from ``--noise-seed``. Class-conditional networks need ``--class``.
 """
@@ -77,21 +78,6 @@ def load_latents(path: str | os.PathLike, shapes: list[tuple[int, ...]], what: s
     if not np.isfinite(arr).all():
         raise FileFormatError(path, f"{what} contains NaN or Inf")
     return arr.astype(np.float32)
-
-
-def to_uint8(images_BxHxWxC: np.ndarray) -> np.ndarray:
-    """[-1, 1] floats -> uint8 pixels, as NVIDIA's ``gen_images.py``."""
-    return np.clip(np.asarray(images_BxHxWxC) * 127.5 + 128, 0, 255).astype(np.uint8)
-
-
-def image_grid(images_BxHxWxC: np.ndarray) -> np.ndarray:
-    """Tiles ``B`` images row-major into a ``ceil(sqrt(B))``-wide grid (empty cells black)."""
-    b, h, w, c = images_BxHxWxC.shape
-    cols = int(np.ceil(np.sqrt(b)))
-    rows = -(-b // cols)
-    grid = np.zeros((rows * cols, h, w, c), images_BxHxWxC.dtype)
-    grid[:b] = images_BxHxWxC
-    return grid.reshape(rows, cols, h, w, c).transpose(0, 2, 1, 3, 4).reshape(rows * h, cols * w, c)
 
 
 @functools.lru_cache(maxsize=8)
@@ -162,7 +148,8 @@ def run(
     if out_npy is not None:
         imio.atomic_save_npy(out_npy, images)
     if out is not None:
-        imio.atomic_write_bytes(out, imio.png_bytes(image_grid(to_uint8(images))))
+        columns = int(np.ceil(np.sqrt(len(images))))
+        imio.atomic_write_bytes(out, imio.png_bytes(imio.grid(images, columns=columns, pad=0)))
     return images
 
 

@@ -100,8 +100,10 @@ def _to_rgb(path: Path, im: Image.Image) -> Image.Image:
 
 
 def to_uint8(img_HxWxC: np.ndarray) -> np.ndarray:
-    """[-1, 1] float -> uint8 0..255 (rounded, clipped), the inverse of the input mapping."""
-    return np.clip(np.rint((np.asarray(img_HxWxC, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    """[-1, 1] float -> uint8 0..255, the inverse of the input mapping: ``x * 127.5 + 127.5`` rounded half up
+    and clipped, exactly as NVIDIA's ``gen_images.py`` writes pixels (``(x * 127.5 + 128).clamp(0, 255)``, then
+    truncated). The one float -> pixel rounding of the package; any leading shape."""
+    return np.clip(np.asarray(img_HxWxC, np.float32) * np.float32(127.5) + np.float32(128), 0, 255).astype(np.uint8)
 
 
 def png_bytes(img_HxWxC: np.ndarray) -> bytes:
@@ -115,7 +117,8 @@ def png_bytes(img_HxWxC: np.ndarray) -> bytes:
 
 
 def grid(images_NxHxWxC: Iterable[np.ndarray], columns: int, pad: int = 2) -> np.ndarray:
-    """Tiles uint8 or [-1, 1] images into one uint8 image, ``columns`` per row, white padding."""
+    """Tiles uint8 or [-1, 1] images into one uint8 image, ``columns`` per row, row-major; ``pad`` white pixels
+    around and between tiles, and white where the last row is short."""
     tiles = [im if im.dtype == np.uint8 else to_uint8(im) for im in images_NxHxWxC]
     h, w, c = tiles[0].shape
     rows = -(-len(tiles) // columns)

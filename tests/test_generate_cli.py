@@ -14,6 +14,7 @@ from conftest import REPO, require_shared
 from PIL import Image
 
 from magec_jax import generate
+from magec_jax import images as imio
 from magec_jax.models.stylegan2 import StyleGAN2Config, init_generator
 from magec_jax.weights import Converted, save_converted
 from ports.stylegan2 import convert_nvidia_pkl
@@ -86,7 +87,7 @@ def test_png_grid_and_random_noise(tmp_path):
         outs.append(generate.run(gen, z=generate.seed_latents([0], 8), noise_mode="random", noise_seed=noise_seed))
     np.testing.assert_array_equal(outs[0], outs[1])
     assert np.abs(outs[0] - outs[2]).max() > 1e-4
-    pixels = generate.to_uint8(np.array([[[[-1.0, 0.0, 1.0]]]]))
+    pixels = imio.to_uint8(np.array([[[[-1.0, 0.0, 1.0]]]]))
     np.testing.assert_array_equal(pixels, [[[[0, 128, 255]]]])
 
 
