@@ -35,7 +35,9 @@ import numpy as np
 from magec_jax import images as imio
 from magec_jax.cli import DefaultsHelpFormatter, error_status
 from magec_jax.errors import FileFormatError, MagecError
-from magec_jax.models.stylegan2 import Generator, StyleGAN2Config, config_from_dict, load_generator, truncate
+from magec_jax.models.stylegan2 import (
+    Generator, StyleGAN2Config, config_from_dict, load_generator, seed_latents, truncate,
+)
 from magec_jax.weights import read_manifest
 
 
@@ -51,11 +53,6 @@ def parse_seeds(text: str) -> list[int]:
     if not seeds:
         raise MagecError(f"--seeds {text!r}: no seeds")
     return seeds
-
-
-def seed_latents(seeds: list[int], z_dim: int) -> np.ndarray:
-    """z ``[len(seeds), z_dim]`` float32, drawn per seed as NVIDIA does (``RandomState(seed).randn(1, z_dim)``)."""
-    return np.concatenate([np.random.RandomState(s).randn(1, z_dim) for s in seeds]).astype(np.float32)
 
 
 def load_latents(path: str | os.PathLike, shapes: list[tuple[int, ...]], what: str, key: str) -> np.ndarray:

@@ -15,7 +15,7 @@ from PIL import Image
 
 from magec_jax import generate
 from magec_jax import images as imio
-from magec_jax.models.stylegan2 import StyleGAN2Config, init_generator
+from magec_jax.models.stylegan2 import StyleGAN2Config, init_generator, seed_latents
 from magec_jax.weights import Converted, save_converted
 from ports.stylegan2 import convert_nvidia_pkl
 
@@ -72,7 +72,7 @@ def test_cli_w_file_truncation_and_noise_mode(ada32, tmp_path):
 
 def test_seeds_are_drawn_like_nvidia():
     assert generate.parse_seeds("0-2,7") == [0, 1, 2, 7]
-    z = generate.seed_latents([3, 5], 16)
+    z = seed_latents([3, 5], 16)
     np.testing.assert_array_equal(z[1:], np.random.RandomState(5).randn(1, 16).astype(np.float32))
     assert z.dtype == np.float32
 
@@ -84,7 +84,7 @@ def test_png_grid_and_random_noise(tmp_path):
     assert Image.open(png).size == (3 * 8, 2 * 8)  # 5 images on a 3-wide grid
     outs = []
     for noise_seed in (1, 1, 2):
-        outs.append(generate.run(gen, z=generate.seed_latents([0], 8), noise_mode="random", noise_seed=noise_seed))
+        outs.append(generate.run(gen, z=seed_latents([0], 8), noise_mode="random", noise_seed=noise_seed))
     np.testing.assert_array_equal(outs[0], outs[1])
     assert np.abs(outs[0] - outs[2]).max() > 1e-4
     pixels = imio.to_uint8(np.array([[[[-1.0, 0.0, 1.0]]]]))
@@ -93,7 +93,7 @@ def test_png_grid_and_random_noise(tmp_path):
 
 def test_class_conditional(tmp_path):
     gen = _tiny(tmp_path / "g", dataclasses.replace(TINY, c_dim=3))
-    z = generate.seed_latents([0], 8)
+    z = seed_latents([0], 8)
     a, b = (generate.run(gen, z=z, class_idx=k) for k in (0, 2))
     assert np.abs(a - b).max() > 1e-4
 

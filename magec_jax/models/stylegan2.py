@@ -160,6 +160,12 @@ def truncate(ws_BxLxD: jax.Array, w_avg_D: jax.Array, psi: float | jax.Array, cu
     return ws_BxLxD.at[:, :cutoff].set(truncated[:, :cutoff])
 
 
+def seed_latents(seeds: Sequence[int], z_dim: int) -> np.ndarray:
+    """z ``[len(seeds), z_dim]`` float32, drawn per seed as NVIDIA's scripts do (``RandomState(seed).randn(1,
+    z_dim)``), so that a seed gives the same image as NVIDIA's code with the same network."""
+    return np.concatenate([np.random.RandomState(s).randn(1, z_dim) for s in seeds]).astype(np.float32)
+
+
 def _normal_init(scale: float = 1.0):
     return lambda key, shape: jax.random.normal(key, shape, jnp.float32) * scale
 

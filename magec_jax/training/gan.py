@@ -31,12 +31,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from magec_jax.models.discriminator import Discriminator, DiscriminatorConfig
@@ -490,11 +489,6 @@ def train_iteration(
     state, m = phases.end_iteration(state)
     metrics.update(m)
     return state, metrics
-
-
-def seed_latents(seeds: Sequence[int], z_dim: int) -> np.ndarray:
-    """z ``[len(seeds), z_dim]`` float32 drawn per seed as NVIDIA does (``RandomState(seed).randn(1, z_dim)``)."""
-    return np.concatenate([np.random.RandomState(s).randn(1, z_dim) for s in seeds]).astype(np.float32)
 
 
 def num_params(tree: Any) -> int:

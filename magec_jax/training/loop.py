@@ -198,7 +198,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
         print(f"{fd_lib.METRIC_NAME} reference (held-out vs training reals, {quality.num_images} images): "
               f"{fd_reference:.3f}", flush=True)
 
-    z_grid = gan.seed_latents(range(cfg.sample_seeds), setup.g.z_dim)
+    z_grid = stylegan2.seed_latents(range(cfg.sample_seeds), setup.g.z_dim)
     window: list[gan.Metrics] = []
     t_window, images_window = time.perf_counter(), images
     paused = 0.0  # seconds of checkpoints, exports and FD figures inside the current logging window
