@@ -2,7 +2,7 @@
 
 Numerically equal to NVIDIA stylegan2-ada-pytorch ``training/networks.py`` @ d72cc7d (``Generator``,
 ``MappingNetwork``, ``SynthesisNetwork``, ``SynthesisBlock``, ``SynthesisLayer``, ``ToRGBLayer``), in eval
-mode. Module and leaf names mirror NVIDIA's, so the converters in ``ports/stylegan2.py`` map names one to
+mode. Module and leaf names mirror NVIDIA's, so the converters in ``ports/stylegan2/`` map names one to
 one; only layouts differ (NHWC activations, HWIO kernels, ``[in, out]`` dense kernels)::
 
     params/mapping/fc{i}/{weight [in, out], bias [out]}          stored raw; gains applied at run time
