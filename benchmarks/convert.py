@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -121,6 +120,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the temporary snapshot and converted output")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
+    from machine import machine_info
     from magec_jax.images import atomic_write_json
 
     load_before = os.getloadavg()[0]
@@ -153,8 +153,8 @@ def main() -> None:
         results = {
             "benchmark": "benchmarks/convert.py",
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                        "load_avg_1min_before": round(load_before, 2)},  # other work on the machine skews times
+            "machine": machine_info(),
+            "load_avg_1min_before": round(load_before, 2),  # other work on the machine skews times
             "source": source,
             "repeats": args.repeats,
             "steps": steps,

@@ -56,9 +56,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from machine import machine_info, write_json  # noqa: E402
+from machine import machine_info  # noqa: E402
 from networks import paper_networks  # noqa: E402
 
+from magec_jax.images import atomic_write_json  # noqa: E402
 from magec_jax.inversion.engine import ComputeOptions, Engine, InversionSettings, Networks  # noqa: E402
 from magec_jax.inversion.magec_loss import magec_loss  # noqa: E402
 
@@ -170,7 +171,7 @@ class Suite:
         self.record["elapsed_s"] = round(self.elapsed(), 1)
         self.record["measurements"] = list(self.results.values())
         self.record[f"magec_{self.size.resolution}"] = self.headline()
-        write_json(self.out_path, self.record)
+        atomic_write_json(self.out_path, self.record)
 
     def resume_from(self, previous: dict) -> None:
         """Keeps the measurements a previous run of the same sizes completed."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from machine import machine_info
 from magec_jax.images import atomic_write_json
 from magec_jax.models.stylegan2 import Generator, StyleGAN2Config, init_generator
 
@@ -116,8 +116,7 @@ def main() -> None:
         )
     result = {
         "benchmark": "StyleGAN2 config-f synthesis, random weights, float32, noise const, vmap over images",
-        "device": f"{jax.devices()[0].device_kind} ({os.cpu_count()} logical CPUs, {platform.processor() or platform.machine()})",
-        "jax": jax.__version__,
+        "machine": machine_info(),
         "load_average_at_end": os.getloadavg(),
         "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         "total_s": round(time.perf_counter() - t0, 1),

@@ -1,29 +1,34 @@
 """Inversion speed: seconds per image-step vs batch size, compile time, peak memory, MAGEC overhead.
 
     python benchmarks/invert.py                                  # 256 and 1024, CPU-sized batches
-    python benchmarks/invert.py --resolutions 1024 --batches 1 8 16 32 --precision tensorfloat32  # a GPU
+    python benchmarks/invert.py --resolutions 1024 --batches 1 8 16 32 --precision tf32  # a GPU (device_suite.py
+                                                                 # measures every option there)
 
 Networks: a randomly initialised config-f StyleGAN2 (channel_max 512, w_dim 512; channel_base 16384 at 256 and
 below, NVIDIA's "paper256" setting whose 30 GFLOP forward PERFORMANCE.md's 256 figures assume, and 32768 above,
-the FFHQ-1024 config-f; ``--channel-base`` overrides), the real LPIPS-VGG16 weights, and randomly initialised IR-SE50, 40-way ResNet-50 descriptor and LinkNet with
-random unit directions (weights do not change the cost). Three step variants per (resolution, batch):
+the FFHQ-1024 config-f; ``--channel-base`` overrides), the real LPIPS-VGG16 weights, and randomly initialised
+IR-SE50, 40-way ResNet-50 descriptor and LinkNet with random unit directions (``networks.py``; weights do not
+change the cost), run with the platform's default compute options (``--precision`` overrides one). Three step
+variants per (resolution, batch):
 
   * ``mse_lpips``: MSE + LPIPS on W+ (what NVIDIA's projector computes; PERFORMANCE.md's comparison),
   * ``no_magec``: MSE + LPIPS + ID,
   * ``magec``:    MSE + LPIPS + ID + MAGEC (the paper's loss),
 
-each timed over ``--steps`` steps (one compiled call each, as the engine runs them) after a warm-up. The MAGEC overhead is reported two ways: the
-step-time difference ``magec - no_magec`` (noisy: it is small), and the time of the MAGEC term alone
-(value and gradient of the vmapped loss for the batch) as a fraction of the ``magec`` step.
-Results are printed and written as JSON (``--out``).
+each timed over ``--steps`` steps (one compiled call each, as the engine runs them) after a warm-up. The MAGEC
+overhead is reported two ways: the step-time difference ``magec - no_magec`` (noisy: it is small), and the
+time of the MAGEC term alone (value and gradient of the vmapped loss for the batch) as a fraction of the
+``magec`` step. Results are printed and written as JSON (``--out``) with the machine (CPU model, vector extensions) and the
+load average after each run.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
+import dataclasses
+import os
 import resource
+import sys
 import time
 from pathlib import Path
 
@@ -31,16 +36,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from magec_jax.bundle import noise_buffers, synthesize_fn
-from magec_jax.images import atomic_write_json
-from magec_jax.inversion.engine import Engine, InversionSettings, Networks, Phase
-from magec_jax.inversion.magec_loss import magec_loss
-from magec_jax.models import lpips as lpips_lib
-from magec_jax.models import stylegan2
-from magec_jax.models.irse50 import IRSE50, irse50_identity
-from magec_jax.models.linknet import LinkNet, LinkNetConfig
-from magec_jax.models.resnet import ResNet50, ResNetConfig, resnet_descriptor
-from ports.loss_nets import packaged_lpips
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from machine import machine_info  # noqa: E402
+from networks import paper_networks  # noqa: E402
+
+from magec_jax.images import atomic_write_json  # noqa: E402
+from magec_jax.inversion.engine import ComputeOptions, Engine, InversionSettings, Networks, Phase  # noqa: E402
+from magec_jax.inversion.magec_loss import magec_loss  # noqa: E402
+from ports.loss_nets import packaged_lpips  # noqa: E402
 
 VARIANTS = {
     "mse_lpips": dict(mse=0.5, lpips=0.5),
@@ -56,32 +61,7 @@ def default_channel_base(resolution: int) -> int:
 
 def build_networks(resolution: int, channel_base: int, seed: int = 0) -> Networks:
     """Config-f generator at ``resolution`` and every loss network, random weights (real LPIPS)."""
-    cfg = stylegan2.StyleGAN2Config(img_resolution=resolution, channel_base=channel_base)
-    keys = jax.random.split(jax.random.key(seed), 5)
-    gen = stylegan2.init_generator(cfg, keys[0])
-    ir = IRSE50().init(keys[1], jnp.zeros((1, 112, 112, 3)))
-    rcfg = ResNetConfig()
-    res = ResNet50(rcfg.num_classes).init(keys[2], jnp.zeros((1, 224, 224, 3)))
-    lcfg = LinkNetConfig(cfg.num_ws, cfg.w_dim, rcfg.num_classes)
-    link = LinkNet(lcfg).init(keys[3], jnp.zeros((cfg.num_ws, cfg.w_dim)))
-    dirs = jax.random.normal(keys[4], (rcfg.num_classes, cfg.w_dim))
-    return Networks(
-        synthesize=synthesize_fn(cfg),
-        generator=gen,
-        num_ws=cfg.num_ws,
-        w_dim=cfg.w_dim,
-        resolution=resolution,
-        w_avg=jnp.zeros((cfg.w_dim,)),
-        lpips=lpips_lib.lpips_distance,
-        lpips_variables=packaged_lpips(),
-        lpips_target=lpips_lib.lpips_target,
-        lpips_to_target=lpips_lib.lpips_distance_to_target,
-        noise_init=noise_buffers(cfg, gen),
-        identity=irse50_identity(ir),
-        descriptor=resnet_descriptor(res, rcfg.attribute_names),
-        linknet=link,
-        directions=dirs / jnp.linalg.norm(dirs, axis=-1, keepdims=True),
-    )
+    return paper_networks(resolution, channel_base, lpips_variables=packaged_lpips(), seed=seed)
 
 
 def peak_memory_bytes() -> int:
@@ -92,9 +72,10 @@ def peak_memory_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def time_steps(nets: Networks, weights: dict, batch: int, steps: int, repeats: int) -> dict:
-    """Compile time and steady seconds per image-step of ``steps`` compiled steps on ``batch`` images."""
-    settings = InversionSettings(phases=(Phase(steps, **weights),), chunk_steps=steps)
+def time_steps(nets: Networks, weights: dict, batch: int, steps: int, repeats: int, compute: ComputeOptions) -> dict:
+    """Compile time and steady seconds per image-step of ``steps`` compiled steps on ``batch`` images: the
+    fastest of ``repeats`` windows, wall clock and this process's CPU seconds (steadier on a shared machine)."""
+    settings = InversionSettings(phases=(Phase(steps, **weights),), chunk_steps=steps, compute=compute)
     engine = Engine(nets, settings)
     images = jax.random.uniform(jax.random.key(1), (batch, nets.resolution, nets.resolution, 3), minval=-1, maxval=1)
     images = jax.device_put(images, engine.data_sharding)
@@ -110,14 +91,15 @@ def time_steps(nets: Networks, weights: dict, batch: int, steps: int, repeats: i
         return jax.block_until_ready(st)
 
     state = run_steps(state)  # warm-up
-    times = []
+    times, cpu_times = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         state = run_steps(state)
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
     best = min(times)
     return dict(compile_s=compile_s, s_per_image_step=best / (steps * batch), s_per_step=best / steps,
-                images_steps_per_s=steps * batch / best)
+                images_steps_per_s=steps * batch / best, cpu_s_per_image_step=min(cpu_times) / (steps * batch))
 
 
 def time_magec_term(nets: Networks, batch: int, repeats: int) -> float:
@@ -145,13 +127,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--channel-base", type=int, default=None, help="generator channel_base (see above)")
-    parser.add_argument("--precision", default="highest", help="jax_default_matmul_precision")
+    parser.add_argument("--precision", default="auto", choices=("auto", "float32", "tf32", "bf16"),
+                        help="compute precision (the engine's ComputeOptions; other options: the platform's)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "invert.json")
     args = parser.parse_args()
-    jax.config.update("jax_default_matmul_precision", args.precision)
-    results = dict(device=str(jax.devices()[0].device_kind), backend=jax.default_backend(),
-                   devices=jax.device_count(), cpu=platform.processor() or platform.machine(),
-                   jax=jax.__version__, precision=args.precision, steps=args.steps, runs=[])
+    compute = ComputeOptions(precision=args.precision).resolved()
+    results = dict(machine=machine_info(), compute=dataclasses.asdict(compute), steps=args.steps,
+                   repeats=args.repeats, runs=[])
     for res in args.resolutions:
         base = args.channel_base or default_channel_base(res)
         nets = build_networks(res, base)
@@ -159,7 +141,7 @@ def main() -> None:
         for batch in args.batches or default:
             run = dict(resolution=res, batch=batch, channel_base=base)
             for name in args.variants:
-                run[name] = time_steps(nets, VARIANTS[name], batch, args.steps, args.repeats)
+                run[name] = time_steps(nets, VARIANTS[name], batch, args.steps, args.repeats, compute)
                 print(f"{res} b{batch} {name}: {run[name]['s_per_image_step']:.3f} s/image-step "
                       f"(compile {run[name]['compile_s']:.1f} s)", flush=True)
             if "magec" in run:
@@ -173,9 +155,10 @@ def main() -> None:
                 print(f"{res} b{batch} MAGEC term alone: {term * 1e3:.2f} ms/step = "
                       f"{100 * run['magec_term_fraction']:.2f}% of a MAGEC step", flush=True)
             run["peak_memory_bytes"] = peak_memory_bytes()
+            run["load_average"] = [round(x, 2) for x in os.getloadavg()]
             results["runs"].append(run)
             atomic_write_json(args.out, results)
-    print(json.dumps(results, indent=2))
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import platform
 import statistics
 import sys
 import time
@@ -35,6 +34,8 @@ import jax.numpy as jnp
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from machine import machine_info  # noqa: E402
 
 from magec_jax.images import atomic_write_json  # noqa: E402
 from magec_jax.models import irse50, lpips, resnet  # noqa: E402
@@ -130,12 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "loss_nets",
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "backend": jax.default_backend(),
-        "devices": [d.device_kind for d in jax.devices()],
-        "cpu_count": os.cpu_count(),
+        "machine": machine_info(),
         "load_avg_1m": os.getloadavg()[0],
-        "platform": platform.platform(),
-        "jax": jax.__version__,
         "dtype": args.dtype,
         "matmul_precision": str(jax.config.jax_default_matmul_precision),
         "repeats": args.repeats,

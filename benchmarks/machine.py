@@ -8,7 +8,6 @@ Used by the scripts in this folder (``from machine import machine_info``); impor
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
@@ -73,10 +72,3 @@ def machine_info() -> dict:
         argv=sys.argv,
     )
 
-
-def write_json(path: Path, data: dict) -> None:
-    """Writes ``data`` atomically (temp file + rename), so an interrupted run leaves the last complete file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
