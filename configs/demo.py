@@ -2,11 +2,14 @@
 
     python -m magec_jax.invert --config configs/demo.py
 
-Inverts the held-out LFW photographs in ``examples/`` (people the generator never saw) with the full MAGEC
-protocol (100 + 100 steps) using ``demo/bundle``: a 64x64 StyleGAN2 trained by this project on LFW, the
-faceres identity network, and the faceres+emotion Male/Young/Smiling descriptor with its LinkNet and
-boundaries. Writes ``out/demo/`` (latents, reconstructions, per-image JSON, ``summary.json``) and
-``out/demo/edit_grid.png`` (per image: input | reconstruction | Male, Young, Smiling at -3, 0, +3).
+Finds the faces in the held-out LFW photographs in ``examples/`` (people the generator never saw: 8 portrait
+crops and 2 whole photographs, one with two people), aligns each to the bundle's template (``align``), and
+inverts them with the full MAGEC protocol (100 + 100 steps) using ``demo/bundle``: a 64x64 StyleGAN2 trained
+by this project on LFW, the faceres identity network, and the faceres+emotion Male/Young/Smiling descriptor
+with its LinkNet and boundaries. Writes ``out/demo/`` (per face ``<photo>__face<j>``: latent,
+reconstruction, JSON with its alignment; ``aligned/``; ``summary.json``), ``out/demo/edit_grid.png`` (per face:
+input | reconstruction | Male, Young, Smiling at -3, 0, +3) and ``out/demo/pasted/`` (each photograph with its
+reconstructed faces pasted back, ``<photo>.png``, and with each edit, ``<photo>__ifg_Smiling_+3.png`` etc.).
 Takes about 4 minutes on a 2-core CPU; ``--config.steps_scale=0.1`` runs every phase at a tenth of its
 length (20 steps, for a quick look). ARG picks another protocol (``wo_magec``, ``i2spp``) for comparison.
 """
@@ -32,6 +35,7 @@ def get_config(arg: str = "magec"):
     config.images = str(REPO / "examples")
     config.out_dir = str(REPO / "out" / ("demo" if protocol == "magec" else f"demo_{protocol}"))
     config.batch_size = 8
+    config.align = True
     config.edit_grid.attributes = ("Male", "Young", "Smiling")
     config.edit_grid.strengths = (-3.0, 0.0, 3.0)
     return config

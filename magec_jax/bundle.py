@@ -12,13 +12,16 @@ Layout (every entry but ``generator`` and ``w_avg`` optional)::
                                      | {"kind": "face_attributes", "faceres": "faceres", "emotion": "emotion",
                                         "thresholds": {...}, "face_box": ... (as for identity)},
                          "linknet": "linknet", "directions": "directions.npz",
-                         "ganspace": "ganspace.npz"}
+                         "ganspace": "ganspace.npz",
+                         "framing": "ffhq" | "template", "template": "template.json"}
       generator/        converted StyleGAN2 (python -m ports.convert)
       w_avg.npy         float32 [w_dim]: mean of mapping(z) over N z (METHOD.md: 50,000, fixed seed)
       identity/, descriptor/, faceres/, emotion/, lpips/   converted networks
       linknet/          converted LinkNet (kind "linknet"; python -m magec_jax.linknet)
       directions.npz    one unit boundary per attribute name: [w_dim] or [num_ws, w_dim]
       ganspace.npz      GANSpace PCA of W (mean, components, std), for GANSpace edits
+      template.json     where the generator's images have the eyes and mouth corners (``framing`` "template":
+                        photographs are aligned to it; ``python -m magec_jax.align --fit-template BUNDLE``)
 
 Build one with ``python -m magec_jax.bundle DST --generator G ...`` (see ``--help``); LinkNet training and
 boundary fitting add their parts to an existing bundle. :func:`load_bundle` checks that every named part
@@ -42,10 +45,12 @@ import numpy as np
 
 from magec_jax import images as imio
 from magec_jax.errors import FileFormatError, MagecError
+from magec_jax.faces.align import AlignmentError, Template
+from magec_jax.faces.pipeline import Framing
 from magec_jax.inversion.engine import NetworkCompute, Networks
 from magec_jax.models import stylegan2
 from magec_jax.models.interfaces import Descriptor, IdentityEmbedder
-from magec_jax.weights import load_converted
+from magec_jax.weights import load_converted, read_manifest
 
 FORMAT_NAME = "magec-bundle"
 FORMAT_VERSION = 1
@@ -224,6 +229,31 @@ class Bundle:
 
         return load_ganspace(self.part(rel))
 
+    def resolution(self) -> int:
+        """The generator's image resolution (read from its manifest, without loading its weights)."""
+        return int(read_manifest(self.part(self.manifest["generator"]))["config"]["img_resolution"])
+
+    def framing(self) -> Framing:
+        """How the generator's training images were framed, which is how photographs are aligned for it: the
+        manifest's ``framing``, ``"ffhq"`` (NVIDIA's FFHQ crop at the generator's resolution) or ``"template"``
+        (the template named by ``template``). A bundle that records no framing is taken as FFHQ, the framing of
+        the public StyleGAN2 face generators."""
+        kind = self.manifest.get("framing") or "ffhq"
+        if kind == "ffhq":
+            return Framing.ffhq(self.resolution())
+        if kind != "template" or not self.manifest.get("template"):
+            raise FileFormatError(self.path / MANIFEST, f"framing {kind!r} must be 'ffhq' or 'template' (with a "
+                                                        "'template' entry naming its file)")
+        path = self.part(self.manifest["template"])
+        try:
+            template = Template.from_json(json.loads(path.read_text()))
+        except (OSError, ValueError, AlignmentError) as e:
+            raise FileFormatError(path, f"unreadable template ({e})") from None
+        if template.size != self.resolution():
+            raise FileFormatError(path, f"a template for {template.size} px crops; the generator makes "
+                                        f"{self.resolution()} px images")
+        return Framing.of_template(template)
+
     def networks(self) -> Networks:
         """Everything the inversion engine needs, checked for consistency."""
         from magec_jax.models import lpips as lpips_lib
@@ -308,7 +338,7 @@ def load_bundle(path: str | Path) -> Bundle:
 
 def _named_parts(manifest: dict) -> list[str]:
     parts = [manifest["generator"], manifest["w_avg"]]
-    parts += [manifest[k] for k in ("lpips", "linknet", "directions", "ganspace") if manifest.get(k)]
+    parts += [manifest[k] for k in ("lpips", "linknet", "directions", "ganspace", "template") if manifest.get(k)]
     if manifest.get("identity"):
         parts.append(manifest["identity"]["path"])
     desc = manifest.get("descriptor")
@@ -324,6 +354,17 @@ def update_manifest(path: str | Path, **entries: Any) -> dict:
     manifest.update(entries)
     imio.atomic_write_json(mpath, manifest)
     return manifest
+
+
+def set_template(path: str | Path, template: Template) -> dict:
+    """Stores ``template`` in the bundle at ``path`` as ``template.json`` and sets the manifest's framing to it;
+    returns the new manifest. The template must be for crops of the generator's resolution."""
+    bundle = load_bundle(path)
+    if template.size != bundle.resolution():
+        raise MagecError(f"{bundle.path}: a template for {template.size} px crops; the generator makes "
+                         f"{bundle.resolution()} px images")
+    imio.atomic_write_json(bundle.path / "template.json", template.to_json())
+    return update_manifest(bundle.path, framing="template", template="template.json")
 
 
 def build_bundle(

@@ -12,6 +12,9 @@ of the bundle) and each ``--component`` (of the GANSpace PCA: ``--pca`` or the b
 Per latent ``<name>`` it writes ``OUT/<name>.png`` (rows: input | reconstruction | edits; the input is found
 through the inversion's ``<name>.json``), ``OUT/<name>/<label>.npz`` (edited latents, key ``w``
 ``[1, num_ws, w_dim]``) and ``OUT/<name>.json``. A rerun skips latents already done with the same edits.
+``--paste-back`` (for faces the inversion job aligned from photographs, ``config.align``: their ``<name>.json``
+records the photograph and the alignment) also writes ``OUT/<name>/<label>.png``, the whole photograph at its
+own size with the edited face pasted back.
 Argparse rather than a config file: this is an interactive tool whose arguments change every call (like
 ``python -m ports.convert``); the library call is :func:`magec_jax.editing.render.run_edits`.
 """
@@ -44,6 +47,8 @@ def parse_args(argv: list[str] | None = None) -> EditJob:
     parser.add_argument("--interpolate-to", default="", help="second latent: add an interpolation row")
     parser.add_argument("--steps", type=int, default=5, help="interpolation points, t = 0..1")
     parser.add_argument("--batch-size", type=int, default=8, help="images per generator call")
+    parser.add_argument("--paste-back", action="store_true", help="also paste each edited face back into its "
+                        "photograph (faces inverted with config.align)")
     args = parser.parse_args(_attach_negative_values(sys.argv[1:] if argv is None else argv))
     layers = None
     if args.layers:
@@ -59,7 +64,8 @@ def parse_args(argv: list[str] | None = None) -> EditJob:
     if args.steps < 2 or args.batch_size < 1:
         raise MagecError("--steps must be at least 2 and --batch-size at least 1")
     return EditJob(bundle=args.bundle, latents=tuple(args.latents), out_dir=args.out, sweeps=tuple(sweeps),
-                   interpolate_to=args.interpolate_to, steps=args.steps, pca=args.pca, batch_size=args.batch_size)
+                   interpolate_to=args.interpolate_to, steps=args.steps, pca=args.pca, batch_size=args.batch_size,
+                   paste_back=args.paste_back)
 
 
 def _attach_negative_values(argv: list[str]) -> list[str]:

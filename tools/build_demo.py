@@ -23,7 +23,10 @@ and copied into ``--out`` at the end:
      same samples: ``docs/eval_demo/linknet.json``; then GANSpace;
   7. copy the bundle into ``--out/bundle`` (its ``generator/`` is left as it is when it holds the same
      weights), and ``examples/``: one photograph each of 8 HELD-OUT people (never seen in training), as the
-     central crop the generator was trained on, saved as PNG (``tools/heldout_faces.py``).
+     central crop the generator was trained on, saved as PNG (``tools/heldout_faces.py``);
+  8. two whole photographs of held-out people for the photograph demo (``heldout_faces.PHOTOGRAPHS``), and the
+     bundle's framing: the template of the eyes and mouth corners on 256 of the generator's own samples
+     (``magec_jax.faces.pipeline.fit_generator_template``), which photographs are aligned to.
 The generator's crop and held-out fraction are read from its manifest (``extra``, written by train_gan).
 Every sample is cached, so an interrupted or repeated build renders only what is missing.
 """
@@ -42,7 +45,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from magec_jax import images as imio
-from magec_jax.bundle import build_bundle, load_bundle, update_manifest
+from magec_jax.bundle import build_bundle, load_bundle, set_template, update_manifest
+from magec_jax.faces.pipeline import fit_generator_template
 from magec_jax.inversion.magec_loss import binarize
 from magec_jax.models import faceres as faceres_model
 from magec_jax.models.face_attributes import ATTRIBUTE_NAMES, FaceAttributeThresholds, label_rates, thresholds_for_rates
@@ -53,7 +57,7 @@ from magec_jax.supervision.samples import params_digest
 from magec_jax.supervision.train import train_linknet
 from magec_jax.training import data as lfw
 from magec_jax.weights import load_converted, save_converted
-from heldout_faces import write_portraits  # tools/, this script's folder
+from heldout_faces import write_photographs, write_portraits  # tools/, this script's folder
 from ports.tfjs import convert_emotion, convert_faceres
 
 REPO = Path(__file__).resolve().parents[1]
@@ -145,6 +149,13 @@ def main() -> None:
     _install(bundle.path, args.out / "bundle")
     chosen = write_portraits(args.lfw, args.examples, NUM_EXAMPLES, crop=crop, fraction=fraction)
     print(f"examples: {', '.join(Path(p).stem for p in chosen)}", flush=True)
+
+    # 8. whole photographs, and the framing photographs are aligned to
+    photos = write_photographs(args.lfw, args.examples)
+    print(f"photographs: {', '.join(p.name for p in photos)}", flush=True)
+    fit = fit_generator_template(*load_bundle(args.out / "bundle").generator)
+    set_template(args.out / "bundle", fit.template)
+    print(f"template from {fit.found} of {fit.images} samples (spread {fit.spread:.2f} px): {fit.template}", flush=True)
 
 
 def _load_config(path: Path):

@@ -13,6 +13,9 @@ The held-out rule (person-name hash below ``--fraction``) and the crop default t
 ``--exclude DIR`` leaves out the people who already have a portrait in DIR and spreads the pick over the
 others the same way: a validation set of people disjoint from the evaluation set, on which settings can be
 chosen without touching the evaluation faces.
+
+:func:`write_photographs` copies whole, uncropped LFW photographs of held-out people (:data:`PHOTOGRAPHS`, one
+with two people) for the photograph demo (``config.align``: faces found, aligned, inverted, pasted back).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import tarfile
 from pathlib import Path
 
 from magec_jax.errors import MagecError
@@ -27,6 +31,8 @@ from magec_jax.images import png_bytes
 from magec_jax.training import data as lfw
 
 REPO = Path(__file__).resolve().parents[1]
+# Whole LFW photographs of held-out people, none of them among the evaluation faces: a tilted head, and two people.
+PHOTOGRAPHS = ("Maria_Wetterstrand/Maria_Wetterstrand_0001.jpg", "Rob_Schneider/Rob_Schneider_0001.jpg")
 
 
 def pick_portraits(paths: list[str], count: int, *, fraction: float = lfw.DEFAULT_HELDOUT_FRACTION,
@@ -61,6 +67,30 @@ def write_portraits(source: Path, out_dir: Path, count: int, *, crop: int = lfw.
     for path, img in zip(chosen, crops):
         (out_dir / f"{Path(path).stem}.png").write_bytes(png_bytes(img))
     return chosen
+
+
+def write_photographs(source: Path, out_dir: Path, paths: tuple[str, ...] = PHOTOGRAPHS, *,
+                      fraction: float = lfw.DEFAULT_HELDOUT_FRACTION) -> list[Path]:
+    """Copies the photographs ``paths`` of ``source`` (the LFW tar or folder) into ``out_dir``, byte for byte
+    (250x250 JPEGs, uncropped); every one must show a held-out person. Returns the files written."""
+    for path in paths:
+        if not lfw.is_heldout(lfw.person_of(path), fraction):
+            raise MagecError(f"{path}: {lfw.person_of(path)} is not a held-out person")
+    if source.is_dir():
+        data = {path: (source / path).read_bytes() for path in paths}
+    else:
+        with tarfile.open(source) as tar:
+            members = {m.name: m for m in tar.getmembers() if m.name in paths}
+            missing = [p for p in paths if p not in members]
+            if missing:
+                raise MagecError(f"{source}: no {missing[0]}")
+            data = {path: tar.extractfile(members[path]).read() for path in paths}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path, content in data.items():
+        (out_dir / Path(path).name).write_bytes(content)
+        written.append(out_dir / Path(path).name)
+    return written
 
 
 def main() -> None:

@@ -12,7 +12,10 @@ Data flow::
   optimised (Image2StyleGAN++'s noise stage) where the latent file has them, else the generator's constant
   buffers, exactly as the inversion job rendered its reconstruction.
 * :func:`run_edits` is the edit tool: per latent, a PNG grid (one row per edit sweep: input | reconstruction
-  | edits) and every edited latent as ``.npz`` (key ``w``, the inversion's noise maps copied along).
+  | edits) and every edited latent as ``.npz`` (key ``w``, the inversion's noise maps copied along); with
+  ``paste_back``, for a face the job aligned from a photograph (``config.align``), each edit pasted back into
+  the photograph.
+* :func:`paste_edit_grid`: the job's edit stage for photographs: each photograph with all its faces edited.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ from magec_jax import images as imio
 from magec_jax.bundle import load_bundle, noise_buffers, synthesize_fn
 from magec_jax.editing.directions import GanSpace, ganspace_edit, interfacegan_edit, interpolate, load_ganspace
 from magec_jax.errors import FileFormatError, MagecError
+from magec_jax.faces import pipeline as faces
+from magec_jax.faces.align import Alignment, AlignmentError
+from magec_jax.faces import paste
 from magec_jax.weights import sha256_file
 
 EditKind = Literal["interfacegan", "ganspace"]
@@ -52,6 +58,8 @@ class Latent:
       w_LxD: float32 ``[num_ws, w_dim]``.
       noise: the noise maps the inversion optimised (``[h, w]`` each, ``noise_shapes`` order), or None.
       image: the input image named by the inversion's ``<name>.json``, or None when there is no JSON.
+      photo: for a face the job aligned from a photograph (``config.align``), the photograph; else None.
+      alignment: that face's alignment in the photograph; else None.
     """
 
     name: str
@@ -59,6 +67,8 @@ class Latent:
     w_LxD: np.ndarray
     noise: tuple[np.ndarray, ...] | None
     image: Path | None
+    photo: Path | None = None
+    alignment: Alignment | None = None
 
 
 def load_latent(path: str | Path) -> Latent:
@@ -82,15 +92,17 @@ def load_latent(path: str | Path) -> Latent:
     if missing:
         raise FileFormatError(path, f"noise maps are not numbered 0..{count - 1} (missing noise_{missing[0]})")
     noise = tuple(np.asarray(arrays[f"noise_{i}"], np.float32) for i in range(count)) or None
-    image = None
+    image = photo = alignment = None
     record = path.with_suffix(".json")
     if record.is_file():
         try:
-            source = json.loads(record.read_text()).get("image")
-        except (OSError, ValueError) as e:
+            entries = json.loads(record.read_text())
+            alignment = Alignment.from_json(entries["alignment"]) if entries.get("alignment") else None
+        except (OSError, ValueError, AlignmentError) as e:
             raise FileFormatError(record, f"unreadable inversion record ({e})") from None
-        image = Path(source) if source else None
-    return Latent(name=path.stem, path=path, w_LxD=w, noise=noise, image=image)
+        image = Path(entries["image"]) if entries.get("image") else None
+        photo = Path(entries["photo"]) if entries.get("photo") else None
+    return Latent(name=path.stem, path=path, w_LxD=w, noise=noise, image=image, photo=photo, alignment=alignment)
 
 
 def list_latents(sources: Sequence[str | Path]) -> list[Path]:
@@ -305,6 +317,7 @@ class EditJob:
       steps: number of interpolation points from t = 0 to t = 1.
       pca: GANSpace PCA file (default: the bundle's ``ganspace`` entry).
       batch_size: images per compiled generator call.
+      paste_back: also write each edit pasted back into the photograph (latents of aligned faces only).
     """
 
     bundle: str
@@ -315,14 +328,16 @@ class EditJob:
     steps: int = 5
     pca: str = ""
     batch_size: int = 8
+    paste_back: bool = False
 
 
 def run_edits(job: EditJob, *, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> dict:
     """Renders every edit of every latent; returns ``{name: record}`` (each also written as ``<name>.json``).
 
     Per latent ``<name>``: ``<name>.png`` (grid), ``<name>/<label>.npz`` (edited latents, key ``w``
-    ``[1, L, D]``) and ``<name>.json`` (written last: its presence with the same rows marks the latent as done,
-    so a rerun skips it).
+    ``[1, L, D]``), with ``paste_back`` ``<name>/<label>.png`` (the photograph with this face edited, at the
+    photograph's size), and ``<name>.json`` (written last: its presence with the same rows marks the latent as
+    done, so a rerun skips it).
     """
     if not job.sweeps and not job.interpolate_to:
         raise MagecError("nothing to do: give InterFaceGAN, GANSpace or interpolation edits")
@@ -339,13 +354,20 @@ def run_edits(job: EditJob, *, log: Callable[[str], None] = lambda m: print(m, f
         if lat.w_LxD.shape != (cfg.num_ws, cfg.w_dim):
             raise FileFormatError(lat.path, f"latent of shape {lat.w_LxD.shape}, the generator's is "
                                             f"({cfg.num_ws}, {cfg.w_dim})")
+    if job.paste_back:
+        for lat in latents:
+            if lat.alignment is None or lat.photo is None:
+                raise FileFormatError(lat.path.with_suffix(".json"), "no photograph and alignment recorded: "
+                                      "--paste-back needs faces the inversion job aligned (config.align)")
+            if not lat.photo.is_file():
+                raise FileFormatError(lat.photo, f"no such photograph (the source of {lat.path.name})")
     rows = [[e.label for e in sweep] for sweep in job.sweeps]
     ts = np.linspace(0.0, 1.0, job.steps) if other is not None else np.zeros(0)
     if other is not None:
         rows.append([_safe(f"interp_{other.name}_{t:.3f}") for t in ts])
     out = Path(job.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    pending = [lat for lat in latents if not _edits_done(out, lat, rows)]
+    pending = [lat for lat in latents if not _edits_done(out, lat, rows, job.paste_back)]
     log(f"edit: {len(latents)} latents, {len(latents) - len(pending)} already done; "
         f"{sum(map(len, rows))} edits each in {len(rows)} rows")
     renderer = Renderer(synthesize_fn(cfg), variables, noise_buffers(cfg, variables), job.batch_size)
@@ -364,14 +386,15 @@ def run_edits(job: EditJob, *, log: Callable[[str], None] = lambda m: print(m, f
         for i, lat in enumerate(chunk):
             mine = images[i * per_latent: (i + 1) * per_latent]
             latents_i = ws[i * per_latent: (i + 1) * per_latent]
-            results[lat.name] = _write_latent_edits(out, lat, rows, mine, latents_i, cfg.img_resolution, log)
+            results[lat.name] = _write_latent_edits(out, lat, rows, mine, latents_i, cfg.img_resolution, log,
+                                                    job.paste_back)
         log(f"edit: {min(g + group, len(pending))}/{len(pending)} latents rendered")
     return results
 
 
-def _edits_done(out: Path, lat: Latent, rows: list[list[str]]) -> bool:
-    """Done: the record and grid exist, with the same rows, rendered from the same latent file (a latent that
-    was recomputed since gets its edits rendered again)."""
+def _edits_done(out: Path, lat: Latent, rows: list[list[str]], paste_back: bool) -> bool:
+    """Done: the record and grid exist, with the same rows and pasted photographs (when asked for), rendered
+    from the same latent file (a latent that was recomputed since gets its edits rendered again)."""
     record = out / f"{lat.name}.json"
     if not record.is_file() or not (out / f"{lat.name}.png").is_file():
         return False
@@ -379,11 +402,13 @@ def _edits_done(out: Path, lat: Latent, rows: list[list[str]]) -> bool:
         done = json.loads(record.read_text())
     except (OSError, ValueError):
         return False
-    return done.get("rows") == rows and done.get("latent_sha256") == sha256_file(lat.path)
+    return (done.get("rows") == rows and done.get("latent_sha256") == sha256_file(lat.path)
+            and (done.get("pasted") is not None or not paste_back))
 
 
 def _write_latent_edits(out: Path, lat: Latent, rows: list[list[str]], images: np.ndarray,
-                        ws: list[np.ndarray], resolution: int, log: Callable[[str], None]) -> dict:
+                        ws: list[np.ndarray], resolution: int, log: Callable[[str], None],
+                        paste_back: bool = False) -> dict:
     x = imio.to_uint8(load_input(lat.image, resolution, log))
     recon = imio.to_uint8(images[0])
     width = 2 + max(map(len, rows))
@@ -396,10 +421,16 @@ def _write_latent_edits(out: Path, lat: Latent, rows: list[list[str]], images: n
     labels = [label for row in rows for label in row]
     for label, w in zip(labels, ws[1:]):
         imio.atomic_save_npz(out / lat.name / f"{label}.npz", w=w[None].astype(np.float32), **noise)
+    if paste_back:
+        photo = faces.read_photo(lat.photo)
+        for label, image in zip(labels, images[1:]):
+            pasted = paste.paste_back(photo, [(imio.to_uint8(image), lat.alignment)])
+            imio.atomic_write_bytes(out / lat.name / f"{label}.png", imio.png_bytes(pasted))
     imio.atomic_write_bytes(out / f"{lat.name}.png", imio.png_bytes(imio.grid(tiles, columns=width)))
     record = dict(latent=str(lat.path), latent_sha256=sha256_file(lat.path),
                   image=None if lat.image is None else str(lat.image), rows=rows,
-                  columns="input | reconstruction | edits", edited_latents=f"{lat.name}/<label>.npz")
+                  columns="input | reconstruction | edits", edited_latents=f"{lat.name}/<label>.npz",
+                  pasted=f"{lat.name}/<label>.png" if paste_back else None)
     imio.atomic_write_json(out / f"{lat.name}.json", record)
     return record
 
@@ -428,6 +459,43 @@ def edit_grid(bundle: str, latents_dir: str | Path, attributes: Sequence[str], s
     path = imio.atomic_write_bytes(out / "edit_grid.png", imio.png_bytes(labelled_sheet(blocks, columns)))
     log(f"edit grid ({', '.join(attributes)} at {', '.join(columns[2:])}) -> {path}")
     return path
+
+
+def paste_edit_grid(out_dir: str | Path, aligned: Sequence[faces.AlignedFace], attributes: Sequence[str],
+                    strengths: Sequence[float], *,
+                    log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> list[Path]:
+    """The edit stage of a job on photographs (``config.align``): ``out_dir/pasted/<photo>__<label>.png`` for
+    every edit of :func:`edit_grid` (``<label>`` as :attr:`Edit.label`, e.g. ``ifg_Smiling_+3``), the
+    photograph with each of its faces whose edits were rendered (``out_dir/edits/<face>.png``) edited alike and
+    pasted back. A pasted photograph newer than its photograph and edit grids is left as it is; returns those
+    written."""
+    out = Path(out_dir)
+    edits_dir = out / "edits"
+    labels = [[Edit("interfacegan", s, attribute=a).label for s in strengths] for a in attributes]
+    written = []
+    for photo_name, group in faces.by_photo(aligned).items():
+        rendered = [f for f in group if (edits_dir / f"{f.name}.json").is_file() and (edits_dir / f"{f.name}.png").is_file()]
+        if not rendered:
+            continue
+        grids = [edits_dir / f"{f.name}.png" for f in rendered]
+        targets = {label: out / faces.PASTED / f"{photo_name}__{label}.png" for row in labels for label in row}
+        if all(faces.up_to_date(t, grids + [rendered[0].photo]) for t in targets.values()):
+            continue
+        try:
+            photo = faces.read_photo(rendered[0].photo)
+            sheets = [faces.read_crop(grid) for grid in grids]
+        except FileFormatError as e:
+            log(f"not pasted {photo_name}: {e}")
+            continue
+        tile = (sheets[0].shape[0] - 2) // len(attributes) - 2
+        tiles = [grid_tiles(sheet, len(attributes), 2 + len(strengths), tile) for sheet in sheets]
+        for r, row in enumerate(labels):
+            for c, label in enumerate(row):
+                crops = [(face_tiles[r][2 + c], f.alignment) for face_tiles, f in zip(tiles, rendered)]
+                written.append(imio.atomic_write_bytes(targets[label], imio.png_bytes(paste.paste_back(photo, crops))))
+    if written:
+        log(f"pasted {len(written)} edited photograph(s) -> {out / faces.PASTED}")
+    return written
 
 
 # ---- labelled sheets ---------------------------------------------------------------------------------------

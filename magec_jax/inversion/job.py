@@ -31,10 +31,22 @@ A run, in order:
 A job killed at any moment and restarted with the same output folder redoes only the images without a result
 (and deletes the killed run's half-written temporaries; one job per output folder).
 
+Photographs (``config.align``): before step 2, every face of every listed photograph is found and aligned to
+the bundle's framing (``Bundle.framing``: FFHQ or its template) at the generator's resolution by
+``magec_jax.faces.pipeline.align_photos``, into ``aligned/`` (crops, their records, ``aligned/summary.json``;
+resumable). Each face ``<name>__face<j>`` (``j`` from the left) is then an item of its own whose input is its
+aligned crop, and its ``<name>__face<j>.json`` also records ``photo``, ``face``, ``score`` and ``alignment``
+(``Alignment.to_json``). A photograph with no face or that cannot be read, and a face too small to invert
+(with its size), are reported in ``skipped`` and remembered by the alignment stage. After the inversion,
+``pasted/<name>.png`` is the photograph at its own size with every inverted face's reconstruction pasted back;
+with an ``edit_grid`` block, ``pasted/<name>__<label>.png`` is the photograph with every face edited by one edit
+(``<label>`` as in ``edits/``, e.g. ``ifg_Smiling_+3``). Pasted photographs are rewritten when older than their
+sources.
+
 The fingerprint (:func:`fingerprint`): the inversion settings actually run (after ``steps_scale``; the
 progress interval ``chunk_steps`` left out; of the compute options only the resolved precision),
 ``matmul_precision``, the bundle (:func:`bundle_identity`) and the preprocessing (resolution, minimum size,
-crop, resize).
+crop, resize; with ``align``, the framing and the detector's settings).
 
 ``summary.json``: ``config``, ``fingerprint``, ``steps``, ``images`` (listed), ``done`` (listed images with a
 result), ``skipped`` and ``failed`` (the images skipped or failed as the folder stands, with the reason and
@@ -69,6 +81,7 @@ import numpy as np
 
 from magec_jax import images as imio
 from magec_jax.errors import ConfigError, FileFormatError, MagecError
+from magec_jax.faces import pipeline as faces
 from magec_jax.inversion.engine import (
     LOSS_TERMS,
     ComputeOptions,
@@ -84,6 +97,7 @@ from magec_jax.weights import read_manifest, sha256_file
 
 Log = Callable[[str], None]
 _WORKERS = 4  # threads hashing and reading input files
+ALIGNED = "aligned"  # the aligned faces' folder in the output folder (config.align)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +136,7 @@ class JobConfig:
     name: str = ""
     edit_grid: EditGrid | None = None
     on_mismatch: str = "refuse"
+    align: bool = False
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> "JobConfig":
@@ -193,6 +208,7 @@ class JobConfig:
             name=str(config.get("name", "")),
             edit_grid=edit_grid,
             on_mismatch=on_mismatch,
+            align=bool(config.get("align", False)),
         )
 
 
@@ -265,13 +281,16 @@ def bundle_identity(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def preprocessing(job: JobConfig, resolution: int) -> dict[str, Any]:
-    """How an input file becomes the target image (the input policy of ``magec_jax.images``)."""
+def preprocessing(job: JobConfig, resolution: int, align: dict[str, Any] | None = None) -> dict[str, Any]:
+    """How an input file becomes the target image (the input policy of ``magec_jax.images``); with ``align``
+    (``faces.pipeline.alignment_settings``), how a photograph's faces become aligned crops."""
     min_size = resolution // 2 if job.min_size is None else job.min_size
+    if align is not None:
+        return dict(resolution=resolution, min_size=min_size, crop="aligned face", align=align)
     return dict(resolution=resolution, min_size=min_size, crop="centred square", resize="lanczos")
 
 
-def fingerprint(job: JobConfig, resolution: int, bundle_id: str) -> dict[str, Any]:
+def fingerprint(job: JobConfig, resolution: int, bundle_id: str, align: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything but the input file that decides a result, as JSON-ready data (see the module docstring)."""
     settings = dataclasses.asdict(job.settings)
     del settings["chunk_steps"]  # how often progress is read, not what is computed
@@ -279,7 +298,7 @@ def fingerprint(job: JobConfig, resolution: int, bundle_id: str) -> dict[str, An
     # float rounding; modulation, loop, donation and remat do not.
     settings["compute"] = dict(precision=job.settings.compute.resolved().precision)
     record = dict(settings=settings, matmul_precision=job.matmul_precision, bundle=bundle_id,
-                  preprocessing=preprocessing(job, resolution))
+                  preprocessing=preprocessing(job, resolution, align))
     return json.loads(json.dumps(record))
 
 
@@ -322,6 +341,7 @@ class _Input:
     path: Path
     name: str
     sha256: str | None  # None: the file cannot be read
+    record: dict[str, Any] = dataclasses.field(default_factory=dict)  # more entries of its result's JSON
 
 
 class _Progress:
@@ -415,7 +435,13 @@ def run(
         resolution = networks.resolution
     else:
         resolution = int(read_manifest(bundle.part(bundle.manifest["generator"]))["config"]["img_resolution"])
-    fp = fingerprint(job, resolution, bundle_identity(job.bundle))
+    aligned, align_settings = None, None
+    if job.align:
+        framing = bundle.framing() if bundle is not None else faces.Framing.ffhq(resolution)
+        align_settings = faces.alignment_settings(framing)
+        aligned = _align(inputs, out_dir, framing, log)
+        inputs = [_Input(f.crop, f.name, _digest(f.crop), _face_entries(f)) for f in aligned.faces]
+    fp = fingerprint(job, resolution, bundle_identity(job.bundle), align_settings)
     folder = _sort(inputs, duplicates, out_dir, fp)
     if folder.stale and job.on_mismatch == "refuse":
         raise MagecError(_stale_message(out_dir, folder.stale))
@@ -433,6 +459,8 @@ def run(
                                       holds_for=folder.preprocessing_hash))
     for s in new_skips:
         log(f"skipped {s['image']}: {s['reason']}")
+    if aligned is not None:  # reported (and remembered) by the alignment stage
+        new_skips += list(aligned.skipped)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     if pid == 0:
@@ -477,11 +505,31 @@ def run(
         f"invert: {record['done']} inverted, {len(record['failed'])} failed, {len(record['skipped'])} skipped "
         f"in {record['seconds']:.1f} s -> {out_dir}"
     )
+    if aligned is not None and pid == 0:
+        faces.paste_reconstructions(aligned.faces, out_dir, log=log)
     if job.edit_grid is not None and pid == 0:
-        from magec_jax.editing.render import edit_grid
+        from magec_jax.editing.render import edit_grid, paste_edit_grid
 
         edit_grid(job.bundle, out_dir, job.edit_grid.attributes, job.edit_grid.strengths, log=log)
+        if aligned is not None:
+            paste_edit_grid(out_dir, aligned.faces, job.edit_grid.attributes, job.edit_grid.strengths, log=log)
     return record
+
+
+def _align(photos: Sequence[_Input], out_dir: Path, framing: faces.Framing, log: Log) -> faces.AlignReport:
+    """The alignment stage (``config.align``): process 0 aligns the photographs into ``out_dir/aligned``; then
+    every other process reads what it wrote."""
+    inputs = [faces.PhotoInput(p.path, p.name, p.sha256) for p in photos]
+    report = None
+    if jax.process_index() == 0:
+        report = faces.align_photos(inputs, out_dir / ALIGNED, framing, log=log)
+    _barrier("magec-aligned")
+    return report if report is not None else faces.align_photos(inputs, out_dir / ALIGNED, framing, log=log)
+
+
+def _face_entries(face: faces.AlignedFace) -> dict[str, Any]:
+    """What an aligned face's result records besides the job's entries: its photograph and alignment."""
+    return dict(photo=str(face.photo), face=face.index, score=face.score, alignment=face.alignment.to_json())
 
 
 def _invert(job: JobConfig, engine: Engine, mine: Sequence[_Input], batch: int, num_batches: int,
@@ -686,5 +734,5 @@ def _write_image(out_dir: Path, item: _Input, w_LxD, recon, noise, losses, steps
     imio.atomic_write_json(
         out_dir / f"{item.name}.json",
         dict(image=str(item.path), status="ok", losses=losses, steps=steps, seconds=seconds, batch_size=batch,
-             fingerprint=fp, input_sha256=item.sha256),
+             fingerprint=fp, input_sha256=item.sha256, **item.record),
     )

@@ -70,6 +70,7 @@ def job_config(protocol: str = "magec", *, steps_scale: float = 1.0) -> ml_colle
     ``steps_scale`` sets the config's field of that name (see the module docstring). ``on_mismatch`` says what
     the job does with results computed under another fingerprint (settings, bundle, preprocessing or input
     file): ``refuse`` (the default: stop with one line naming the differences) or ``recompute`` them.
+    ``align`` makes every face of every photograph an item of its own (``magec_jax.inversion.job``).
     """
     config = ml_collections.ConfigDict()
     config.name = protocol
@@ -80,6 +81,7 @@ def job_config(protocol: str = "magec", *, steps_scale: float = 1.0) -> ml_colle
     config.steps_scale = float(steps_scale)
     config.on_mismatch = "refuse"
     config.min_size = ml_collections.FieldReference(None, field_type=int)
+    config.align = False  # True: find the faces of each photograph, align them to the bundle's framing, paste back
     config.matmul_precision = "highest"
     config.inversion = inversion_config(protocol)
     config.edit_grid = ml_collections.ConfigDict(dict(attributes=(), strengths=()))  # empty: no edit stage
