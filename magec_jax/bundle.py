@@ -257,6 +257,7 @@ class Bundle:
     def networks(self) -> Networks:
         """Everything the inversion engine needs, checked for consistency."""
         from magec_jax.models import lpips as lpips_lib
+        from ports.loss_nets import packaged_lpips
 
         cfg, gen_vars = self.generator
         lpips_rel = self.manifest.get("lpips")
@@ -276,7 +277,7 @@ class Bundle:
             cfg,
             gen_vars,
             w_avg=jnp.asarray(self.w_avg()),
-            lpips_variables=lpips_lib.load_variables(self.part(lpips_rel) if lpips_rel else None),
+            lpips_variables=lpips_lib.load_variables(self.part(lpips_rel)) if lpips_rel else packaged_lpips(),
             identity=self.identity(),
             descriptor=descriptor,
             linknet=None if linknet is None else jax.tree.map(jnp.asarray, linknet),

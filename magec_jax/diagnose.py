@@ -51,8 +51,7 @@ def diagnose(bundle_path: str, *, latents: list[str], protocol: str, alpha: floa
             raise FileFormatError(missing[0], "no inversion record (.json) naming the input image")
         w = np.stack([lat.w_LxD for lat in lats])
         images = np.stack([imio.load_image(lat.image, nets.resolution, min_size=1) for lat in lats])
-        rows = [phase.weights() for phase in settings.phases]
-        report["loss_balance"] = loss_balance(engine, w, images, rows, batch_size=batch_size)
+        report["loss_balance"] = loss_balance(engine, w, images, settings.phases, batch_size=batch_size)
         report["loss_balance"]["latents"] = [str(p) for p in paths]
     return report
 

@@ -9,12 +9,13 @@ import sys
 import textwrap
 from pathlib import Path
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import engine_standins as standins
+from magec_jax.errors import ConfigError
 from magec_jax.inversion.engine import Engine, InversionSettings, NoisePhase, Phase
+from magec_jax.inversion.terms import BUILTIN_TERMS
 
 SETTINGS = InversionSettings(
     phases=(Phase(6, mse=1e-3, lpips=0.5, id=3e-4, magec=3e-4), Phase(6, mse=0.5, lpips=0.5, id=3e-4, magec=3e-4)),
@@ -41,11 +42,12 @@ def test_loss_decreases_and_outputs_have_the_documented_shapes():
     assert out["terms"].shape == (2, 4)
     assert not np.any(np.asarray(out["failed"]))
     # Each chunk shape compiles once, whatever the phase.
-    assert engine._run._cache_size() == 1
+    assert engine.compiled_variants()["step"] == 1
 
 
 def test_phase_weights_switch_without_recompiling():
-    table = SETTINGS.weight_table()
+    assert SETTINGS.weighted_terms == ("id", "lpips", "magec", "mse")
+    table = SETTINGS.weight_table(BUILTIN_TERMS)
     assert table.shape == (12, 4)
     np.testing.assert_allclose(table[5], [1e-3, 0.5, 3e-4, 3e-4])
     np.testing.assert_allclose(table[6], [0.5, 0.5, 3e-4, 3e-4])
@@ -57,8 +59,7 @@ def test_term_gradients_match_finite_differences():
     latents = np.asarray(engine.invert(images)["ws"], np.float32)
     terms, norms = engine.term_gradients(latents, images)
     assert terms.shape == norms.shape == (2, 4) and np.all(norms > 0)
-    final = np.asarray(engine._finish(engine._arrays, engine._init(engine._arrays, 2)._replace(
-        latent=jnp.asarray(latents)), engine._prepare(engine._arrays, jnp.asarray(images)))[2])
+    final = np.asarray(engine.evaluate(latents, images)["terms"])
     np.testing.assert_allclose(terms, final, rtol=1e-5, atol=1e-7)
     # Central differences along every coordinate of image 0's latent, as one batch of 2 * L * D latents.
     n, h = latents[0].size, 1e-3
@@ -102,10 +103,12 @@ def test_missing_networks_are_refused():
     nets = standins.networks()
     import dataclasses
 
-    with pytest.raises(ValueError, match="MAGEC"):
+    with pytest.raises(ConfigError, match="'magec', which the networks given cannot compute"):
         Engine(dataclasses.replace(nets, linknet=None), SETTINGS)
-    with pytest.raises(ValueError, match="ID loss"):
+    with pytest.raises(ConfigError, match="'id', which the networks given cannot compute"):
         Engine(dataclasses.replace(nets, identity=None), SETTINGS)
+    with pytest.raises(ConfigError, match="unknown loss term 'bogus'"):
+        Engine(nets, InversionSettings(phases=(Phase(2, mse=1.0, bogus=1.0),)))
 
 
 def test_eight_simulated_devices_give_the_same_latents(tmp_path):

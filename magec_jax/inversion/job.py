@@ -83,7 +83,6 @@ from magec_jax import images as imio
 from magec_jax.errors import ConfigError, FileFormatError, MagecError
 from magec_jax.faces import pipeline as faces
 from magec_jax.inversion.engine import (
-    LOSS_TERMS,
     ComputeOptions,
     Engine,
     InversionSettings,
@@ -93,6 +92,7 @@ from magec_jax.inversion.engine import (
     local_rows,
 )
 from magec_jax.inversion.protocols import ON_MISMATCH, scale_steps
+from magec_jax.inversion.terms import BUILTIN_TERMS
 from magec_jax.weights import read_manifest, sha256_file
 
 Log = Callable[[str], None]
@@ -145,18 +145,12 @@ class JobConfig:
         phases = []
         for i, p in enumerate(inv.phases):
             _require(isinstance(p, (dict, ml_collections.ConfigDict)), f"inversion.phases[{i}]", p,
-                     "a dict of steps and loss weights (" + ", ".join(("steps",) + LOSS_TERMS) + ")")
+                     "a dict of steps and loss weights by term name (" + ", ".join(("steps",) + BUILTIN_TERMS)
+                     + ", or a registered term's name)")
             try:
-                phase = Phase(**dict(p))
+                phases.append(Phase(**dict(p)))
             except (TypeError, ValueError) as e:
                 raise ConfigError(f"config.inversion.phases[{i}]: {e}") from None
-            _require(_is_int(phase.steps) and phase.steps >= 1, f"inversion.phases[{i}].steps", phase.steps,
-                     "a positive integer")
-            for term in LOSS_TERMS:
-                weight = getattr(phase, term)
-                _require(_is_number(weight) and math.isfinite(weight), f"inversion.phases[{i}].{term}", weight,
-                         "a finite number")
-            phases.append(phase)
         _require(bool(phases), "inversion.phases", tuple(inv.phases), "at least one phase")
         noise_steps = inv.get("noise_steps", 0)
         _require(_is_int(noise_steps) and noise_steps >= 0, "inversion.noise_steps", noise_steps,
@@ -439,6 +433,9 @@ def run(
     if job.align:
         framing = bundle.framing() if bundle is not None else faces.Framing.ffhq(resolution)
         align_settings = faces.alignment_settings(framing)
+        fp = fingerprint(job, resolution, bundle_identity(job.bundle), align_settings)
+        if job.on_mismatch == "refuse":  # before the alignment stage rewrites aligned/ for new settings
+            _refuse_other_face_results(inputs, out_dir, fp)
         aligned = _align(inputs, out_dir, framing, log)
         inputs = [_Input(f.crop, f.name, _digest(f.crop), _face_entries(f)) for f in aligned.faces]
     fp = fingerprint(job, resolution, bundle_identity(job.bundle), align_settings)
@@ -527,6 +524,22 @@ def _align(photos: Sequence[_Input], out_dir: Path, framing: faces.Framing, log:
     return report if report is not None else faces.align_photos(inputs, out_dir / ALIGNED, framing, log=log)
 
 
+def _refuse_other_face_results(photos: Sequence[_Input], out_dir: Path, fp: dict[str, Any]) -> None:
+    """Stops the job (one line) when the folder holds face results of these photographs computed with other
+    settings than ``fp``'s; whether a photograph itself changed is checked later, on its aligned crops."""
+    by_name = {p.name: p for p in photos}
+    stale = []
+    for result in out_dir.glob("*__face*.json"):
+        photo_name, _, face = result.stem.rpartition("__face")
+        if photo_name in by_name and face.isdigit() and result.with_suffix(".npz").is_file():
+            record = _read_json(result)
+            diffs = _result_differences(record, fp, record.get("input_sha256"))  # the photograph: checked later
+            if diffs:
+                stale.append((by_name[photo_name], diffs))
+    if stale:
+        raise MagecError(_stale_message(out_dir, stale))
+
+
 def _face_entries(face: faces.AlignedFace) -> dict[str, Any]:
     """What an aligned face's result records besides the job's entries: its photograph and alignment."""
     return dict(photo=str(face.photo), face=face.index, score=face.score, alignment=face.alignment.to_json())
@@ -575,7 +588,7 @@ def _invert(job: JobConfig, engine: Engine, mine: Sequence[_Input], batch: int, 
             noise = [local_rows(n) for n in out["noise"]]
             seconds = (time.perf_counter() - t0) / max(len(kept), 1)
             for i, item in enumerate(kept):
-                losses = {t: float(v) for t, v in zip(LOSS_TERMS, terms[i])}
+                losses = {t: float(v) for t, v in zip(engine.term_names, terms[i])}
                 if failed[i] or not np.all(np.isfinite(ws[i])):
                     reason = "non-finite loss during optimisation"
                     record["failed"].append(dict(image=str(item.path), reason=reason, sha256=item.sha256,

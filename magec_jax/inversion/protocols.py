@@ -23,44 +23,48 @@ import dataclasses
 
 import ml_collections
 
-from magec_jax.inversion.engine import ComputeOptions, InversionSettings
+from magec_jax.inversion.settings import PAPER_PHASE1, PAPER_PHASE2, InversionSettings, NoisePhase, Phase
 
-PHASE1 = dict(mse=1e-3, lpips=0.5, id=3e-4, magec=3e-4)
-PHASE2 = dict(mse=0.5, lpips=0.5, id=3e-4, magec=3e-4)
 PROTOCOLS = ("magec", "wo_magec", "wo_magec300", "i2spp")
 ON_MISMATCH = ("refuse", "recompute")
 
 
-def _phases(protocol: str) -> tuple[dict, ...]:
+def _phases(protocol: str) -> tuple[Phase, ...]:
     if protocol == "magec":
-        return (dict(steps=100, **PHASE1), dict(steps=100, **PHASE2))
+        return (Phase(100, PAPER_PHASE1), Phase(100, PAPER_PHASE2))
     if protocol in ("wo_magec", "wo_magec300"):
         n = 150 if protocol == "wo_magec300" else 100
-        return (dict(steps=n, **PHASE1 | {"magec": 0.0}), dict(steps=n, **PHASE2 | {"magec": 0.0}))
+        return (Phase(n, PAPER_PHASE1 | {"magec": 0.0}), Phase(n, PAPER_PHASE2 | {"magec": 0.0}))
     if protocol == "i2spp":
-        return (dict(steps=1000, mse=1.0, lpips=1.0, id=0.0, magec=0.0),)
+        return (Phase(1000, mse=1.0, lpips=1.0, id=0.0, magec=0.0),)
     raise ValueError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
 
 
+def protocol_settings(protocol: str = "magec", *, steps_scale: float = 1.0) -> InversionSettings:
+    """A paper protocol as the engine's typed settings: the one place its values are written.
+
+    Everything but the phases (and the Image2StyleGAN++ noise stage) is :class:`InversionSettings`' default,
+    which is METHOD.md's. ``steps_scale`` shortens or lengthens the run (:func:`scale_steps`).
+    """
+    noise = NoisePhase(1000, lr=0.07) if protocol == "i2spp" else None
+    return scale_steps(InversionSettings(phases=_phases(protocol), noise_phase=noise), steps_scale)
+
+
 def inversion_config(protocol: str = "magec") -> ml_collections.ConfigDict:
-    """The ``inversion`` block of a job config for a protocol, at the protocol's own length."""
+    """The ``inversion`` block of a job config for a protocol, at the protocol's own length: the fields of
+    :func:`protocol_settings` (phases as dicts of steps and weights by term name), for command-line overrides."""
+    settings = protocol_settings(protocol)
     inv = ml_collections.ConfigDict()
     inv.protocol = protocol
-    inv.phases = _phases(protocol)
-    inv.lr = 0.07
-    inv.lr_decay = 0.8
-    inv.lr_decay_every = 25
-    inv.adam_b1 = 0.9
-    inv.adam_b2 = 0.999
-    inv.adam_eps = 1e-8
-    inv.latent_space = "w+"
-    inv.magec_alpha = 3.0
-    inv.magec_mode = "flip"
-    inv.noise_steps = 1000 if protocol == "i2spp" else 0
-    inv.noise_lr = 0.07
-    inv.chunk_steps = 25
+    inv.phases = tuple(dict(steps=p.steps, **dict(p.weights)) for p in settings.phases)
+    for field in ("lr", "lr_decay", "lr_decay_every", "adam_b1", "adam_b2", "adam_eps", "latent_space",
+                  "magec_alpha", "magec_mode", "chunk_steps"):
+        inv[field] = getattr(settings, field)
+    noise = settings.noise_phase
+    inv.noise_steps = 0 if noise is None else noise.steps
+    inv.noise_lr = NoisePhase(1).lr if noise is None else noise.lr
     # How the step is computed (engine.ComputeOptions): "auto" picks each platform's measured choice.
-    inv.compute = ml_collections.ConfigDict(dataclasses.asdict(ComputeOptions()))
+    inv.compute = ml_collections.ConfigDict(dataclasses.asdict(settings.compute))
     return inv
 
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from magec_jax.bundle import Bundle
 from magec_jax.errors import MagecError
-from magec_jax.inversion.engine import LOSS_TERMS, Engine
+from magec_jax.inversion.engine import Engine, Phase
 from magec_jax.inversion.magec_loss import as_layered, binarize, edit_set
 from magec_jax.models.linknet import linknet_apply
 from magec_jax.supervision.samples import mapped_ws
@@ -89,30 +89,34 @@ def linknet_consistency(bundle: Bundle, *, alpha: float, num_samples: int = 4000
 
 
 def loss_balance(engine: Engine, latents_NxLxD: np.ndarray, images_NxHxWxC: np.ndarray,
-                 phase_weights: Sequence[Sequence[float]], *, batch_size: int = 8) -> dict[str, Any]:
+                 phases: Sequence[Phase], *, batch_size: int = 8) -> dict[str, Any]:
     """The weighted gradient norm of each loss term at the given latents (e.g. finished inversions).
 
     Args:
       engine: an engine over the bundle's networks (its settings only choose alpha and the edit mode).
       latents_NxLxD, images_NxHxWxC: latents and their target images in [-1, 1] at G's resolution.
-      phase_weights: one ``(mse, lpips, id, magec)`` row per phase to weigh the gradients with.
+      phases: the phases whose weights the gradients are weighed with (one report row each).
       batch_size: latents per compiled call (a multiple of the engine's mesh size).
 
-    Returns ``num_images``, ``terms`` (median unweighted value of each term) and ``phases``: per row of
-    ``phase_weights``, ``weights``, ``weighted_grad_norm`` (median over images of weight x |d term / d latent|)
-    and ``magec_share`` (median over images of the MAGEC term's weighted gradient norm over the sum of all four).
+    Returns ``num_images``, ``terms`` (median unweighted value of each term the engine computes) and
+    ``phases``: per phase, ``weights``, ``weighted_grad_norm`` (median over images of weight x |d term / d
+    latent|) and ``magec_share`` (median over images of the MAGEC term's weighted gradient norm over the sum
+    of all terms'; 0 when the networks cannot compute MAGEC).
     """
+    names = engine.term_names
     parts = [engine.term_gradients(latents_NxLxD[i: i + batch_size], images_NxHxWxC[i: i + batch_size])
              for i in range(0, len(latents_NxLxD), batch_size)]
-    terms_Bx4, norms_Bx4 = (np.concatenate(arrays) for arrays in zip(*parts))
-    phases = []
-    for weights in phase_weights:
-        weighted_Bx4 = norms_Bx4 * np.asarray(weights, np.float64)[None]
-        share_B = weighted_Bx4[:, 3] / np.maximum(weighted_Bx4.sum(axis=1), 1e-30)
-        phases.append(dict(
-            weights=dict(zip(LOSS_TERMS, map(float, weights))),
-            weighted_grad_norm=dict(zip(LOSS_TERMS, map(float, np.median(weighted_Bx4, axis=0)))),
+    terms_BxT, norms_BxT = (np.concatenate(arrays) for arrays in zip(*parts))
+    rows = []
+    for phase in phases:
+        weights_T = np.asarray([phase.weight(t) for t in names], np.float64)
+        weighted_BxT = norms_BxT * weights_T[None]
+        magec_B = weighted_BxT[:, names.index("magec")] if "magec" in names else np.zeros(len(weighted_BxT))
+        share_B = magec_B / np.maximum(weighted_BxT.sum(axis=1), 1e-30)
+        rows.append(dict(
+            weights=dict(zip(names, map(float, weights_T))),
+            weighted_grad_norm=dict(zip(names, map(float, np.median(weighted_BxT, axis=0)))),
             magec_share=float(np.median(share_B)),
         ))
-    return dict(num_images=int(terms_Bx4.shape[0]), terms=dict(zip(LOSS_TERMS, map(float, np.median(terms_Bx4, axis=0)))),
-                phases=phases)
+    return dict(num_images=int(terms_BxT.shape[0]), terms=dict(zip(names, map(float, np.median(terms_BxT, axis=0)))),
+                phases=rows)
