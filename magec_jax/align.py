@@ -51,8 +51,9 @@ def run(source: str | Path, out_dir: str | Path, *, size: int | None = None, bun
     for d in duplicates:
         print(f"skipped {d['image']}: {d['reason']}", file=sys.stderr)
     report = pipeline.align_photos(photos, out_dir, framing, batch_size=batch_size)
-    print(f"align: {len(photos)} photographs, {len(report.faces)} faces aligned "
-          f"({framing.kind} at {framing.size} px), {len(report.skipped)} skipped -> {out_dir}", file=sys.stderr)
+    print(f"align: {len(photos)} photographs ({report.detected} detected by this run), {len(report.faces)} faces "
+          f"aligned ({framing.kind} at {framing.size} px), {len(report.skipped)} skipped -> {out_dir}",
+          file=sys.stderr)
     return report
 
 

@@ -196,10 +196,11 @@ def test_fitted_template_reads_back_where_the_alignment_put_the_points(photos, d
     assert np.abs(expected - template.points()).max() > 1.0  # so the test tells the two apart
 
 
-def test_template_fit_without_faces_is_one_line(detector):
-    noise = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+def test_template_fit_without_faces_is_one_line(photos, detector):
+    field = photos["noface_320x240"]  # a smooth random colour field
+    squares = np.stack([np.asarray(Image.fromarray(field[:, x:x + 240]).resize((32, 32))) for x in (0, 40, 80)])
     with pytest.raises(MagecError, match="no face found in any of the 3 images"):
-        pipeline.fit_template_on_images(noise, detector)
+        pipeline.fit_template_on_images(squares, detector)
 
 
 def test_bundle_framing_and_the_fit_template_cli(photos, detector, tmp_path):
@@ -237,7 +238,7 @@ def _outside_every_quad(shape: tuple[int, ...], alignments: list[align.Alignment
     return outside
 
 
-def test_job_with_align_inverts_each_face_and_pastes_them_back(photos, tmp_path):
+def test_job_with_align_inverts_each_face_and_pastes_them_back(photos, tmp_path, monkeypatch):
     folder, out = tmp_path / "in", tmp_path / "out"
     _write(folder, photos, ["twofaces_500x250", "noface_320x240"])
     Image.fromarray(photos["gray_Nestor_Kirchner_0022"][:, :, 0]).save(folder / "grey.png")
@@ -278,6 +279,19 @@ def test_job_with_align_inverts_each_face_and_pastes_them_back(photos, tmp_path)
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "summary.json"}
     again = job_lib.run(config, networks=standins.networks())
     assert again["done"] == 0 and again["already_done"] == 5
+    assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "summary.json"}
+
+    # Other alignment settings: refused in one line before anything is detected or aligned again.
+    settings = pipeline.alignment_settings
+
+    def other_settings(framing, detector=pipeline.DetectorConfig()):
+        return dict(settings(framing, detector), min_quad_fraction=0.5)
+
+    monkeypatch.setattr(pipeline, "alignment_settings", other_settings)
+    monkeypatch.setattr(FaceDetector, "load", lambda *a, **k: pytest.fail("the detector was loaded"))
+    with pytest.raises(MagecError, match=r"5 result\(s\) there were computed otherwise \(preprocessing.align."
+                                         r"min_quad_fraction: 0.25 -> 0.5\)"):
+        job_lib.run(config, networks=standins.networks())
     assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "summary.json"}
 
 

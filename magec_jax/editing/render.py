@@ -474,7 +474,8 @@ def paste_edit_grid(out_dir: str | Path, aligned: Sequence[faces.AlignedFace], a
     labels = [[Edit("interfacegan", s, attribute=a).label for s in strengths] for a in attributes]
     written = []
     for photo_name, group in faces.by_photo(aligned).items():
-        rendered = [f for f in group if (edits_dir / f"{f.name}.json").is_file() and (edits_dir / f"{f.name}.png").is_file()]
+        rendered = [f for f in group
+                    if (edits_dir / f"{f.name}.json").is_file() and (edits_dir / f"{f.name}.png").is_file()]
         if not rendered:
             continue
         grids = [edits_dir / f"{f.name}.png" for f in rendered]
@@ -483,7 +484,7 @@ def paste_edit_grid(out_dir: str | Path, aligned: Sequence[faces.AlignedFace], a
             continue
         try:
             photo = faces.read_photo(rendered[0].photo)
-            sheets = [faces.read_crop(grid) for grid in grids]
+            sheets = [faces.read_rgb(grid) for grid in grids]
         except FileFormatError as e:
             log(f"not pasted {photo_name}: {e}")
             continue

@@ -43,6 +43,7 @@ from magec_jax.faces.align import (MIN_QUAD_FRACTION, Alignment, AlignmentError,
                                    face_size_problem, fit_template, warp)
 from magec_jax.faces.detect import DetectorConfig, FaceDetector
 from magec_jax.faces.paste import paste_back
+from magec_jax.models import stylegan2
 from magec_jax.weights import sha256_file
 
 Log = Callable[[str], None]
@@ -103,8 +104,10 @@ class Framing:
 
 
 def alignment_settings(framing: Framing, detector: DetectorConfig = DetectorConfig()) -> dict[str, Any]:
-    """Everything that decides a photograph's aligned crops, as JSON-ready data (a result's fingerprint)."""
-    return json.loads(json.dumps(dict(framing=framing.to_json(), detector=dataclasses.asdict(detector),
+    """Everything that decides a photograph's aligned crops, as JSON-ready data (a result's fingerprint): the
+    framing, the detector's settings (but its batch size) and the face-size rule."""
+    found = {k: v for k, v in dataclasses.asdict(detector).items() if k != "batch_size"}
+    return json.loads(json.dumps(dict(framing=framing.to_json(), detector=found,
                                       min_quad_fraction=MIN_QUAD_FRACTION, transform="adaptive")))
 
 
@@ -280,7 +283,8 @@ def align_photos(photos: Sequence[PhotoInput], out_dir: str | Path, framing: Fra
         record = records[photo.name]
         if record.get("problem"):
             skipped.append(dict(image=str(photo.path), reason=record["problem"], sha256=photo.sha256))
-        skipped += [dict(image=str(photo.path), face=s["face"], reason=s["reason"]) for s in record.get("skipped_faces", [])]
+        skipped += [dict(image=str(photo.path), face=s["face"], reason=s["reason"])
+                    for s in record.get("skipped_faces", [])]
         for name in record.get("faces", []):
             stored = _read_json(out / f"{name}.json")
             faces.append(AlignedFace(name=name, crop=out / f"{name}.png", photo=photo.path, photo_name=photo.name,
@@ -340,8 +344,8 @@ def _glob_escape(text: str) -> str:
 
 def _summary(records: list[dict], framing: Framing, settings: dict[str, Any], listed: int) -> dict[str, Any]:
     """``summary.json`` of an alignment folder: the framing and settings, counts, ``no_face`` and
-    ``unreadable`` photographs and ``skipped_faces`` faces with their reasons, and ``photos``: every photograph's
-    record (its faces; what a rerun checks)."""
+    ``unreadable`` photographs and ``skipped_faces`` (too small, with the size), each with its reason, and
+    ``photos``: every photograph's record (its faces; what a rerun checks)."""
     return dict(
         framing=framing.to_json(), settings=settings, photos_listed=listed,
         faces=sum(len(r["faces"]) for r in records),
@@ -380,13 +384,13 @@ def up_to_date(target: Path, sources: Sequence[Path]) -> bool:
     return all(s.stat().st_mtime_ns <= stamp for s in sources)
 
 
-def read_crop(path: Path) -> np.ndarray:
-    """A face crop written by the job or the edit tool, as uint8 ``[S, S, 3]``."""
+def read_rgb(path: Path) -> np.ndarray:
+    """An image the job or the edit tool wrote (a face crop, an edit grid), as uint8 ``[H, W, 3]``."""
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
     except (OSError, ValueError) as e:
-        raise FileFormatError(path, f"unreadable face crop ({e.__class__.__name__}: {e})") from None
+        raise FileFormatError(path, f"unreadable image ({e.__class__.__name__}: {e})") from None
 
 
 def write_pasted(target: Path, photo: Path, crops: Sequence[tuple[np.ndarray, Alignment]]) -> Path:
@@ -409,7 +413,7 @@ def paste_reconstructions(faces: Sequence[AlignedFace], results_dir: str | Path,
         if up_to_date(target, sources + [done[0].photo]):
             continue
         try:
-            write_pasted(target, done[0].photo, [(read_crop(s), f.alignment) for s, f in zip(sources, done)])
+            write_pasted(target, done[0].photo, [(read_rgb(s), f.alignment) for s, f in zip(sources, done)])
         except FileFormatError as e:
             log(f"not pasted {photo_name}: {e}")
             continue
@@ -468,8 +472,6 @@ def fit_generator_template(cfg: Any, variables: Any, *, num_samples: int = 256, 
     Args:
       cfg, variables: the generator (``magec_jax.models.stylegan2.load_generator``; a bundle's ``generator``).
     """
-    from magec_jax.models import stylegan2
-
     if cfg.c_dim:
         raise MagecError("template fit: class-conditional generators are not supported (fit on training images)")
     model = stylegan2.Generator(cfg)
