@@ -40,7 +40,8 @@ from machine import machine_info  # noqa: E402
 from networks import paper_networks  # noqa: E402
 
 from magec_jax.images import atomic_write_json  # noqa: E402
-from magec_jax.inversion.engine import Engine, InversionSettings, Phase  # noqa: E402
+from magec_jax.inversion.engine import Engine  # noqa: E402
+from magec_jax.inversion.settings import InversionSettings, Phase  # noqa: E402
 
 VARIANTS = {"mse_lpips": dict(mse=0.5, lpips=0.5), "magec": dict(mse=0.5, lpips=0.5, id=3e-4, magec=3e-4)}
 # XLA:CPU flag sets compared by ``flags`` (jax 0.10.2, whose XLA:CPU runs convolutions and reductions in YNNPACK).
@@ -126,7 +127,7 @@ def _conv_gflop(body: list[str], lines: dict[str, str]) -> float:
 def _network(line: str) -> str:
     name = re.search(r'op_name="([^"]*)"', line)
     name = name.group(1) if name else ""
-    for key, network in (("synthesis", "generator"), ("LPIPS", "lpips"), ("IRSE50", "identity"),
+    for key, network in (("synthesis", "generator"), ("LPIPS", "lpips"), ("VGG16", "lpips"), ("IRSE50", "identity"),
                          ("magec", "magec"), ("LinkNet", "magec")):
         if key in name:
             return network
@@ -155,7 +156,7 @@ def profile(resolution: int, batch: int, variant: str) -> dict:
     comps, lines = _computations(hlo)
     entry = next(name for name in comps if hlo.find(f"ENTRY %{name} ") >= 0)
     weight_only = _weight_only(comps[entry])
-    by_kind, by_network, ops = collections.Counter(), collections.Counter(), []
+    by_kind, by_network, by_both, ops = collections.Counter(), collections.Counter(), collections.Counter(), []
     conv_ms = conv_gflop = 0.0
     for name, us in op_us.items():
         if name not in lines:
@@ -175,12 +176,14 @@ def profile(resolution: int, batch: int, variant: str) -> dict:
             kind = "other (elementwise, reductions, pads)"
         by_kind[kind] += ms
         by_network[_network(line)] += ms
+        by_both[f"{_network(line)}: {kind}"] += ms
         ops.append(dict(op=name, ms=round(ms, 2), gflop=round(gflop, 3), kind=kind, network=_network(line)))
     ops.sort(key=lambda o: -o["ms"])
     return dict(
         traced_step_s=traced_step_s, op_ms_total=round(sum(by_kind.values()), 1),
         by_kind_ms={k: round(v, 1) for k, v in by_kind.most_common()},
         by_network_ms={k: round(v, 1) for k, v in by_network.most_common()},
+        by_network_and_kind_ms={k: round(v, 1) for k, v in by_both.most_common()},
         convolutions=dict(gflop_per_step=round(conv_gflop, 1), op_ms=round(conv_ms, 1),
                           gflop_per_s=round(conv_gflop / conv_ms * 1e3, 1) if conv_ms else None),
         top_ops=ops[:25],

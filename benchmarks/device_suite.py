@@ -60,8 +60,10 @@ from machine import machine_info  # noqa: E402
 from networks import paper_networks  # noqa: E402
 
 from magec_jax.images import atomic_write_json  # noqa: E402
-from magec_jax.inversion.engine import ComputeOptions, Engine, InversionSettings, Networks  # noqa: E402
+from magec_jax.inversion.engine import Engine  # noqa: E402
 from magec_jax.inversion.magec_loss import magec_loss  # noqa: E402
+from magec_jax.inversion.networks import Networks  # noqa: E402
+from magec_jax.inversion.settings import ComputeOptions, InversionSettings, Phase  # noqa: E402
 
 PROTOCOL_STEPS = 200  # the MAGEC protocol: 100 + 100 steps
 PAPER_SECONDS_PER_IMAGE = 34.6  # the paper's GPU, 200 MAGEC steps at 1024
@@ -183,12 +185,15 @@ class Suite:
                 self.results[m["name"]] = m
 
     def networks(self, options: ComputeOptions) -> Networks:
-        key = options.networks
-        if key not in self._networks:
+        """The paper's networks (random weights, built once) computing as ``options`` ask."""
+        if not self._networks:
             s = self.size
             base = paper_networks(s.resolution, s.channel_base, channel_max=s.channel_max,
                                   descriptor_size=s.descriptor_size)
-            self._networks[key] = base.for_compute(key)
+            self._networks[base.compute] = base
+        key = options.networks
+        if key not in self._networks:
+            self._networks[key] = next(iter(self._networks.values())).for_compute(key)
         return self._networks[key]
 
     # ---- measurements ------------------------------------------------------------------------------------
@@ -241,9 +246,8 @@ class Suite:
             return self.measure_overhead()
         settings = self.settings
         if item.kind == "no_magec":
-            settings = dataclasses.replace(
-                settings, phases=tuple(dataclasses.replace(p, magec=0.0) for p in settings.phases)
-            )
+            phases = tuple(Phase(p.steps, {t: w for t, w in p.weights if t != "magec"}) for p in settings.phases)
+            settings = dataclasses.replace(settings, phases=phases)
         batch = self.max_batch(options) if item.batch == "max" else item.batch
         return self.measure_step(Engine(self.networks(options), dataclasses.replace(settings, compute=options)),
                                  batch)

@@ -43,8 +43,10 @@ from machine import machine_info  # noqa: E402
 from networks import paper_networks  # noqa: E402
 
 from magec_jax.images import atomic_write_json  # noqa: E402
-from magec_jax.inversion.engine import ComputeOptions, Engine, InversionSettings, Networks, Phase  # noqa: E402
+from magec_jax.inversion.engine import Engine  # noqa: E402
 from magec_jax.inversion.magec_loss import magec_loss  # noqa: E402
+from magec_jax.inversion.networks import Networks  # noqa: E402
+from magec_jax.inversion.settings import ComputeOptions, InversionSettings, Phase  # noqa: E402
 from ports.loss_nets import packaged_lpips  # noqa: E402
 
 VARIANTS = {

@@ -33,7 +33,8 @@ from machine import machine_info  # noqa: E402
 from networks import paper_networks  # noqa: E402
 
 from magec_jax.images import atomic_write_json  # noqa: E402
-from magec_jax.inversion.engine import ComputeOptions, Engine, InversionSettings  # noqa: E402
+from magec_jax.inversion.engine import Engine  # noqa: E402
+from magec_jax.inversion.settings import ComputeOptions, InversionSettings  # noqa: E402
 
 GIB = 2**30
 

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from magec_jax.bundle import stylegan2_networks
-from magec_jax.inversion.engine import NetworkCompute, Networks
+from magec_jax.inversion.networks import Networks
+from magec_jax.inversion.settings import NetworkCompute
 from magec_jax.models import stylegan2
 from magec_jax.models.interfaces import IdentityEmbedder
 from magec_jax.models.irse50 import INPUT_SIZE, IRSE50, irse50_identity

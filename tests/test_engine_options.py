@@ -21,8 +21,9 @@ import pytest
 from magec_jax.bundle import stylegan2_networks, synthesize_fn
 from magec_jax.errors import ConfigError, MagecError
 from magec_jax.inversion import protocols
-from magec_jax.inversion.engine import AUTO, ComputeOptions, Engine, InversionSettings, NetworkCompute, Phase
+from magec_jax.inversion.engine import Engine
 from magec_jax.inversion.job import JobConfig
+from magec_jax.inversion.settings import AUTO, ComputeOptions, InversionSettings, NetworkCompute, Phase
 from magec_jax.models import stylegan2
 from magec_jax.models.interfaces import Descriptor, IdentityEmbedder
 from magec_jax.models.linknet import LinkNet, LinkNetConfig
