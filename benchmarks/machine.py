@@ -23,8 +23,11 @@ VECTOR_EXTENSIONS = (
 
 
 def cpu_info(cpuinfo: str | Path = "/proc/cpuinfo") -> dict:
-    """``{"model", "vector_extensions", "logical_cpus"}`` from ``/proc/cpuinfo`` (model None where unreadable)."""
-    model, flags = None, set()
+    """``{"model", "family_model", "vector_extensions", "logical_cpus"}`` from ``/proc/cpuinfo``.
+
+    ``family_model`` (x86 ``cpu family``/``model``/``stepping``) tells CPU generations apart where a hypervisor
+    shortens the model name (``AMD EPYC`` family 25 model 17 is a Zen 4 Genoa)."""
+    model, flags, ids = None, set(), {}
     try:
         text = Path(cpuinfo).read_text()
     except OSError:
@@ -36,8 +39,11 @@ def cpu_info(cpuinfo: str | Path = "/proc/cpuinfo") -> dict:
             model = value.strip()
         elif key in ("flags", "Features"):
             flags.update(value.split())
+        elif key in ("cpu family", "model", "stepping") and key not in ids:
+            ids[key] = value.strip()
     return dict(
         model=model or platform.processor() or platform.machine(),
+        family_model="/".join(ids.get(k, "?") for k in ("cpu family", "model", "stepping")) if ids else None,
         vector_extensions=[f for f in VECTOR_EXTENSIONS if f in flags],
         logical_cpus=os.cpu_count(),
     )
