@@ -50,7 +50,7 @@ def _status_bytes(field: str) -> int:
 def measure(resolution: int, batch: int, remat: str, steps: int) -> dict:
     """One configuration, in this process (the child)."""
     compute = ComputeOptions(remat=remat).resolved()
-    nets = paper_networks(resolution, 32768 if resolution > 256 else 16384).for_compute(compute.networks)
+    nets = paper_networks(resolution, 32768 if resolution > 256 else 16384, compute=compute.networks)
     engine = Engine(nets, InversionSettings(compute=compute))  # the MAGEC protocol's loss
     images = jax.random.uniform(jax.random.key(1), (batch, resolution, resolution, 3), minval=-1.0, maxval=1.0)
     targets = jax.block_until_ready(engine._prepare(engine._arrays, images))

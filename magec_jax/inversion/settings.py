@@ -154,11 +154,12 @@ class ComputeOptions:
         )
 
 
-# The platform choices behind "auto". CPU: measured on a 2-core AMD EPYC (Zen 4) with jax 0.10.2 (README,
-# benchmarks/results): under vmap the fused modulation's grouped convolutions ran ~5x slower in the backward
-# pass; XLA:CPU ran the step 2-3x slower inside a while loop than as one call per step; bf16 convolutions are
-# not faster on XLA:CPU. GPU and TPU: chosen before any accelerator run (TF32 / bf16 matrix units, scan to
-# drop per-step host work); benchmarks/device_suite.py measures every alternative and decides them.
+# The platform choices behind "auto". CPU: measured on a 2-core AMD EPYC (Zen 4) with jax 0.10.2
+# (benchmarks/results): under vmap the fused modulation's grouped convolutions ran ~5x slower in the backward
+# pass; XLA:CPU ran the step 1.6-3.7x slower inside a while loop than as one call per step; bf16 made the 256
+# MSE + LPIPS step 25% slower (2.58 against 2.06 CPU seconds); remat saves 11% of the memory per image at
+# 1024 and costs time. GPU and TPU: chosen before any accelerator run (TF32 / bf16 matrix units, scan to drop
+# per-step host work); benchmarks/device_suite.py measures every alternative: set these from its JSON.
 AUTO: dict[str, ComputeOptions] = {
     "cpu": ComputeOptions(modulation="non_fused", precision="float32", loop="dispatch", donate="on", remat="off"),
     "gpu": ComputeOptions(modulation="non_fused", precision="tf32", loop="scan", donate="on", remat="off"),
