@@ -27,6 +27,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from magec_jax.configdicts import from_configdict
 from magec_jax.errors import MagecError
 from magec_jax.images import atomic_write_bytes, atomic_write_json, grid, png_bytes
 from magec_jax.models import stylegan2
@@ -149,14 +150,14 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
       ``{'step', 'kimg', 'resumed_from', 'generator', 'train_images', 'heldout_images', 'fd',
       'fd_reference', 'metric'}`` (``fd`` is the last figure of this run, None if none was computed).
     """
-    cfg = TrainGANConfig.from_config(config)
+    cfg = from_configdict(TrainGANConfig, config)
     setup = cfg.setup
-    run_dir = cfg.out_dir
+    run_dir = Path(cfg.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     _check_config(run_dir, config, cfg)
 
     faces = data_lib.load_faces(cfg.data, cfg.resolution, crop=cfg.crop, cache_dir=run_dir / "data",
-                                max_images=cfg.max_images)
+                                max_images=cfg.max_images or None)
     train_idx, heldout_idx = data_lib.split_by_person(faces.paths, cfg.heldout_fraction)
     atomic_write_bytes(run_dir / "heldout_people.txt",
                        "".join(p + "\n" for p in data_lib.heldout_people(faces.paths, cfg.heldout_fraction)).encode())
