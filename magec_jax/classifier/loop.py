@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from pathlib import Path
 
 import jax
 import ml_collections
@@ -16,6 +17,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from magec_jax.classifier.config import TrainConfig
 from magec_jax.classifier.data import Loader, read_attribute_table, split, train_batches
 from magec_jax.classifier.steps import StepSetup, TrainState, eval_step, init_state, train_step
+from magec_jax.configdicts import from_configdict
 from magec_jax.images import atomic_write_json
 from magec_jax.models import resnet
 from magec_jax.weights import Converted, save_converted
@@ -39,8 +41,9 @@ def run(config: ml_collections.ConfigDict, *, max_steps: int | None = None) -> d
 
     ``max_steps`` stops after that many total steps (with a checkpoint), for chunked runs and tests.
     """
-    cfg = TrainConfig.from_config(config)
-    data = read_attribute_table(cfg.attributes, cfg.images, cfg.attribute_names)
+    cfg = from_configdict(TrainConfig, config)
+    out_dir = Path(cfg.out_dir)
+    data = read_attribute_table(Path(cfg.attributes), Path(cfg.images), cfg.attribute_subset)
     train, val = split(len(data.paths), cfg.val_fraction, cfg.seed)
     steps_per_epoch = len(train) // cfg.batch_size
     if steps_per_epoch == 0:
@@ -60,22 +63,22 @@ def run(config: ml_collections.ConfigDict, *, max_steps: int | None = None) -> d
     def put(x: np.ndarray) -> jax.Array:
         return jax.device_put(x, batch_sharding)
 
-    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     manager = ocp.CheckpointManager(
-        (cfg.out_dir / "checkpoints").absolute(),
+        (out_dir / "checkpoints").absolute(),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=cfg.keep_checkpoints, save_interval_steps=cfg.checkpoint_every,
             enable_async_checkpointing=False,  # the next step donates the state's buffers
         ),
     )
-    metrics_path = cfg.out_dir / "metrics.json"
+    metrics_path = out_dir / "metrics.json"
     summary = {
         "attribute_names": list(data.attribute_names), "train_images": len(train), "val_images": len(val),
         "steps_per_epoch": steps_per_epoch, "total_steps": total,
     }
     loader = Loader(data.paths, cfg.image_size, cfg.num_workers)
     with jax.default_matmul_precision(cfg.matmul_precision):
-        state = init_state(setup, cfg.image_size, cfg.seed, cfg.init_weights)
+        state = init_state(setup, cfg.image_size, cfg.seed, Path(cfg.init_weights) if cfg.init_weights else None)
         resumed_from = manager.latest_step()
         history: list[dict] = []
         if resumed_from is not None:
@@ -122,7 +125,7 @@ def run(config: ml_collections.ConfigDict, *, max_steps: int | None = None) -> d
             variables=jax.device_get({"params": state.params, "batch_stats": state.batch_stats}),
             manifest={"extra": {"val_accuracy": history[-1].get("val_accuracy") if history else None}},
         )
-        summary["weights"] = str(save_converted(cfg.out_dir / "resnet50", converted,
+        summary["weights"] = str(save_converted(out_dir / "resnet50", converted,
                                                 converter="magec_jax.train_classifier/1", overwrite=True))
     atomic_write_json(metrics_path, summary)
     return summary
