@@ -49,7 +49,8 @@ def test_config_parses(name, arg, typed):
     for field in REQUIRED_PATHS:  # the paths a user passes on the command line
         if field in config and not config[field]:
             config[field] = f"/placeholder/{field}"
-    parsed = from_configdict(typed, config) if typed in (TrainGANConfig, TrainConfig) else typed.from_config(config)
+    parsed = (from_configdict(typed, config) if typed in (TrainGANConfig, TrainConfig, SupervisionConfig)
+              else typed.from_config(config))
     if typed is EvalConfig:
         for method in parsed.methods:  # each method is a whole inversion job once the evaluation fills its paths
             JobConfig.from_config(method.job)

@@ -15,6 +15,7 @@ import pytest
 from bundle_tools import TINY, face_models, tiny_generator
 from conftest import REPO
 from magec_jax.bundle import build_bundle, load_bundle, update_manifest
+from magec_jax.configdicts import from_configdict
 from magec_jax.editing.directions import load_ganspace
 from magec_jax.errors import MagecError
 from magec_jax.inversion.magec_loss import binarize
@@ -225,7 +226,7 @@ def test_bundle_without_descriptor_is_one_clear_error(tmp_path, generator_dir):
 
 
 def test_paper_config_parses():
-    job = sup_job.SupervisionConfig.from_config(_config("linknet_ffhq1024"))
+    job = from_configdict(sup_job.SupervisionConfig, _config("linknet_ffhq1024"))
     assert job.sampling.num_samples == 50_000 and job.linknet == TrainSettings(epochs=10, learning_rate=1e-3)
     assert job.boundaries.ratio == 0.02 and job.boundaries.val_fraction == 0.3 and job.fit == "both"
-    assert sup_job.SupervisionConfig.from_config(_config("linknet_ffhq1024", "boundaries")).fit == "boundaries"
+    assert from_configdict(sup_job.SupervisionConfig, _config("linknet_ffhq1024", "boundaries")).fit == "boundaries"

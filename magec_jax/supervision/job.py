@@ -25,7 +25,7 @@ import functools
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +34,7 @@ import numpy as np
 
 from magec_jax import images as imio
 from magec_jax.bundle import Bundle, _face_box, load_bundle, update_manifest
+from magec_jax.configdicts import from_configdict, to_configdict
 from magec_jax.editing.directions import fit_boundary, fit_ganspace, save_ganspace
 from magec_jax.errors import MagecError
 from magec_jax.inversion.magec_loss import binarize
@@ -46,7 +47,6 @@ from magec_jax.supervision.samples import (LabelSource, SampleSettings, Samples,
 from magec_jax.supervision.train import TrainSettings, train_linknet
 from magec_jax.weights import Converted, save_converted
 
-FITS = ("linknet", "boundaries", "both", "none")
 STREAMS = ("mixed", "single", "linknet", "ganspace")
 Log = Callable[[str], None]
 
@@ -74,58 +74,33 @@ class GanSpaceSettings:
 
 @dataclasses.dataclass(frozen=True)
 class SupervisionConfig:
-    """The typed form of a ``configs/linknet_*.py`` config."""
+    """A ``configs/linknet_*.py`` config, typed: the paper's settings (N = 50,000 samples for LinkNet and for
+    the boundaries, 10 epochs, Adam lr 1e-3, the plain loss) and an empty bundle path."""
 
-    bundle: str
-    fit: str
-    seed: int
-    cache_dir: str
-    matmul_precision: str
-    sampling: SampleSettings
-    linknet: TrainSettings
-    boundaries: BoundarySettings
-    ganspace: GanSpaceSettings
+    bundle: str = ""
+    fit: Literal["linknet", "boundaries", "both", "none"] = "both"
+    seed: int = 0
+    cache_dir: str = ""  # empty: BUNDLE/supervision
+    matmul_precision: str = "highest"
+    sampling: SampleSettings = SampleSettings(num_samples=50_000, batch_size=16, shard_size=5_000)
+    linknet: TrainSettings = TrainSettings()
+    boundaries: BoundarySettings = BoundarySettings()
+    ganspace: GanSpaceSettings = GanSpaceSettings()
 
-    @classmethod
-    def from_config(cls, config: ml_collections.ConfigDict) -> "SupervisionConfig":
-        job = cls(
-            bundle=str(config.bundle),
-            fit=str(config.fit),
-            seed=int(config.seed),
-            cache_dir=str(config.cache_dir),
-            matmul_precision=str(config.matmul_precision),
-            sampling=SampleSettings(**dict(config.sampling)),
-            linknet=TrainSettings(**dict(config.linknet)),
-            boundaries=BoundarySettings(**dict(config.boundaries)),
-            ganspace=GanSpaceSettings(**dict(config.ganspace)),
-        )
-        if job.fit not in FITS:
-            raise MagecError(f"config.fit is {job.fit!r}; expected one of {', '.join(FITS)}")
-        positive = dict(num_samples=job.sampling.num_samples, boundary_samples=job.boundaries.num_samples,
-                        batch_size=job.sampling.batch_size,
-                        shard_size=job.sampling.shard_size, epochs=job.linknet.epochs,
-                        linknet_batch_size=job.linknet.batch_size)
+    def __post_init__(self):
+        positive = {
+            "sampling.num_samples": self.sampling.num_samples, "sampling.batch_size": self.sampling.batch_size,
+            "sampling.shard_size": self.sampling.shard_size, "linknet.epochs": self.linknet.epochs,
+            "linknet.batch_size": self.linknet.batch_size, "boundaries.num_samples": self.boundaries.num_samples,
+        }
         for name, value in positive.items():
             if value < 1:
-                raise MagecError(f"config: {name} must be at least 1, got {value}")
-        return job
+                raise ValueError(f"{name} must be at least 1, got {value}")
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """A supervision config with the paper's settings (N = 50,000 samples for LinkNet and for the boundaries,
-    10 epochs, Adam lr 1e-3, the plain loss) and empty paths."""
-    config = ml_collections.ConfigDict()
-    config.bundle = ""
-    config.fit = "both"
-    config.seed = 0
-    config.cache_dir = ""  # empty: BUNDLE/supervision
-    config.matmul_precision = "highest"
-    config.sampling = ml_collections.ConfigDict(dict(num_samples=50_000, batch_size=16, shard_size=5_000,
-                                                     truncation_psi=1.0))
-    config.linknet = ml_collections.ConfigDict(dataclasses.asdict(TrainSettings()))
-    config.boundaries = ml_collections.ConfigDict(dataclasses.asdict(BoundarySettings()))
-    config.ganspace = ml_collections.ConfigDict(dataclasses.asdict(GanSpaceSettings()))
-    return config
+    """The defaults of :class:`SupervisionConfig` as the ConfigDict the config files start from."""
+    return to_configdict(SupervisionConfig)
 
 
 def _stderr(msg: str) -> None:
@@ -165,7 +140,7 @@ def run(config: ml_collections.ConfigDict, *, log: Log = _stderr) -> dict[str, A
     The summary has ``rendered`` (variant -> samples rendered by THIS run; 0 when all came from the cache)
     and one entry per stage run (``linknet``, ``boundaries``, ``ganspace``) with its accuracies.
     """
-    job = SupervisionConfig.from_config(config)
+    job = from_configdict(SupervisionConfig, config)
     bundle = load_bundle(job.bundle)
     streams = streams_of(job)
     summary: dict[str, Any] = dict(bundle=str(bundle.path), fit=job.fit, seed=job.seed, rendered={})
