@@ -87,7 +87,9 @@ def from_configdict(cls: type[T], config: Any, *, where: str = "config") -> T:
 
 
 def to_configdict(instance: Any) -> ml_collections.ConfigDict:
-    """The ConfigDict of a dataclass instance, the reverse of :func:`from_configdict`.
+    """The ConfigDict of a dataclass instance, the reverse of :func:`from_configdict`; given the dataclass
+    itself, the ConfigDict of its field defaults (read without constructing it, so a config whose checks
+    refuse its placeholder defaults, such as an unset path, still has a default ConfigDict).
 
     Nested dataclasses become nested ConfigDicts and ``dict`` fields blocks; tuples stay tuples (a dataclass
     inside one becomes a plain dict); paths become strings; a float field holding an int becomes a float and
@@ -95,11 +97,12 @@ def to_configdict(instance: Any) -> ml_collections.ConfigDict:
     are read by the field's type. A value whose type defines ``to_config_value()`` is written as what it
     returns.
     """
-    hints = typing.get_type_hints(type(instance))
+    cls = instance if isinstance(instance, type) else type(instance)
+    hints = typing.get_type_hints(cls)
     config = ml_collections.ConfigDict()
-    for field in dataclasses.fields(instance):
+    for field in dataclasses.fields(cls):
         if field.init:
-            config[field.name] = _written(hints[field.name], getattr(instance, field.name))
+            config[field.name] = _written(hints[field.name], _value(instance, field))
     return config
 
 
@@ -245,6 +248,17 @@ def _written(hint: Any, value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def _value(instance: Any, field: dataclasses.Field) -> Any:
+    """A field's value in ``instance``, or its default when ``instance`` is the dataclass itself."""
+    if not isinstance(instance, type):
+        return getattr(instance, field.name)
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    raise TypeError(f"{instance.__name__}.{field.name} has no default to write")
 
 
 def _none_of(hint: Any) -> Any:

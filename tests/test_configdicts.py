@@ -162,3 +162,23 @@ def test_hook():
 def test_messages_show_blocks_on_one_line():
     message = _error(dict(name="n", kind=ml_collections.ConfigDict(dict(a=1, b=dict(c=2)))))
     assert message == "config.kind must be 'a' or 'b', got {'a': 1, 'b': {'c': 2}}"
+
+
+@dataclasses.dataclass(frozen=True)
+class NeedsOutput:
+    out_dir: str = ""  # a placeholder the checks refuse
+    steps: int = 10
+
+    def __post_init__(self):
+        if not self.out_dir:
+            raise ValueError("out_dir must be set (--config.out_dir=...)")
+
+
+def test_defaults_of_the_class_itself():
+    config = to_configdict(NeedsOutput)  # its defaults, without running its checks
+    assert config.to_dict() == {"out_dir": "", "steps": 10}
+    assert _error(config, NeedsOutput) == "config.out_dir must be set (--config.out_dir=...)"
+    config.out_dir = "runs/a"
+    assert from_configdict(NeedsOutput, config) == NeedsOutput("runs/a")
+    with pytest.raises(TypeError, match="Outer.name has no default"):
+        to_configdict(Outer)
