@@ -60,9 +60,9 @@ def compiled_step(resolution: int, batch: int, variant: str):
     nets = paper_networks(resolution, 16384 if resolution <= 256 else 32768)
     engine = Engine(nets, InversionSettings(phases=(Phase(1000, **VARIANTS[variant]),)))
     images = jax.random.uniform(jax.random.key(1), (batch, resolution, resolution, 3), minval=-1.0, maxval=1.0)
-    targets = engine._prepare(engine._arrays, images)
-    state = engine._init(engine._arrays, batch)
-    compiled = engine._run.lower(engine._arrays, state, targets, np.int32(0)).compile()
+    targets = engine.prepare(images)
+    state = engine.init(batch)
+    compiled = engine.compile("step", state, targets, 0)
     return engine, compiled, state, targets
 
 
@@ -70,11 +70,11 @@ def time_step(resolution: int, batch: int, variant: str, steps: int) -> dict:
     """Fastest of ``steps`` steps after two warm-up steps: wall and process CPU seconds."""
     engine, compiled, state, targets = compiled_step(resolution, batch, variant)
     for i in range(2):
-        state = jax.block_until_ready(compiled(engine._arrays, state, targets, np.int32(i)))
+        state = jax.block_until_ready(compiled(state, targets, np.int32(i)))
     wall, cpu = [], []
     for i in range(steps):
         t, c = time.perf_counter(), time.process_time()
-        state = jax.block_until_ready(compiled(engine._arrays, state, targets, np.int32(i)))
+        state = jax.block_until_ready(compiled(state, targets, np.int32(i)))
         wall.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
     return dict(wall_s=min(wall), cpu_s=min(cpu), wall_all_s=wall, load_average=list(os.getloadavg()))
@@ -138,12 +138,12 @@ def profile(resolution: int, batch: int, variant: str) -> dict:
     """Per-op time of two traced steps, summed by kind and by network (see the module docstring)."""
     engine, compiled, state, targets = compiled_step(resolution, batch, variant)
     for i in range(2):
-        state = jax.block_until_ready(compiled(engine._arrays, state, targets, np.int32(i)))
+        state = jax.block_until_ready(compiled(state, targets, np.int32(i)))
     with tempfile.TemporaryDirectory() as trace_dir:
         t = time.perf_counter()
         with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
             for i in range(2):
-                state = jax.block_until_ready(compiled(engine._arrays, state, targets, np.int32(i)))
+                state = jax.block_until_ready(compiled(state, targets, np.int32(i)))
         traced_step_s = (time.perf_counter() - t) / 2
         [trace] = Path(trace_dir).rglob("*.trace.json.gz")
         events = json.loads(gzip.decompress(trace.read_bytes()))

@@ -258,28 +258,24 @@ class Suite:
         if 1 not in self._targets:
             res = self.size.resolution
             image = jax.random.uniform(jax.random.key(1), (1, res, res, 3), minval=-1.0, maxval=1.0)
-            self._targets[1] = jax.device_get(engine._prepare(engine._arrays, image))
+            self._targets[1] = jax.device_get(engine.prepare(image))
         one = self._targets[1]
         return jax.device_put(jax.tree.map(lambda x: np.repeat(x, batch, axis=0), one), engine.data_sharding)
 
     def measure_step(self, engine: Engine, batch: int) -> dict:
         s = self.size
         targets = self.targets(engine, batch)
-        state = engine._init(engine._arrays, batch)
+        state = engine.init(batch)
         scan = engine.compute.loop == "scan"
         t = time.perf_counter()
-        if scan:
-            steps = np.arange(s.timed, dtype=np.int32)
-            compiled = engine._run_chunk.lower(engine._arrays, state, targets, steps).compile()
-        else:
-            compiled = engine._run.lower(engine._arrays, state, targets, np.int32(0)).compile()
+        compiled = engine.compile("step", state, targets, np.arange(s.timed, dtype=np.int32) if scan else 0)
         compile_s = time.perf_counter() - t
 
         def window(state, count, start):
             if scan:
-                return compiled(engine._arrays, state, targets, np.arange(start, start + s.timed, dtype=np.int32))
+                return compiled(state, targets, np.arange(start, start + s.timed, dtype=np.int32))
             for i in range(count):
-                state = compiled(engine._arrays, state, targets, np.int32(start + i))
+                state = compiled(state, targets, np.int32(start + i))
             return state
 
         state = jax.block_until_ready(window(state, s.warmup, 0))
@@ -368,15 +364,14 @@ class Suite:
         batch, res = best["batch"], self.size.resolution
         images = jax.device_put(jax.random.uniform(jax.random.key(4), (batch, res, res, 3), minval=-1.0, maxval=1.0),
                                 engine.data_sharding)
-        state = engine._init(engine._arrays, batch)
+        state = engine.init(batch)
         t = time.perf_counter()
-        prepare = engine._prepare.lower(engine._arrays, images).compile()
-        targets = jax.eval_shape(engine._prepare, engine._arrays, images)
-        finish = engine._finish.lower(engine._arrays, state, targets).compile()
+        prepare = engine.compile("prepare", images)
+        finish = engine.compile("finish", state, prepare.func.out_info)
         compile_s = time.perf_counter() - t
-        jax.block_until_ready(finish(engine._arrays, state, prepare(engine._arrays, images)))  # warm-up
+        jax.block_until_ready(finish(state, prepare(images)))  # warm-up
         t = time.perf_counter()
-        jax.block_until_ready(finish(engine._arrays, state, prepare(engine._arrays, images)))
+        jax.block_until_ready(finish(state, prepare(images)))
         return dict(batch=batch, options=best["options"], compile_s=round(compile_s, 2),
                     prepare_and_finish_s=time.perf_counter() - t)
 

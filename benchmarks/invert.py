@@ -81,15 +81,15 @@ def time_steps(nets: Networks, weights: dict, batch: int, steps: int, repeats: i
     engine = Engine(nets, settings)
     images = jax.random.uniform(jax.random.key(1), (batch, nets.resolution, nets.resolution, 3), minval=-1, maxval=1)
     images = jax.device_put(images, engine.data_sharding)
-    targets = jax.block_until_ready(engine._prepare(engine._arrays, images))
-    state = engine._init(engine._arrays, batch)
+    targets = jax.block_until_ready(engine.prepare(images))
+    state = engine.init(batch)
     t0 = time.perf_counter()
-    compiled = engine._run.lower(engine._arrays, state, targets, np.int32(0)).compile()
+    compiled = engine.compile("step", state, targets, 0)
     compile_s = time.perf_counter() - t0
 
     def run_steps(st):
         for step in range(steps):
-            st = compiled(engine._arrays, st, targets, np.int32(step))
+            st = compiled(st, targets, np.int32(step))
         return jax.block_until_ready(st)
 
     state = run_steps(state)  # warm-up

@@ -53,19 +53,19 @@ def measure(resolution: int, batch: int, remat: str, steps: int) -> dict:
     nets = paper_networks(resolution, 32768 if resolution > 256 else 16384, compute=compute.networks)
     engine = Engine(nets, InversionSettings(compute=compute))  # the MAGEC protocol's loss
     images = jax.random.uniform(jax.random.key(1), (batch, resolution, resolution, 3), minval=-1.0, maxval=1.0)
-    targets = jax.block_until_ready(engine._prepare(engine._arrays, images))
-    state = engine._init(engine._arrays, batch)
+    targets = jax.block_until_ready(engine.prepare(images))
+    state = engine.init(batch)
     t = time.perf_counter()
-    compiled = engine._run.lower(engine._arrays, state, targets, np.int32(0)).compile()
+    compiled = engine.compile("step", state, targets, 0)
     compile_s = time.perf_counter() - t
     compile_peak = _status_bytes("VmHWM")
     Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark to the current resident size
     before = _status_bytes("VmRSS")
     t = time.perf_counter()
     for step in range(steps):
-        state = compiled(engine._arrays, state, targets, np.int32(step))
+        state = compiled(state, targets, np.int32(step))
     jax.block_until_ready(state)
-    analysis = compiled.memory_analysis()
+    analysis = compiled.func.memory_analysis()
     return dict(
         resolution=resolution, batch=batch, remat=remat, options=dataclasses.asdict(compute),
         rss_before_steps_gib=before / GIB, step_peak_rss_gib=_status_bytes("VmHWM") / GIB,

@@ -57,23 +57,6 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 
 
-@functools.lru_cache(maxsize=None)
-def synthesize_fn(
-    cfg: stylegan2.StyleGAN2Config, fused_modconv: bool = False, dtype: Any = jnp.float32, remat: bool = False
-):
-    """The engine's ``synthesize`` for one architecture: ``(variables, ws, noise) -> images``, const noise.
-
-    ``fused_modconv``, ``dtype`` and ``remat`` are the ``stylegan2.Generator`` options. Cached so every engine
-    built for the same generator and options closes over the same function (one compile).
-    """
-    model = stylegan2.Generator(cfg, dtype=dtype, fused_modconv=fused_modconv, remat=remat)
-
-    def synthesize(variables, ws_BxLxD, noise):
-        return model.apply(variables, ws_BxLxD, method="synthesis", noise_mode="const", noise=noise)
-
-    return synthesize
-
-
 def stylegan2_networks(
     cfg: stylegan2.StyleGAN2Config,
     generator: dict,
@@ -94,7 +77,7 @@ def stylegan2_networks(
 
     dtype = jnp.dtype(compute.dtype)
     return Networks(
-        synthesize=synthesize_fn(cfg, compute.fused_modulation, dtype, compute.remat),
+        synthesize=stylegan2.synthesize_fn(cfg, compute.fused_modulation, dtype, compute.remat),
         generator=stylegan2.freeze_synthesis(cfg, generator, dtype=dtype),
         num_ws=cfg.num_ws,
         w_dim=cfg.w_dim,
@@ -104,7 +87,7 @@ def stylegan2_networks(
         lpips_target=functools.partial(lpips_lib.lpips_target, dtype=dtype),
         lpips_to_target=functools.partial(lpips_lib.lpips_distance_to_target, dtype=dtype),
         lpips_variables=lpips_variables,
-        noise_init=noise_buffers(cfg, generator),
+        noise_init=stylegan2.noise_buffers(cfg, generator),
         identity=identity,
         descriptor=descriptor,
         linknet=linknet,
@@ -115,33 +98,6 @@ def stylegan2_networks(
             descriptor=descriptor, linknet=linknet, directions=directions,
         ),
     )
-
-
-def noise_buffers(cfg: stylegan2.StyleGAN2Config, variables: dict) -> tuple[jax.Array, ...]:
-    """The generator's constant noise maps in :func:`stylegan2.noise_shapes` order."""
-    synth = variables["buffers"]["synthesis"]
-    out = []
-    for name, _ in stylegan2.noise_shapes(cfg):
-        block, conv = name.split("/")
-        out.append(synth[block][conv]["noise_const"])
-    return tuple(out)
-
-
-def mean_w(cfg: stylegan2.StyleGAN2Config, variables: dict, *, num_samples: int = 50_000, seed: int = 0,
-           batch: int = 2_000) -> np.ndarray:
-    """Mean of ``mapping(z)`` over ``num_samples`` z ~ N(0, I) (typed key ``seed``): the initial latent."""
-    model = stylegan2.Generator(cfg)
-    mapping = jax.jit(lambda v, z, c: model.apply(v, z, c, method="mapping")[:, 0])
-    total = np.zeros((cfg.w_dim,), np.float64)
-    key = jax.random.key(seed)
-    for start in range(0, num_samples, batch):
-        n = min(batch, num_samples - start)
-        z = jax.random.normal(jax.random.fold_in(key, start), (n, cfg.z_dim))
-        c = None
-        if cfg.c_dim:
-            c = jax.nn.one_hot(jax.random.randint(jax.random.fold_in(key, -start - 1), (n,), 0, cfg.c_dim), cfg.c_dim)
-        total += np.asarray(mapping(variables, z, c), np.float64).sum(0)
-    return (total / num_samples).astype(np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,15 +175,6 @@ class Bundle:
                 return {k: z[k].astype(np.float32) for k in z.files}
         except (OSError, ValueError) as e:
             raise FileFormatError(path, f"unreadable directions file ({e})") from None
-
-    def ganspace(self):
-        """The bundle's GANSpace PCA (``editing.directions.GanSpace``), or None."""
-        rel = self.manifest.get("ganspace")
-        if not rel:
-            return None
-        from magec_jax.editing.directions import load_ganspace
-
-        return load_ganspace(self.part(rel))
 
     def resolution(self) -> int:
         """The generator's image resolution (read from its manifest, without loading its weights)."""
@@ -415,7 +362,7 @@ def build_bundle(
 
     manifest["generator"] = copy_in(generator, "generator", "stylegan2")
     cfg, gen_vars = stylegan2.load_generator(dst / "generator")
-    np.save(dst / "w_avg.npy", mean_w(cfg, gen_vars, num_samples=w_avg_samples, seed=seed))
+    np.save(dst / "w_avg.npy", stylegan2.mean_w(cfg, gen_vars, num_samples=w_avg_samples, seed=seed))
     manifest["w_avg"] = "w_avg.npy"
     manifest["w_avg_estimate"] = dict(num_samples=w_avg_samples, seed=seed)
     manifest["lpips"] = copy_in(lpips, "lpips", "lpips_vgg16") if lpips else None

@@ -16,7 +16,8 @@ through the inversion's ``<name>.json``), ``OUT/<name>/<label>.npz`` (edited lat
 records the photograph and the alignment) also writes ``OUT/<name>/<label>.png``, the whole photograph at its
 own size with the edited face pasted back.
 Argparse rather than a config file: this is an interactive tool whose arguments change every call (like
-``python -m ports.convert``); the library call is :func:`magec_jax.editing.render.run_edits`.
+``python -m ports.convert``); the library call is :func:`magec_jax.editing.render.run_edits` with a loaded bundle
+(:func:`run` does both).
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from magec_jax.editing.render import Edit, EditJob, parse_floats, run_edits
+from magec_jax.bundle import load_bundle
 from magec_jax.cli import DefaultsHelpFormatter, error_status
+from magec_jax.editing.render import Edit, EditJob, parse_floats, run_edits
 from magec_jax.errors import MagecError
+from magec_jax.logs import Log, to_stderr
 
 
-def parse_args(argv: list[str] | None = None) -> EditJob:
-    """The command line as an :class:`EditJob`."""
+def parse_args(argv: list[str] | None = None) -> tuple[str, EditJob]:
+    """The command line as ``(bundle path, EditJob)``."""
     parser = argparse.ArgumentParser(prog="python -m magec_jax.edit", description=__doc__.split("\n\n")[0],
                                      formatter_class=DefaultsHelpFormatter)
     parser.add_argument("latents", nargs="+", help="inversion .npz files or output folders")
@@ -63,9 +66,9 @@ def parse_args(argv: list[str] | None = None) -> EditJob:
                      for s in parse_floats(args.gs_strengths, "--gs-strengths")) for c in args.component]
     if args.steps < 2 or args.batch_size < 1:
         raise MagecError("--steps must be at least 2 and --batch-size at least 1")
-    return EditJob(bundle=args.bundle, latents=tuple(args.latents), out_dir=args.out, sweeps=tuple(sweeps),
-                   interpolate_to=args.interpolate_to, steps=args.steps, pca=args.pca, batch_size=args.batch_size,
-                   paste_back=args.paste_back)
+    return args.bundle, EditJob(
+        latents=tuple(args.latents), out_dir=args.out, sweeps=tuple(sweeps), interpolate_to=args.interpolate_to,
+        steps=args.steps, pca=args.pca, batch_size=args.batch_size, paste_back=args.paste_back)
 
 
 def _attach_negative_values(argv: list[str]) -> list[str]:
@@ -79,9 +82,16 @@ def _attach_negative_values(argv: list[str]) -> list[str]:
     return out
 
 
+def run(argv: list[str] | None = None, *,
+        log: Log = to_stderr) -> dict:
+    """Parses the command line, loads the bundle and renders the edits (:func:`run_edits`'s records)."""
+    bundle_path, job = parse_args(argv)
+    return run_edits(job, load_bundle(bundle_path), log=log)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
-        run_edits(parse_args(argv))
+        run(argv)
     except MagecError as e:
         return error_status(e)
     return 0

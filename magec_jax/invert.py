@@ -6,17 +6,41 @@
     python -m magec_jax.invert --help --config configs/demo.py:i2spp    # every field, and the variants
 
 Outputs (per image ``<name>``: ``.npz`` latent, ``.png`` reconstruction, ``.json`` losses and fingerprint; plus
-``summary.json`` with every run's record) are described in ``magec_jax.inversion.job``. Re-running the same
-command resumes; results computed with other settings are refused in one line unless
-``--config.on_mismatch=recompute``. ``--config.steps_scale`` shortens any protocol.
+``summary.json`` with every run's record) are described in ``magec_jax.inversion.job``; with an ``edit_grid``
+block, ``edits/`` and ``edit_grid.png`` (and, for photographs, ``pasted/<photo>__<label>.png``) are described in
+``magec_jax.editing.render``. Re-running the same command resumes; results computed with other settings are
+refused in one line unless ``--config.on_mismatch=recompute``. ``--config.steps_scale`` shortens any protocol.
 """
 
 import sys
+from typing import Any
 
+import jax
+import ml_collections
+
+from magec_jax.bundle import load_bundle
 from magec_jax.cli import config_main
-from magec_jax.inversion.job import run
+from magec_jax.editing.render import edit_grid, paste_edit_grid
+from magec_jax.inversion import job as job_lib
+from magec_jax.logs import Log, to_stderr
 
 __all__ = ["main", "run"]
+
+
+def run(config: ml_collections.ConfigDict, *, log: Log = to_stderr) -> dict[str, Any]:
+    """The whole inversion command: loads the config's bundle (its manifest; weights only when there is
+    something to invert or edit), runs :func:`magec_jax.inversion.job.run`, then the edit stage of an
+    ``edit_grid`` block on process 0. Returns the job's run record."""
+    job = job_lib.JobConfig.from_config(config)
+    bundle = load_bundle(job.bundle)
+    record = job_lib.run(config, bundle=bundle, log=log)
+    grid = job.edit_grid
+    if grid is not None and jax.process_index() == 0:
+        edit_grid(bundle, job.out_dir, grid.attributes, grid.strengths, log=log)
+        if job.align:
+            paste_edit_grid(job.out_dir, grid.attributes, grid.strengths, log=log)
+    return record
+
 
 main = config_main(run, __doc__, prog="magec_jax.invert", example="demo.py")
 

@@ -17,11 +17,11 @@ from bundle_tools import TINY
 from conftest import REPO
 from magec_jax import edit as edit_cli
 from magec_jax import images as imio
-from magec_jax.bundle import build_bundle, noise_buffers, synthesize_fn, update_manifest
+from magec_jax import invert as invert_cli
+from magec_jax.bundle import build_bundle, update_manifest
 from magec_jax.editing.directions import fit_ganspace, ganspace_edit, load_ganspace, save_ganspace
-from magec_jax.editing.render import Edit, Renderer, load_latent, map_batches, parse_floats, run_edits
+from magec_jax.editing.render import Edit, Renderer, load_latent, map_batches, parse_floats
 from magec_jax.errors import FileFormatError, MagecError
-from magec_jax.inversion import job as job_lib
 from magec_jax.inversion.protocols import job_config
 from magec_jax.models import stylegan2
 from magec_jax.weights import Converted, save_converted
@@ -71,7 +71,7 @@ def setup(tmp_path_factory):
     config = job_config("i2spp", steps_scale=0.005)  # 5 w+ steps, then 5 noise steps
     config.bundle, config.images, config.out_dir, config.batch_size = str(bundle), str(root / "faces"), str(root / "inv"), 4
     config.inversion.chunk_steps = 5
-    summary = job_lib.run(config)
+    summary = invert_cli.run(config)
     assert summary["done"] == 3
     return dict(root=root, bundle=bundle, images=images, inv=root / "inv", directions=dict(Smiling=dirs[0]))
 
@@ -93,7 +93,7 @@ def test_edit_cli_end_to_end(setup, tmp_path):
     pca = load_ganspace(setup["bundle"] / "ganspace.npz")
     other = load_latent(inv / "face2.npz")
     cfg, variables = stylegan2.load_generator(setup["bundle"] / "generator")
-    renderer = Renderer(synthesize_fn(cfg), variables, noise_buffers(cfg, variables), batch_size=1)
+    renderer = Renderer(stylegan2.synthesize_fn(cfg), variables, stylegan2.noise_buffers(cfg, variables), batch_size=1)
     for name, source in (("face0", setup["images"][0]), ("face1", setup["images"][1])):
         lat = load_latent(inv / f"{name}.npz")
         assert lat.noise is not None and lat.image == source  # the i2spp noise stage, and the JSON's image
@@ -125,7 +125,7 @@ def test_edit_cli_end_to_end(setup, tmp_path):
     # A rerun with the same edits skips both latents and rewrites nothing.
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     logs: list[str] = []
-    run_edits(edit_cli.parse_args(argv), log=logs.append)
+    edit_cli.run(argv, log=logs.append)
     assert "2 already done" in logs[0]
     assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
 

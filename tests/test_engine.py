@@ -53,6 +53,27 @@ def test_phase_weights_switch_without_recompiling():
     np.testing.assert_allclose(table[6], [0.5, 0.5, 3e-4, 3e-4])
 
 
+def test_step_level_api_is_the_inversion():
+    """``init``, ``step`` (one step or a scanned vector of steps), ``finish`` and ``compile`` reproduce
+    ``invert`` step for step."""
+    images = standins.targets(2)
+    engine = Engine(standins.networks(), SETTINGS)
+    expected = engine.invert(images)
+    targets = engine.prepare(images)
+    state = engine.init(2)
+    for step in range(4):
+        state = engine.step(state, targets, step)
+    state = engine.step(state, targets, np.arange(4, 9))
+    compiled = engine.compile("step", state, targets, 0)
+    for step in range(9, SETTINGS.total_steps):
+        state = compiled(state, targets, np.int32(step))
+    out = engine.finish(state, targets)
+    for key in ("ws", "images", "terms"):
+        np.testing.assert_allclose(np.asarray(out[key]), np.asarray(expected[key]), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="entry must be"):
+        engine.compile("run", state, targets, 0)
+
+
 def test_term_gradients_match_finite_differences():
     images = standins.targets(2)
     engine = Engine(standins.networks(), SETTINGS)

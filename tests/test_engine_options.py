@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from magec_jax.bundle import stylegan2_networks, synthesize_fn
+from magec_jax.bundle import stylegan2_networks
 from magec_jax.errors import ConfigError, MagecError
 from magec_jax.inversion import protocols
 from magec_jax.inversion.engine import Engine
@@ -130,16 +130,17 @@ def test_bf16_stays_within_its_tolerance(networks, run):
 
 def test_scan_runs_one_call_per_chunk(run):
     engine, _ = run(loop="scan")
-    assert engine._run_chunk._cache_size() == 2  # chunks of 3 and the last of 2
-    assert engine._run._cache_size() == 0
+    variants = engine.compiled_variants()
+    assert variants["scan_chunk"] == 2  # chunks of 3 and the last of 2
+    assert variants["step"] == 0
 
 
 @pytest.mark.parametrize("donate", ["on", "off"])
 def test_donation_reuses_the_state_buffers(targets, run, donate):
     engine, _ = run() if donate == "on" else run(donate="off")
-    prepared = engine._prepare(engine._arrays, jnp.asarray(targets))
-    state = engine._init(engine._arrays, 2)
-    engine._run(engine._arrays, state, prepared, np.int32(0))
+    prepared = engine.prepare(jnp.asarray(targets))
+    state = engine.init(2)
+    engine.step(state, prepared, 0)
     assert state.latent.is_deleted() == (donate == "on")
 
 
@@ -148,7 +149,7 @@ def test_remat_checkpoints_every_synthesis_layer(networks):
     layers = 3 * len(CFG.block_resolutions) - 1  # conv0 (but at 4x4), conv1, torgb per block
 
     def checkpoints(remat):
-        synthesize = synthesize_fn(CFG, remat=remat)
+        synthesize = stylegan2.synthesize_fn(CFG, remat=remat)
         jaxpr = jax.make_jaxpr(lambda w: synthesize(networks.generator, w, None))(ws)
         return sum(eqn.primitive.name in ("checkpoint", "remat2") for eqn in jaxpr.jaxpr.eqns)  # jax.checkpoint
 
@@ -159,7 +160,7 @@ def test_frozen_kernels_give_the_plain_images_and_gradients():
     variables = stylegan2.init_generator(CFG, jax.random.key(3))
     variables = jax.tree.map(lambda x: x + 0.05, variables)
     ws = jax.random.normal(jax.random.key(4), (2, CFG.num_ws, CFG.w_dim))
-    synthesize = synthesize_fn(CFG)
+    synthesize = stylegan2.synthesize_fn(CFG)
 
     def value_and_grad(v):
         return jax.jit(jax.value_and_grad(lambda w: jnp.sum(jnp.sin(synthesize(v, w, None)))))(ws)

@@ -26,6 +26,7 @@ from bundle_tools import TINY, tiny_generator
 from conftest import require_shared
 from magec_jax import align as align_cli
 from magec_jax import edit as edit_cli
+from magec_jax import invert as invert_cli
 from magec_jax.bundle import build_bundle, load_bundle, set_template
 from magec_jax.errors import MagecError
 from magec_jax.faces import align, pipeline
@@ -315,7 +316,7 @@ def inverted_photos(photos, tmp_path_factory):
     config.batch_size, config.align = 4, True
     config.inversion.chunk_steps = 5
     config.edit_grid.attributes, config.edit_grid.strengths = ("Smiling",), (0.0, 3.0)
-    record = job_lib.run(config)
+    record = invert_cli.run(config)
     assert record["done"] == 4
     return dict(root=root, bundle=bundle, photos=root / "photos", inv=root / "inv")
 

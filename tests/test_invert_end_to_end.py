@@ -104,7 +104,7 @@ def test_loss_decreases_on_the_real_tiny_generator(bundle):
 def test_edit_grid_stage_after_inversion(bundle, tmp_path):
     from PIL import Image
 
-    from magec_jax.inversion import job as job_lib
+    from magec_jax import invert as invert_cli
     from magec_jax.inversion.protocols import job_config
 
     faces = sorted((require_shared("data", "celeba_hq") / "male").glob("*.jpg"))[:2]
@@ -116,7 +116,7 @@ def test_edit_grid_stage_after_inversion(bundle, tmp_path):
     config.bundle, config.images, config.out_dir = str(bundle), str(images), str(tmp_path / "out")
     config.edit_grid.attributes = ("Male", "Smiling")
     config.edit_grid.strengths = (-3.0, 3.0)
-    job_lib.run(config)
+    invert_cli.run(config)
     grid = np.asarray(Image.open(tmp_path / "out" / "edit_grid.png").convert("RGB"))
     per_image = [np.asarray(Image.open(tmp_path / "out" / "edits" / f"{f.stem}.png").convert("RGB")) for f in faces]
     assert per_image[0].shape[:2] == (2 + 2 * 34, 2 + 4 * 34)  # 2 rows of input | recon | 2 edits, 32 px tiles

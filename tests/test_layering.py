@@ -24,20 +24,12 @@ FORBIDDEN = {
                          "magec_jax.bundle", "magec_jax.cli", "magec_jax.supervision", "magec_jax.faces"),
     "magec_jax.faces": ("ports", "magec_jax.inversion", "magec_jax.editing", "magec_jax.evaluation",
                         "magec_jax.bundle", "magec_jax.cli"),
-    "magec_jax.inversion": ("magec_jax.editing", "magec_jax.evaluation", "magec_jax.supervision", "ports"),
-    "magec_jax.editing": ("magec_jax.evaluation", "magec_jax.supervision"),
+    "magec_jax.inversion": ("magec_jax.editing", "magec_jax.evaluation", "magec_jax.supervision", "ports",
+                            "magec_jax.bundle", "magec_jax.cli"),
+    "magec_jax.bundle": ("magec_jax.evaluation", "magec_jax.supervision", "magec_jax.training",
+                         "magec_jax.classifier"),
+    "magec_jax.editing": ("magec_jax.evaluation", "magec_jax.supervision", "magec_jax.bundle"),
 }
-
-
-# What is left of issue #11's layering work: the inversion job still loads the bundle and runs the edit-grid
-# stage, and editing.render loads bundles that load editing.directions. These entries may only disappear:
-# the tests below fail on any new cycle or layer break, and on an entry here that no longer happens.
-KNOWN_CYCLES = {
-    ("magec_jax.bundle", "magec_jax.inversion", "magec_jax.bundle"),
-    ("magec_jax.editing", "magec_jax.bundle", "magec_jax.editing"),
-    ("magec_jax.inversion", "magec_jax.bundle", "magec_jax.inversion"),
-}
-KNOWN_BREAKS = {"magec_jax.inversion imports magec_jax.editing"}
 
 
 def _modules() -> dict[str, Path]:
@@ -107,17 +99,13 @@ def _cycle_through(graph: dict[str, set[str]], start: str) -> list[str] | None:
 def test_no_import_cycles_between_units():
     graph = _unit_graph()
     cycles = {tuple(c) for u in graph if (c := _cycle_through(graph, u))}
-    new = cycles - KNOWN_CYCLES
-    assert not new, "import cycles: " + "; ".join(" -> ".join(c) for c in sorted(new))
-    gone = KNOWN_CYCLES - cycles
-    assert not gone, f"fixed, remove from KNOWN_CYCLES: {sorted(gone)}"
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in sorted(cycles))
 
 
 def test_lower_layers_do_not_import_higher_ones():
     graph = _unit_graph()
     bad = {f"{low} imports {high}" for low, banned in FORBIDDEN.items() for high in graph.get(low, ()) if high in banned}
-    assert not bad - KNOWN_BREAKS, "; ".join(sorted(bad - KNOWN_BREAKS))
-    assert not KNOWN_BREAKS - bad, f"fixed, remove from KNOWN_BREAKS: {sorted(KNOWN_BREAKS - bad)}"
+    assert not bad, "; ".join(sorted(bad))
 
 
 def test_the_package_root_imports_lazily():

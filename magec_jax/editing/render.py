@@ -24,7 +24,6 @@ import dataclasses
 import json
 import math
 import re
-import sys
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Sequence
 
@@ -33,11 +32,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from magec_jax import images as imio
-from magec_jax.bundle import load_bundle, noise_buffers, synthesize_fn
 from magec_jax.editing.directions import GanSpace, ganspace_edit, interfacegan_edit, interpolate, load_ganspace
 from magec_jax.errors import FileFormatError, MagecError
 from magec_jax.faces import pipeline as faces
 from magec_jax.faces.align import Alignment, AlignmentError
+from magec_jax.logs import Log, to_stderr
+from magec_jax.models.stylegan2 import noise_buffers, synthesize_fn
 from magec_jax.faces import paste
 from magec_jax.weights import sha256_file
 
@@ -254,7 +254,7 @@ class Renderer:
     """G(ws, noise) on batches of ``batch_size``, jitted once.
 
     Args:
-      synthesize: ``(variables, ws_BxLxD, noise) -> images_BxHxWxC`` (``magec_jax.bundle.synthesize_fn``).
+      synthesize: ``(variables, ws_BxLxD, noise) -> images_BxHxWxC`` (``magec_jax.models.stylegan2.synthesize_fn``).
       variables: the generator's variables.
       noise_const: the generator's constant noise buffers (``[h, w]`` each).
       batch_size: images per compiled call.
@@ -285,7 +285,7 @@ class Renderer:
         )
 
 
-def load_input(image: Path | None, resolution: int, log: Callable[[str], None]) -> np.ndarray:
+def load_input(image: Path | None, resolution: int, log: Log) -> np.ndarray:
     """The inversion's input image by the job's input policy (any size accepted), or a mid-grey tile with a
     one-line report when it is unknown or unreadable."""
     if image is not None:
@@ -309,7 +309,6 @@ class EditJob:
     """What ``python -m magec_jax.edit`` does.
 
     Attributes:
-      bundle: model bundle (its generator renders; its directions and ``ganspace`` entry edit).
       latents: ``.npz`` files and/or inversion output folders.
       out_dir: output folder.
       sweeps: rows of the grids, each a sequence of edits (e.g. one attribute at several strengths).
@@ -320,7 +319,6 @@ class EditJob:
       paste_back: also write each edit pasted back into the photograph (latents of aligned faces only).
     """
 
-    bundle: str
     latents: tuple[str, ...]
     out_dir: str
     sweeps: tuple[tuple[Edit, ...], ...] = ()
@@ -331,8 +329,12 @@ class EditJob:
     paste_back: bool = False
 
 
-def run_edits(job: EditJob, *, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> dict:
+def run_edits(job: EditJob, bundle: Any, *,
+              log: Log = to_stderr) -> dict:
     """Renders every edit of every latent; returns ``{name: record}`` (each also written as ``<name>.json``).
+
+    ``bundle`` is a loaded model bundle (``magec_jax.bundle.load_bundle``): its generator renders, its
+    directions and ``ganspace`` entry edit.
 
     Per latent ``<name>``: ``<name>.png`` (grid), ``<name>/<label>.npz`` (edited latents, key ``w``
     ``[1, L, D]``), with ``paste_back`` ``<name>/<label>.png`` (the photograph with this face edited, at the
@@ -341,7 +343,6 @@ def run_edits(job: EditJob, *, log: Callable[[str], None] = lambda m: print(m, f
     """
     if not job.sweeps and not job.interpolate_to:
         raise MagecError("nothing to do: give InterFaceGAN, GANSpace or interpolation edits")
-    bundle = load_bundle(job.bundle)
     cfg, variables = bundle.generator
     pca, pca_source = load_pca(bundle, job.pca, cfg.w_dim)
     editor = Editor(cfg.num_ws, cfg.w_dim, bundle.directions(), pca, pca_source)
@@ -407,7 +408,7 @@ def _edits_done(out: Path, lat: Latent, rows: list[list[str]], paste_back: bool)
 
 
 def _write_latent_edits(out: Path, lat: Latent, rows: list[list[str]], images: np.ndarray,
-                        ws: list[np.ndarray], resolution: int, log: Callable[[str], None],
+                        ws: list[np.ndarray], resolution: int, log: Log,
                         paste_back: bool = False) -> dict:
     x = imio.to_uint8(load_input(lat.image, resolution, log))
     recon = imio.to_uint8(images[0])
@@ -435,19 +436,20 @@ def _write_latent_edits(out: Path, lat: Latent, rows: list[list[str]], images: n
     return record
 
 
-def edit_grid(bundle: str, latents_dir: str | Path, attributes: Sequence[str], strengths: Sequence[float], *,
-              log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> Path | None:
-    """The inversion job's edit stage: InterFaceGAN edits of every latent in ``latents_dir`` (rendered into
-    ``latents_dir/edits/`` by :func:`run_edits`, resumable), tiled into ``latents_dir/edit_grid.png``: per image
-    a block titled with its name, one row per attribute (labelled), columns input | G(w) | one per strength
-    (labelled above). Returns the grid's path, or None when the folder holds no latent."""
+def edit_grid(bundle: Any, latents_dir: str | Path, attributes: Sequence[str], strengths: Sequence[float], *,
+              log: Log = to_stderr) -> Path | None:
+    """The inversion's edit stage (``config.edit_grid``): InterFaceGAN edits of every latent in ``latents_dir``
+    (rendered into ``latents_dir/edits/`` by :func:`run_edits` with the loaded ``bundle``, resumable), tiled into
+    ``latents_dir/edit_grid.png``: per image a block titled with its name, one row per attribute (labelled),
+    columns input | G(w) | one per strength (labelled above). Returns the grid's path, or None when the folder
+    holds no latent."""
     out = Path(latents_dir)
     names = sorted(p.stem for p in out.glob("*.npz") if p.is_file())
     if not names:
         return None
     sweeps = tuple(tuple(Edit("interfacegan", s, attribute=a) for s in strengths) for a in attributes)
     edits_dir = out / "edits"
-    run_edits(EditJob(bundle=bundle, latents=(str(out),), out_dir=str(edits_dir), sweeps=sweeps), log=log)
+    run_edits(EditJob(latents=(str(out),), out_dir=str(edits_dir), sweeps=sweeps), bundle, log=log)
     from PIL import Image
 
     blocks = []
@@ -461,21 +463,28 @@ def edit_grid(bundle: str, latents_dir: str | Path, attributes: Sequence[str], s
     return path
 
 
-def paste_edit_grid(out_dir: str | Path, aligned: Sequence[faces.AlignedFace], attributes: Sequence[str],
-                    strengths: Sequence[float], *,
-                    log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> list[Path]:
-    """The edit stage of a job on photographs (``config.align``): ``out_dir/pasted/<photo>__<label>.png`` for
-    every edit of :func:`edit_grid` (``<label>`` as :attr:`Edit.label`, e.g. ``ifg_Smiling_+3``), the
-    photograph with each of its faces whose edits were rendered (``out_dir/edits/<face>.png``) edited alike and
-    pasted back. A pasted photograph newer than its photograph and edit grids is left as it is; returns those
-    written."""
+def paste_edit_grid(out_dir: str | Path, attributes: Sequence[str], strengths: Sequence[float], *,
+                    log: Log = to_stderr) -> list[Path]:
+    """The edit stage of a job on photographs (``config.align``), after :func:`edit_grid`:
+    ``out_dir/pasted/<photo>__<label>.png`` for every edit (``<label>`` as :attr:`Edit.label`, e.g.
+    ``ifg_Smiling_+3``), the photograph with each of its faces whose edits were rendered
+    (``out_dir/edits/<face>.png``) edited alike and pasted back. The faces, their photograph and alignment are
+    read from the inversion's records (``<photo>__face<j>.json``). A pasted photograph newer than its photograph
+    and edit grids is left as it is; returns those written."""
     out = Path(out_dir)
     edits_dir = out / "edits"
     labels = [[Edit("interfacegan", s, attribute=a).label for s in strengths] for a in attributes]
+    groups: dict[str, list[Latent]] = {}
+    for path in list_latents([out]):
+        lat = load_latent(path)
+        photo_name, _, index = lat.name.rpartition("__face")
+        if lat.photo is not None and lat.alignment is not None and index.isdigit():
+            groups.setdefault(photo_name, []).append(lat)
     written = []
-    for photo_name, group in faces.by_photo(aligned).items():
-        rendered = [f for f in group
-                    if (edits_dir / f"{f.name}.json").is_file() and (edits_dir / f"{f.name}.png").is_file()]
+    for photo_name, group in sorted(groups.items()):
+        rendered = sorted((f for f in group if (edits_dir / f"{f.name}.json").is_file()
+                           and (edits_dir / f"{f.name}.png").is_file()),
+                          key=lambda f: int(f.name.rpartition("__face")[2]))
         if not rendered:
             continue
         grids = [edits_dir / f"{f.name}.png" for f in rendered]

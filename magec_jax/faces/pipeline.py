@@ -29,7 +29,6 @@ import dataclasses
 import hashlib
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -43,18 +42,15 @@ from magec_jax.faces.align import (MIN_QUAD_FRACTION, Alignment, AlignmentError,
                                    face_size_problem, fit_template, warp)
 from magec_jax.faces.detect import DetectorConfig, FaceDetector
 from magec_jax.faces.paste import paste_back
+from magec_jax.logs import Log, to_stderr
 from magec_jax.models import stylegan2
 from magec_jax.weights import sha256_file
 
-Log = Callable[[str], None]
 SUMMARY = "summary.json"
 PASTED = "pasted"
 NO_FACE = "no face found"
 _FACE_FILE = re.compile(r"__face\d+\.(png|json)$")
 
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # ---- framing -----------------------------------------------------------------------------------------------
@@ -234,7 +230,7 @@ def face_record(face: AlignedFace, photo_hw: tuple[int, int], settings: dict[str
 
 
 def align_photos(photos: Sequence[PhotoInput], out_dir: str | Path, framing: Framing, *,
-                 detector: FaceDetector | None = None, batch_size: int = 32, log: Log = _stderr) -> AlignReport:
+                 detector: FaceDetector | None = None, batch_size: int = 32, log: Log = to_stderr) -> AlignReport:
     """Aligns every face of every photograph into ``out_dir`` (see the module docstring); resumable.
 
     Args:
@@ -398,7 +394,7 @@ def write_pasted(target: Path, photo: Path, crops: Sequence[tuple[np.ndarray, Al
     return imio.atomic_write_bytes(target, imio.png_bytes(paste_back(read_photo(photo), crops)))
 
 
-def paste_reconstructions(faces: Sequence[AlignedFace], results_dir: str | Path, *, log: Log = _stderr) -> list[Path]:
+def paste_reconstructions(faces: Sequence[AlignedFace], results_dir: str | Path, *, log: Log = to_stderr) -> list[Path]:
     """``results_dir/pasted/<photo name>.png`` for every photograph with at least one inverted face (an item
     whose ``<face name>.png`` and ``.json`` the inversion job wrote): every such reconstruction pasted back.
     A pasted photograph newer than its photograph and reconstructions is left as it is; returns those written."""

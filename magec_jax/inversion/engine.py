@@ -314,6 +314,44 @@ class Engine:
         ws, images, terms = self._finish(self._arrays, state, targets)
         return dict(ws=ws, images=images, terms=terms)
 
+    # ---- step-level access: research loops, benchmarks and profiles ---------------------------------
+
+    def init(self, batch: int) -> State:
+        """The initial state of ``batch`` images (latents at ``w_avg``, fresh optimiser), sharded over
+        ``'data'``."""
+        return self._init(self._arrays, batch)
+
+    def step(self, state: State, targets: Targets, step: int | np.ndarray) -> State:
+        """Latent-phase steps of every image: an integer ``step`` runs that one step (one dispatch); a vector of
+        step numbers runs them in order as one ``lax.scan``. The step number indexes the phase weights and
+        the learning-rate schedule. ``state`` is donated (unusable afterwards) when ``compute.donate`` is on."""
+        if np.ndim(step):
+            return self._run_chunk(self._arrays, state, targets, np.asarray(step, np.int32))
+        return self._run(self._arrays, state, targets, np.int32(step))
+
+    def finish(self, state: State, targets: Targets) -> dict[str, jax.Array]:
+        """The final rendering of a state: ``ws``, ``images`` and ``terms`` ``[B, T]``, as :meth:`invert`
+        returns them."""
+        ws, images, terms = self._finish(self._arrays, state, targets)
+        return dict(ws=ws, images=images, terms=terms)
+
+    def compile(self, entry: str, *args: Any) -> Callable[..., Any]:
+        """Compiles an entry point ahead of time for the shapes of ``args`` (arrays or
+        ``jax.ShapeDtypeStruct``) and returns it bound to the engine's networks, called with arguments of
+        those shapes; the time this call takes is the compile time. The result's ``.func`` is JAX's compiled
+        executable (``memory_analysis()``, ``cost_analysis()``).
+
+        ``entry``: ``"prepare"`` (images), ``"step"`` (state, targets, step number or vector of step numbers:
+        as :meth:`step`) or ``"finish"`` (state, targets; returns the tuple ``(ws, images, terms)``).
+        """
+        if entry == "step":
+            fn = self._run_chunk if np.ndim(args[2]) else self._run
+        elif entry in ("prepare", "finish"):
+            fn = self._prepare if entry == "prepare" else self._finish
+        else:
+            raise ValueError(f"entry must be 'prepare', 'step' or 'finish', got {entry!r}")
+        return functools.partial(fn.lower(self._arrays, *args).compile(), self._arrays)
+
     def compiled_variants(self) -> dict[str, int]:
         """How many times each jitted entry point has compiled (one per batch shape; a recompile inside an
         inversion would show here)."""

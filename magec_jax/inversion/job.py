@@ -8,10 +8,10 @@ For a folder (or list file) of images and a model bundle it writes, per image ``
   * ``<name>.json`` final loss terms, steps, seconds, status, the ``fingerprint`` of what decided the result
     and the input file's ``input_sha256``; written LAST, so its presence marks the image as done;
 
-and ``summary.json`` for the job (rewritten after every batch). With an ``edit_grid`` block in the config, the
-job then renders InterFaceGAN edits of every inverted image (``edits/<name>.png`` grids and edited latents, by
-``magec_jax.editing.render``) and tiles them into ``edit_grid.png``, labelled with the image names, attributes
-and strengths. Every file is written atomically, with the process's usual file mode.
+and ``summary.json`` for the job (rewritten after every batch). Every file is written atomically, with the
+process's usual file mode. The job receives its networks (a loaded bundle, built networks or an engine) and
+never loads a bundle itself; ``python -m magec_jax.invert`` (:func:`magec_jax.invert.run`) loads the config's
+bundle, runs the job, then the edit stage of an ``edit_grid`` block (``magec_jax.editing.render``).
 
 A run, in order:
 
@@ -39,9 +39,8 @@ aligned crop, and its ``<name>__face<j>.json`` also records ``photo``, ``face``,
 (``Alignment.to_json``). A photograph with no face or that cannot be read, and a face too small to invert
 (with its size), are reported in ``skipped`` and remembered by the alignment stage. After the inversion,
 ``pasted/<name>.png`` is the photograph at its own size with every inverted face's reconstruction pasted back;
-with an ``edit_grid`` block, ``pasted/<name>__<label>.png`` is the photograph with every face edited by one edit
-(``<label>`` as in ``edits/``, e.g. ``ifg_Smiling_+3``). Pasted photographs are rewritten when older than their
-sources.
+the edit stage adds ``pasted/<name>__<label>.png`` (``magec_jax.editing.render.paste_edit_grid``). Pasted
+photographs are rewritten when older than their sources.
 
 The fingerprint (:func:`fingerprint`): the inversion settings actually run (after ``steps_scale``; the
 progress interval ``chunk_steps`` left out; of the compute options only the resolved precision),
@@ -69,11 +68,10 @@ import datetime
 import hashlib
 import json
 import math
-import sys
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import jax
 import ml_collections
@@ -93,9 +91,9 @@ from magec_jax.inversion.engine import (
 )
 from magec_jax.inversion.protocols import ON_MISMATCH, scale_steps
 from magec_jax.inversion.terms import BUILTIN_TERMS
-from magec_jax.weights import read_manifest, sha256_file
+from magec_jax.logs import Log, to_stderr
+from magec_jax.weights import sha256_file
 
-Log = Callable[[str], None]
 _WORKERS = 4  # threads hashing and reading input files
 ALIGNED = "aligned"  # the aligned faces' folder in the output folder (config.align)
 
@@ -112,7 +110,8 @@ class DistributedConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EditGrid:
-    """Edits rendered after the inversion: one row per attribute, one column per strength."""
+    """Edits rendered after the inversion (by ``magec_jax.invert.run``): one row per attribute, one column per
+    strength."""
 
     attributes: tuple[str, ...]
     strengths: tuple[float, ...]
@@ -341,8 +340,8 @@ class _Input:
 class _Progress:
     """One line per chunk of steps: batch, step, phase, running loss, valid images done, ETA."""
 
-    def __init__(self, total_images: int, num_batches: int, settings: InversionSettings):
-        self.total, self.num_batches = total_images, num_batches
+    def __init__(self, total_images: int, num_batches: int, settings: InversionSettings, log: Log):
+        self.total, self.num_batches, self.log = total_images, num_batches, log
         self.done, self.t0 = 0, time.perf_counter()
         self.batch = 0
         self.batch_images = 0
@@ -363,11 +362,10 @@ class _Progress:
         eta = elapsed / frac * (1 - frac) if frac > 0 else float("nan")
         finite = loss[np.isfinite(loss)]
         shown = f"{finite.mean():.4f}" if finite.size else "nan"
-        print(
+        self.log(
             f"[{jax.process_index()}] batch {self.batch + 1}/{self.num_batches} step {steps_done}/{total_steps} "
             f"{self.phase(steps_done)} loss {shown} | {self.done}/{self.total} images done | "
-            f"{elapsed:.0f} s, ETA {_fmt(eta)}",
-            file=sys.stderr, flush=True,
+            f"{elapsed:.0f} s, ETA {_fmt(eta)}"
         )
 
 
@@ -382,24 +380,39 @@ def _fmt(seconds: float) -> str:
 _COMPILED: weakref.WeakKeyDictionary[Engine, set[int]] = weakref.WeakKeyDictionary()
 
 
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+
+class NetworkSource(Protocol):
+    """Where a job's networks come from when they are built only if there is something to invert: a loaded
+    model bundle (``magec_jax.bundle.Bundle``) is one."""
+
+    def resolution(self) -> int:
+        """The generator's image resolution, without loading weights."""
+
+    def framing(self) -> faces.Framing:
+        """How photographs are aligned for the generator (``config.align``)."""
+
+    def networks(self) -> Networks:
+        """The engine's networks (loads the weights)."""
 
 
 def run(
     config: ml_collections.ConfigDict,
     *,
+    bundle: NetworkSource | None = None,
     networks: Networks | None = None,
     engine: Engine | None = None,
-    log: Log = _stderr,
+    log: Log = to_stderr,
 ) -> dict[str, Any]:
     """Runs the inversion job described by ``config``; returns this run's record (see the module docstring).
 
+    Give exactly one source of networks: ``bundle``, ``networks`` or ``engine``.
+
     Args:
       config: an inversion config (``configs/*.py``).
-      networks: already-built networks; by default the config's bundle is loaded (only when there is
-        something to invert).
-      engine: an engine built for these networks and the config's settings, to reuse its compiled steps
+      bundle: the config's model bundle, loaded (``magec_jax.bundle.load_bundle(config.bundle)``); its
+        networks are built only when there is something to invert, and photographs are aligned to its framing.
+      networks: already-built networks (photographs are then aligned to the FFHQ framing).
+      engine: an engine built for the networks and the config's settings, to reuse its compiled steps
         across jobs (the evaluation inverts originals and edited images with one engine per method).
       log: where one-line reports go.
 
@@ -407,6 +420,9 @@ def run(
       MagecError: a missing, empty or unreadable input or bundle, or stale results with ``on_mismatch``
         ``refuse``; nothing is written then.
     """
+    if sum(source is not None for source in (bundle, networks, engine)) != 1:
+        raise ValueError("run needs exactly one of bundle (magec_jax.bundle.load_bundle(config.bundle)), networks "
+                         "or engine")
     job = JobConfig.from_config(config)
     init_distributed(job.distributed)
     jax.config.update("jax_default_matmul_precision", job.matmul_precision)
@@ -417,18 +433,13 @@ def run(
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     t_job = time.perf_counter()
 
-    bundle = None
-    if networks is None and engine is None:
-        from magec_jax.bundle import load_bundle
-
-        bundle = load_bundle(job.bundle)
     inputs, duplicates = _list_inputs(job, out_dir)
     if engine is not None:
         resolution = engine.nets.resolution
     elif networks is not None:
         resolution = networks.resolution
     else:
-        resolution = int(read_manifest(bundle.part(bundle.manifest["generator"]))["config"]["img_resolution"])
+        resolution = bundle.resolution()
     aligned, align_settings = None, None
     if job.align:
         framing = bundle.framing() if bundle is not None else faces.Framing.ffhq(resolution)
@@ -504,12 +515,6 @@ def run(
     )
     if aligned is not None and pid == 0:
         faces.paste_reconstructions(aligned.faces, out_dir, log=log)
-    if job.edit_grid is not None and pid == 0:
-        from magec_jax.editing.render import edit_grid, paste_edit_grid
-
-        edit_grid(job.bundle, out_dir, job.edit_grid.attributes, job.edit_grid.strengths, log=log)
-        if aligned is not None:
-            paste_edit_grid(out_dir, aligned.faces, job.edit_grid.attributes, job.edit_grid.strengths, log=log)
     return record
 
 
@@ -551,7 +556,7 @@ def _invert(job: JobConfig, engine: Engine, mine: Sequence[_Input], batch: int, 
     after each batch, the summary."""
     resolution = engine.nets.resolution
     pid, nproc = jax.process_index(), jax.process_count()
-    progress = _Progress(len(mine), num_batches, job.settings)
+    progress = _Progress(len(mine), num_batches, job.settings, log)
     if batch not in _COMPILED.setdefault(engine, set()):
         log(f"invert: compiling the inversion step for batches of {batch} at {resolution}x{resolution} "
             "(once per batch size; about a minute on a CPU)")

@@ -36,6 +36,7 @@ for the memory of the blocks' activations.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -545,3 +546,54 @@ def load_generator(path) -> tuple[StyleGAN2Config, dict]:
     converted = load_converted(path, kind=KIND)
     cfg = config_from_dict(converted.config)
     return cfg, jax.tree.map(jnp.asarray, converted.variables)
+
+
+# ---- generator glue: what inversion, editing and bundles need around the module -----------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def synthesize_fn(cfg: StyleGAN2Config, fused_modconv: bool = False, dtype: Any = jnp.float32, remat: bool = False):
+    """Synthesis as a plain function ``(variables, ws_BxLxD, noise) -> images_BxHxWxC`` with explicit noise maps
+    (``noise_mode="const"``): what the inversion engine and the edit renderer call.
+
+    ``fused_modconv``, ``dtype`` and ``remat`` are the :class:`Generator` options. Cached, so every caller with
+    the same architecture and options closes over the same function (one compile).
+    """
+    model = Generator(cfg, dtype=dtype, fused_modconv=fused_modconv, remat=remat)
+
+    def synthesize(variables, ws_BxLxD, noise):
+        return model.apply(variables, ws_BxLxD, method="synthesis", noise_mode="const", noise=noise)
+
+    return synthesize
+
+
+def noise_buffers(cfg: StyleGAN2Config, variables: dict) -> tuple[jax.Array, ...]:
+    """The generator's constant noise maps ``[H, W]`` in :func:`noise_shapes` order."""
+    synth = variables["buffers"]["synthesis"]
+    out = []
+    for name, _ in noise_shapes(cfg):
+        block, conv = name.split("/")
+        out.append(synth[block][conv]["noise_const"])
+    return tuple(out)
+
+
+def mean_w(cfg: StyleGAN2Config, variables: dict, *, num_samples: int = 50_000, seed: int = 0,
+           batch: int = 2_000) -> np.ndarray:
+    """float32 ``[w_dim]``: the mean of ``mapping(z)`` (untruncated) over ``num_samples`` z ~ N(0, I) drawn from
+    the typed key ``seed`` (one key per batch of ``batch``; class-conditional generators get uniform classes).
+
+    The inversion's initial latent and the truncation centre (METHOD.md: 50,000 z, a fixed seed); a converter
+    uses it for a checkpoint that stores no average. The mean's own ``w_avg`` buffer is not read.
+    """
+    model = Generator(cfg)
+    mapping = jax.jit(lambda v, z, c: model.apply(v, z, c, method="mapping")[:, 0])
+    total = np.zeros((cfg.w_dim,), np.float64)
+    key = jax.random.key(seed)
+    for start in range(0, num_samples, batch):
+        n = min(batch, num_samples - start)
+        z = jax.random.normal(jax.random.fold_in(key, start), (n, cfg.z_dim))
+        c = None
+        if cfg.c_dim:
+            c = jax.nn.one_hot(jax.random.randint(jax.random.fold_in(key, -start - 1), (n,), 0, cfg.c_dim), cfg.c_dim)
+        total += np.asarray(mapping(variables, z, c), np.float64).sum(0)
+    return (total / num_samples).astype(np.float32)

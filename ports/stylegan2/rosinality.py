@@ -2,7 +2,8 @@
 
 The architecture is inferred from tensor shapes (the mapping lr multiplier, which shapes cannot tell, is
 assumed to be 0.01 and recorded so). ``latent_avg`` becomes ``w_avg``; a checkpoint without it gets ``w_avg``
-estimated from the mapping network, as rosinality's ``mean_latent`` does, and the manifest says so.
+estimated from the mapping network (``magec_jax.models.stylegan2.mean_w``, as rosinality's ``mean_latent``
+estimates it), and the manifest says so.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
 from magec_jax.errors import FileFormatError
@@ -111,14 +111,6 @@ def _config(sd: Mapping[str, np.ndarray], path: Path) -> sg2.StyleGAN2Config:
     )
 
 
-def _estimate_w_avg(cfg: sg2.StyleGAN2Config, flat: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Mean mapping output of ``W_AVG_SAMPLES`` z from ``np.random.RandomState(0)`` (rosinality's mean_latent)."""
-    variables = unflatten({**flat, "buffers/mapping/w_avg": np.zeros(cfg.w_dim, np.float32)})
-    z = np.random.RandomState(0).randn(W_AVG_SAMPLES, cfg.z_dim).astype(np.float32)
-    ws = sg2.Generator(cfg).apply(variables, jnp.asarray(z), method="mapping")
-    return np.asarray(ws[:, 0].mean(axis=0), np.float32)
-
-
 def convert_rosinality(path: str | os.PathLike, *, network: str | None = None) -> Converted:
     """Converts a rosinality/stylegan2-pytorch checkpoint (``g_ema`` by default, or ``network='g'``)."""
     path = Path(path)
@@ -141,6 +133,7 @@ def convert_rosinality(path: str | os.PathLike, *, network: str | None = None) -
     )
     extra: dict[str, Any] = {"network": name, "assumed": {"mapping_lr_multiplier": 0.01}}
     if not has_avg:
-        flat["buffers/mapping/w_avg"] = _estimate_w_avg(cfg, flat)
-        extra["w_avg"] = f"estimated: mean mapping(z) of {W_AVG_SAMPLES} z, np.random.RandomState(0)"
+        variables = unflatten({**flat, "buffers/mapping/w_avg": np.zeros(cfg.w_dim, np.float32)})
+        flat["buffers/mapping/w_avg"] = sg2.mean_w(cfg, variables, num_samples=W_AVG_SAMPLES, seed=0)
+        extra["w_avg"] = f"estimated: mean mapping(z) of {W_AVG_SAMPLES} z (magec_jax.models.stylegan2.mean_w, seed 0)"
     return common.converted(cfg, flat, **extra)
