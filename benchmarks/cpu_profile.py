@@ -152,7 +152,7 @@ def profile(resolution: int, batch: int, variant: str) -> dict:
     for e in events:
         if e.get("ph") == "X":
             op_us[e["name"]] += e["dur"]
-    hlo = compiled.as_text()
+    hlo = compiled.func.as_text()
     comps, lines = _computations(hlo)
     entry = next(name for name in comps if hlo.find(f"ENTRY %{name} ") >= 0)
     weight_only = _weight_only(comps[entry])

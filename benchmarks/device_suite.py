@@ -294,7 +294,7 @@ class Suite:
         )
 
     def memory(self, compiled) -> dict:
-        analysis = compiled.memory_analysis()
+        analysis = compiled.func.memory_analysis()
         stats = self.device.memory_stats()
         out = dict(peak_bytes_in_use=None if stats is None else stats.get("peak_bytes_in_use"))
         if analysis is not None:
