@@ -25,6 +25,7 @@ from magec_jax import images as imio
 from magec_jax.bundle import load_bundle
 from magec_jax.editing.render import list_latents, load_latent
 from magec_jax.cli import DefaultsHelpFormatter, error_status
+from magec_jax.configdicts import from_configdict
 from magec_jax.errors import FileFormatError, MagecError
 from magec_jax.inversion.engine import Engine
 from magec_jax.inversion.job import JobConfig
@@ -36,7 +37,7 @@ def diagnose(bundle_path: str, *, latents: list[str], protocol: str, alpha: floa
              batch_size: int) -> dict:
     """The diagnosis as a dict (see the module docstring)."""
     bundle = load_bundle(bundle_path)
-    settings = JobConfig.from_config(job_config(protocol)).settings
+    settings = from_configdict(JobConfig, job_config(protocol)).settings
     if alpha is not None:
         settings = dataclasses.replace(settings, magec_alpha=alpha)
     report = dict(bundle=str(bundle.path), protocol=protocol,

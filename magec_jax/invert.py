@@ -20,6 +20,7 @@ import ml_collections
 
 from magec_jax.bundle import load_bundle
 from magec_jax.cli import config_main
+from magec_jax.configdicts import from_configdict
 from magec_jax.editing.render import edit_grid, paste_edit_grid
 from magec_jax.inversion import job as job_lib
 from magec_jax.logs import Log, to_stderr
@@ -31,11 +32,11 @@ def run(config: ml_collections.ConfigDict, *, log: Log = to_stderr) -> dict[str,
     """The whole inversion command: loads the config's bundle (its manifest; weights only when there is
     something to invert or edit), runs :func:`magec_jax.inversion.job.run`, then the edit stage of an
     ``edit_grid`` block on process 0. Returns the job's run record."""
-    job = job_lib.JobConfig.from_config(config)
+    job = from_configdict(job_lib.JobConfig, config)
     bundle = load_bundle(job.bundle)
-    record = job_lib.run(config, bundle=bundle, log=log)
+    record = job_lib.run(job, bundle=bundle, log=log)
     grid = job.edit_grid
-    if grid is not None and jax.process_index() == 0:
+    if grid.attributes and jax.process_index() == 0:
         edit_grid(bundle, job.out_dir, grid.attributes, grid.strengths, log=log)
         if job.align:
             paste_edit_grid(job.out_dir, grid.attributes, grid.strengths, log=log)

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from magec_jax.bundle import stylegan2_networks
+from magec_jax.configdicts import from_configdict
 from magec_jax.errors import ConfigError, MagecError
 from magec_jax.inversion import protocols
 from magec_jax.inversion.engine import Engine
@@ -189,13 +190,13 @@ def test_auto_resolves_per_platform_and_bad_values_are_refused():
 
 def test_job_config_reads_the_compute_block():
     config = protocols.job_config("magec")
-    assert JobConfig.from_config(config).settings.compute == ComputeOptions()
+    assert from_configdict(JobConfig, config).settings.compute == ComputeOptions()
     config.inversion.compute.loop = "scan"
     config.inversion.compute.precision = "bf16"
-    assert JobConfig.from_config(config).settings.compute == ComputeOptions(loop="scan", precision="bf16")
+    assert from_configdict(JobConfig, config).settings.compute == ComputeOptions(loop="scan", precision="bf16")
     config.inversion.compute.remat = "sometimes"
     with pytest.raises(ConfigError, match="compute.remat"):
-        JobConfig.from_config(config)
+        from_configdict(JobConfig, config)
 
 
 def test_networks_without_variants_refuse_other_compute(networks):

@@ -105,9 +105,10 @@ sys.path.insert(0, {tests!r})
 import jax
 jax.config.update("jax_default_matmul_precision", "highest")
 from test_invert_job import make_config
+from magec_jax.configdicts import from_configdict
 from magec_jax.inversion import job
 config = make_config(__import__("pathlib").Path({images!r}), __import__("pathlib").Path({out!r}), **json.loads({overrides!r}))
-job.init_distributed(job.JobConfig.from_config(config).distributed)  # before the networks touch a device
+job.init_distributed(from_configdict(job.JobConfig, config).distributed)  # before the networks touch a device
 import engine_standins as standins
 job.run(config, networks=standins.networks())
 """

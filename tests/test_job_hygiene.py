@@ -25,6 +25,7 @@ import engine_standins as standins
 from conftest import REPO
 from magec_jax import cli
 from magec_jax import images as imio
+from magec_jax.configdicts import from_configdict
 from magec_jax.editing.render import labelled_sheet
 from magec_jax.errors import ConfigError, FileFormatError, MagecError
 from magec_jax.inversion import job as job_lib
@@ -283,9 +284,9 @@ def test_flag_tools_help_shows_the_defaults(tool, shown, capsys):
 def test_steps_scale_is_one_config_field_for_every_protocol(protocol, steps):
     config = job_config(protocol)
     assert config.steps_scale == 1.0
-    full = job_lib.JobConfig.from_config(config).settings
+    full = from_configdict(job_lib.JobConfig, config).settings
     config.steps_scale = 0.1
-    short = job_lib.JobConfig.from_config(config).settings
+    short = from_configdict(job_lib.JobConfig, config).settings
     assert tuple(p.steps for p in short.phases) == steps
     assert [p.steps for p in full.phases] == [10 * s for s in steps]
     if protocol == "i2spp":
@@ -295,7 +296,7 @@ def test_steps_scale_is_one_config_field_for_every_protocol(protocol, steps):
 
 def test_steps_scale_from_the_command_line():
     config = cli.load_config(str(REPO / "configs" / "tiny.py"), [("steps_scale", "0.01")])
-    assert job_lib.JobConfig.from_config(config).settings.total_steps == 2
+    assert from_configdict(job_lib.JobConfig, config).settings.total_steps == 2
 
 
 # ---- 6. empty or missing input: one line, nothing created -------------------------------------------------

@@ -65,20 +65,22 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import datetime
+import functools
 import hashlib
 import json
 import math
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Literal, Protocol, Sequence
 
 import jax
 import ml_collections
 import numpy as np
 
 from magec_jax import images as imio
-from magec_jax.errors import ConfigError, FileFormatError, MagecError
+from magec_jax.configdicts import from_configdict
+from magec_jax.errors import FileFormatError, MagecError
 from magec_jax.faces import pipeline as faces
 from magec_jax.inversion.engine import (
     ComputeOptions,
@@ -89,8 +91,8 @@ from magec_jax.inversion.engine import (
     Phase,
     local_rows,
 )
-from magec_jax.inversion.protocols import ON_MISMATCH, scale_steps
-from magec_jax.inversion.terms import BUILTIN_TERMS
+from magec_jax.inversion.magec_loss import EditMode
+from magec_jax.inversion.protocols import scale_steps
 from magec_jax.logs import Log, to_stderr
 from magec_jax.weights import sha256_file
 
@@ -111,120 +113,92 @@ class DistributedConfig:
 @dataclasses.dataclass(frozen=True)
 class EditGrid:
     """Edits rendered after the inversion (by ``magec_jax.invert.run``): one row per attribute, one column per
-    strength."""
+    strength; no attributes: no edit stage."""
 
-    attributes: tuple[str, ...]
-    strengths: tuple[float, ...]
+    attributes: tuple[str, ...] = ()
+    strengths: tuple[float, ...] = ()
+
+
+_PAPER = InversionSettings()  # the defaults of the inversion block: METHOD.md's
+
+
+@dataclasses.dataclass(frozen=True)
+class InversionConfig:
+    """``config.inversion`` as a config writes it (``magec_jax.inversion.protocols.inversion_config``): the
+    engine's settings with each phase a dict of steps and weights by term name, and the noise stage as
+    ``noise_steps`` (0: none) and ``noise_lr``. :attr:`settings` are the engine's typed settings."""
+
+    protocol: str = ""  # the protocol the values came from (a label: the values decide)
+    phases: tuple[Phase, ...] = _PAPER.phases
+    lr: float = _PAPER.lr
+    lr_decay: float = _PAPER.lr_decay
+    lr_decay_every: int = _PAPER.lr_decay_every
+    adam_b1: float = _PAPER.adam_b1
+    adam_b2: float = _PAPER.adam_b2
+    adam_eps: float = _PAPER.adam_eps
+    latent_space: Literal["w+", "w"] = "w+"
+    magec_alpha: float = _PAPER.magec_alpha
+    magec_mode: EditMode = _PAPER.magec_mode
+    chunk_steps: int = _PAPER.chunk_steps
+    noise_steps: int = 0
+    noise_lr: float = NoisePhase(1).lr
+    compute: ComputeOptions = _PAPER.compute
+
+    def __post_init__(self):
+        if not self.phases:
+            raise ValueError("phases must be at least one phase, got ()")
+        if self.noise_steps < 0:
+            raise ValueError(f"noise_steps must be a non-negative integer, got {self.noise_steps}")
+        for name in ("lr_decay_every", "chunk_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+
+    @property
+    def settings(self) -> InversionSettings:
+        """The engine's settings at the block's own step counts."""
+        return InversionSettings(
+            phases=self.phases, lr=self.lr, lr_decay=self.lr_decay, lr_decay_every=self.lr_decay_every,
+            adam_b1=self.adam_b1, adam_b2=self.adam_b2, adam_eps=self.adam_eps, latent_space=self.latent_space,
+            magec_alpha=self.magec_alpha, magec_mode=self.magec_mode,
+            noise_phase=NoisePhase(steps=self.noise_steps, lr=self.noise_lr) if self.noise_steps else None,
+            chunk_steps=self.chunk_steps, compute=self.compute,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
 class JobConfig:
-    """The typed form of an inversion config (see ``configs/`` and ``magec_jax.inversion.protocols``).
+    """The typed form of an inversion config (``configs/``, ``magec_jax.inversion.protocols.job_config``), field
+    for field; read it with ``magec_jax.configdicts.from_configdict(JobConfig, config)``.
 
-    ``settings`` are the settings actually run: the config's ``steps_scale`` is already applied.
+    :attr:`settings` are the settings actually run: the inversion block with ``steps_scale`` applied.
     """
 
     bundle: str
     images: str
     out_dir: str
     batch_size: int
-    settings: InversionSettings
-    min_size: int | None = None
-    matmul_precision: str = "highest"
-    distributed: DistributedConfig = DistributedConfig()
+    inversion: InversionConfig
     name: str = ""
-    edit_grid: EditGrid | None = None
-    on_mismatch: str = "refuse"
+    steps_scale: float = 1.0
+    on_mismatch: Literal["refuse", "recompute"] = "refuse"
+    min_size: int | None = None  # None: half the resolution
     align: bool = False
+    matmul_precision: str = "highest"
+    edit_grid: EditGrid = EditGrid()
+    distributed: DistributedConfig = DistributedConfig()
 
-    @classmethod
-    def from_config(cls, config: ml_collections.ConfigDict) -> "JobConfig":
-        """Checks and converts a job config; a bad value raises :class:`ConfigError` naming the field."""
-        inv = config.inversion
-        phases = []
-        for i, p in enumerate(inv.phases):
-            _require(isinstance(p, (dict, ml_collections.ConfigDict)), f"inversion.phases[{i}]", p,
-                     "a dict of steps and loss weights by term name (" + ", ".join(("steps",) + BUILTIN_TERMS)
-                     + ", or a registered term's name)")
-            try:
-                phases.append(Phase(**dict(p)))
-            except (TypeError, ValueError) as e:
-                raise ConfigError(f"config.inversion.phases[{i}]: {e}") from None
-        _require(bool(phases), "inversion.phases", tuple(inv.phases), "at least one phase")
-        noise_steps = inv.get("noise_steps", 0)
-        _require(_is_int(noise_steps) and noise_steps >= 0, "inversion.noise_steps", noise_steps,
-                 "a non-negative integer")
-        for field in ("lr_decay_every", "chunk_steps"):
-            _require(_is_int(inv[field]) and inv[field] >= 1, f"inversion.{field}", inv[field], "a positive integer")
-        _require(inv.latent_space in ("w+", "w"), "inversion.latent_space", inv.latent_space, "'w+' or 'w'")
-        _require(inv.magec_mode in ("flip", "add_remove"), "inversion.magec_mode", inv.magec_mode,
-                 "'flip' or 'add_remove'")
-        _require(_is_int(config.batch_size) and config.batch_size >= 1, "batch_size", config.batch_size,
-                 "a positive integer")
-        scale = config.get("steps_scale", 1.0)
-        _require(_is_number(scale) and math.isfinite(scale) and scale > 0, "steps_scale", scale,
-                 "a positive number")
-        on_mismatch = str(config.get("on_mismatch", "refuse"))
-        _require(on_mismatch in ON_MISMATCH, "on_mismatch", on_mismatch, " or ".join(map(repr, ON_MISMATCH)))
-        min_size = config.get("min_size")
-        _require(min_size is None or (_is_int(min_size) and min_size >= 1), "min_size", min_size,
-                 "a positive integer (or None: half the resolution)")
-        settings = InversionSettings(
-            phases=tuple(phases),
-            lr=float(inv.lr),
-            lr_decay=float(inv.lr_decay),
-            lr_decay_every=int(inv.lr_decay_every),
-            adam_b1=float(inv.adam_b1),
-            adam_b2=float(inv.adam_b2),
-            adam_eps=float(inv.adam_eps),
-            latent_space=str(inv.latent_space),
-            magec_alpha=float(inv.magec_alpha),
-            magec_mode=str(inv.magec_mode),
-            noise_phase=NoisePhase(steps=int(noise_steps), lr=float(inv.noise_lr)) if noise_steps else None,
-            chunk_steps=int(inv.chunk_steps),
-            compute=_compute_options(inv.get("compute", ml_collections.ConfigDict())),
-        )
-        dist = config.get("distributed", ml_collections.ConfigDict())
-        grid = config.get("edit_grid")
-        edit_grid = None
-        if grid is not None and grid.get("attributes"):
-            edit_grid = EditGrid(tuple(grid.attributes), tuple(float(v) for v in grid.strengths))
-        return cls(
-            bundle=str(config.bundle),
-            images=str(config.images),
-            out_dir=str(config.out_dir),
-            batch_size=int(config.batch_size),
-            settings=scale_steps(settings, float(scale)),
-            min_size=min_size,
-            matmul_precision=str(config.get("matmul_precision", "highest")),
-            distributed=DistributedConfig(**dict(dist)),
-            name=str(config.get("name", "")),
-            edit_grid=edit_grid,
-            on_mismatch=on_mismatch,
-            align=bool(config.get("align", False)),
-        )
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size}")
+        if not (math.isfinite(self.steps_scale) and self.steps_scale > 0):
+            raise ValueError(f"steps_scale must be a positive number, got {self.steps_scale}")
+        if self.min_size is not None and self.min_size < 1:
+            raise ValueError(f"min_size must be a positive integer (or None: half the resolution), got {self.min_size}")
 
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
-def _compute_options(block: ml_collections.ConfigDict) -> ComputeOptions:
-    """``inversion.compute`` as typed options (each value checked by :class:`ComputeOptions`)."""
-    known = [f.name for f in dataclasses.fields(ComputeOptions)]
-    unknown = sorted(set(block) - set(known))
-    if unknown:
-        raise ConfigError(f"config.inversion.compute has no field {unknown[0]!r} (fields: {', '.join(known)})")
-    return ComputeOptions(**{k: str(v) for k, v in block.items()})
-
-
-def _require(ok: bool, field: str, value: Any, expected: str) -> None:
-    if not ok:
-        raise ConfigError(f"config.{field} must be {expected}, got {value!r}")
+    @functools.cached_property
+    def settings(self) -> InversionSettings:
+        """The inversion settings run: ``inversion`` with every step count scaled by ``steps_scale``."""
+        return scale_steps(self.inversion.settings, self.steps_scale)
 
 
 def init_distributed(dist: DistributedConfig) -> None:
@@ -396,7 +370,7 @@ class NetworkSource(Protocol):
 
 
 def run(
-    config: ml_collections.ConfigDict,
+    config: JobConfig | ml_collections.ConfigDict,
     *,
     bundle: NetworkSource | None = None,
     networks: Networks | None = None,
@@ -408,7 +382,7 @@ def run(
     Give exactly one source of networks: ``bundle``, ``networks`` or ``engine``.
 
     Args:
-      config: an inversion config (``configs/*.py``).
+      config: an inversion config (``configs/*.py``), or its typed form.
       bundle: the config's model bundle, loaded (``magec_jax.bundle.load_bundle(config.bundle)``); its
         networks are built only when there is something to invert, and photographs are aligned to its framing.
       networks: already-built networks (photographs are then aligned to the FFHQ framing).
@@ -423,7 +397,7 @@ def run(
     if sum(source is not None for source in (bundle, networks, engine)) != 1:
         raise ValueError("run needs exactly one of bundle (magec_jax.bundle.load_bundle(config.bundle)), networks "
                          "or engine")
-    job = JobConfig.from_config(config)
+    job = config if isinstance(config, JobConfig) else from_configdict(JobConfig, config)
     init_distributed(job.distributed)
     jax.config.update("jax_default_matmul_precision", job.matmul_precision)
     if engine is not None and engine.settings != job.settings:

@@ -26,7 +26,6 @@ import ml_collections
 from magec_jax.inversion.settings import PAPER_PHASE1, PAPER_PHASE2, InversionSettings, NoisePhase, Phase
 
 PROTOCOLS = ("magec", "wo_magec", "wo_magec300", "i2spp")
-ON_MISMATCH = ("refuse", "recompute")
 
 
 def _phases(protocol: str) -> tuple[Phase, ...]:

@@ -46,6 +46,23 @@ class Phase:
         """This phase's weight of ``term`` (0 when the phase does not name it)."""
         return dict(self.weights).get(term, 0.0)
 
+    @classmethod
+    def from_config_value(cls, value: object, where: str) -> Phase:
+        """A phase as a config writes it, ``dict(steps=100, mse=1e-3, lpips=0.5)`` (the
+        ``magec_jax.configdicts`` hook); a bad one is a :class:`ConfigError` naming ``where``."""
+        if not isinstance(value, Mapping) and not hasattr(value, "to_dict"):  # a dict or a ConfigDict
+            terms = ", ".join(("steps",) + tuple(PAPER_PHASE1))
+            raise ConfigError(f"{where} must be a dict of steps and loss weights by term name ({terms}, or a "
+                              f"registered term's name), got {value!r}")
+        try:
+            return cls(**dict(value))
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{where}: {e}") from None
+
+    def to_config_value(self) -> dict[str, int | float]:
+        """The phase as a config writes it: ``dict(steps=..., <term>=<weight>, ...)``."""
+        return dict(steps=self.steps, **dict(self.weights))
+
 
 # The paper's loss weights (METHOD.md): phase 1 reconstructs mostly perceptually, phase 2 adds the pixel MSE.
 PAPER_PHASE1 = dict(mse=1e-3, lpips=0.5, id=3e-4, magec=3e-4)
