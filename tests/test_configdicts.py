@@ -79,7 +79,8 @@ def test_round_trip_keeps_values_and_types():
                   pair=("y", 2.5), inner=Inner(size=2, rate=1.0, mode="exact"), maybe_inner=Inner(),
                   named={"one": Inner(size=1), "two": Inner(size=2)}, span=Span(2, 6), spans=(Span(0, 1),))
     config = to_configdict(value)
-    assert isinstance(config.inner, ml_collections.ConfigDict) and isinstance(config.named.one, ml_collections.ConfigDict)
+    assert isinstance(config.inner, ml_collections.ConfigDict)
+    assert isinstance(config.named.one, ml_collections.ConfigDict)
     assert config.path == "/tmp/w" and config.sizes == (4, 5) and config.span == "2:6" and config.spans == ("0:1",)
     assert from_configdict(Outer, config) == value
     assert from_configdict(Outer, config.to_dict()) == value  # plain dicts read the same

@@ -49,11 +49,10 @@ def test_config_parses(name, arg, typed):
     for field in REQUIRED_PATHS:  # the paths a user passes on the command line
         if field in config and not config[field]:
             config[field] = f"/placeholder/{field}"
-    parsed = (from_configdict(typed, config) if typed in (TrainGANConfig, TrainConfig, SupervisionConfig)
-              else typed.from_config(config))
+    parsed = from_configdict(typed, config)
     if typed is EvalConfig:
-        for method in parsed.methods:  # each method is a whole inversion job once the evaluation fills its paths
-            JobConfig.from_config(method.job)
+        for method in parsed.method_specs:  # each method is a whole inversion job once the evaluation fills its paths
+            assert isinstance(method.job, JobConfig)
         assert parsed.methods and parsed.edits
     if typed is JobConfig:
         assert parsed.batch_size > 0 and parsed.settings.phases

@@ -23,6 +23,7 @@ from bundle_tools import tiny_bundle
 from conftest import REPO, require_shared
 from magec_jax import images as imio
 from magec_jax.bundle import load_bundle
+from magec_jax.configdicts import from_configdict
 from magec_jax.editing.directions import fit_ganspace, save_ganspace
 from magec_jax.errors import FileFormatError, MagecError
 from magec_jax.evaluation import features as feats
@@ -163,7 +164,7 @@ def test_fc2_extractor_from_a_torchvision_state_dict():
 def test_config_errors_are_one_line():
     base = _config()
     base.bundle, base.images, base.out_dir = "b", "i", "o"
-    EvalConfig.from_config(base)
+    from_configdict(EvalConfig, base)
     for field, value, message in [
         ("method_order", ("magec", "nope"), "method_order names 'nope'"),
         ("edit_order", ("ifg_male", "ifg_male"), "must not repeat"),
@@ -173,18 +174,18 @@ def test_config_errors_are_one_line():
         c.bundle, c.images, c.out_dir = "b", "i", "o"
         c[field] = value
         with pytest.raises(MagecError, match=message):
-            EvalConfig.from_config(c)
+            from_configdict(EvalConfig, c)
     c = _config()
     c.bundle, c.images, c.out_dir = "b", "i", "o"
     c.edits.bad__name = dict(kind="interfacegan", attribute="Male", strength=1.0, target="")
     c.edit_order = ("bad__name",)
     with pytest.raises(MagecError, match="edit name 'bad__name'"):
-        EvalConfig.from_config(c)
+        from_configdict(EvalConfig, c)
     c.edits.bad__name.kind = "stylegan"
     c.edits.fine = c.edits.bad__name
     c.edit_order = ("fine",)
     with pytest.raises(MagecError, match="kind must be 'interfacegan' or 'ganspace'"):
-        EvalConfig.from_config(c)
+        from_configdict(EvalConfig, c)
 
 
 # ---- end to end ----------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The typed form of an evaluation config (``configs/eval_*.py``), built once from the ConfigDict.
+"""The typed form of an evaluation config (``configs/eval_*.py``): :class:`EvalConfig`, whose fields mirror the
+ConfigDict, built once by ``magec_jax.configdicts.from_configdict(EvalConfig, config)``.
 
 Config fields::
 
@@ -20,20 +21,48 @@ Config fields::
     evaluated images), realism.vgg16_weights ("" : the substitute feature, see
     ``magec_jax.evaluation.features``)
     figures.num_images, figures.num_extremes, significance
+
+Every method's job config and every edit is checked when the config is read, also those the orders leave out.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
+from typing import Any, Literal
 
-import ml_collections
-
+from magec_jax.configdicts import from_configdict
 from magec_jax.editing.render import Edit
-from magec_jax.errors import ConfigError, MagecError
+from magec_jax.errors import ConfigError
 from magec_jax.inversion.job import JobConfig
 
 _NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]|_(?!_))*")
+
+
+@dataclasses.dataclass(frozen=True)
+class EditFields:
+    """``edits.<name>``: a latent edit and the attribute it adds (``target``, "" none)."""
+
+    kind: Literal["interfacegan", "ganspace"]
+    strength: float
+    attribute: str = ""  # interfacegan: the bundle's direction
+    component: int = 0  # ganspace: the principal component
+    layers: tuple[int, int] | None = None  # ganspace: (start, end), end exclusive
+    target: str = ""
+
+    def __post_init__(self):
+        if self.kind == "interfacegan" and not self.attribute:
+            raise ValueError("an interfacegan edit needs an attribute")
+        if self.kind == "ganspace" and self.layers is None:
+            raise ValueError("layers must be (start, end) for a ganspace edit")
+
+    @property
+    def edit(self) -> Edit:
+        """The latent edit (only the fields of its kind)."""
+        if self.kind == "interfacegan":
+            return Edit("interfacegan", self.strength, attribute=self.attribute)
+        return Edit("ganspace", self.strength, component=self.component, layers=self.layers)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,22 +75,50 @@ class EditSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class MethodFields:
+    """``methods.<name>``: an inversion job config and its table label ("" : the method's name), side by side
+    in one block."""
+
+    job: JobConfig
+    label: str = ""
+
+    @classmethod
+    def from_config_value(cls, value: Any, where: str) -> MethodFields:
+        """The block read as the job config's fields plus ``label`` (the ``magec_jax.configdicts`` hook)."""
+        if not hasattr(value, "keys"):
+            raise ConfigError(f"{where} must be an inversion job config plus a label, got {value!r}")
+        label = value["label"] if "label" in value.keys() else ""
+        if not isinstance(label, str):
+            raise ConfigError(f"{where}.label must be a string, got {label!r}")
+        job = {key: value[key] for key in value.keys() if key != "label"}
+        return cls(job=from_configdict(JobConfig, job, where=where), label=label)
+
+
+@dataclasses.dataclass(frozen=True)
 class MethodSpec:
-    """One inversion method: its name (an output folder), table label and inversion job config."""
+    """One inversion method: its name (an output folder), table label and inversion job config (whose bundle,
+    images and out_dir the evaluation sets)."""
 
     name: str
     label: str
-    job: ml_collections.ConfigDict
+    job: JobConfig
 
 
 @dataclasses.dataclass(frozen=True)
 class RealismSettings:
-    """k-NN realism: neighbourhood, radius pruning percentile (None: no pruning), references, features."""
+    """k-NN realism: neighbourhood, radius pruning percentile (None, or negative in a config: no pruning),
+    references, features."""
 
     k: int = 3
     clamp_percentile: float | None = 50.0
     reference_images: str = ""
     vgg16_weights: str = ""
+
+    def __post_init__(self):
+        if self.k < 1:
+            raise ValueError(f"k must be positive, got {self.k}")
+        if self.clamp_percentile is not None and self.clamp_percentile < 0:
+            object.__setattr__(self, "clamp_percentile", None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,90 +131,50 @@ class FigureSettings:
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    """Everything an evaluation run needs, checked."""
+    """Everything an evaluation run needs, checked; the methods and edits to run, in order, are
+    :attr:`method_specs` and :attr:`edit_specs`."""
 
-    name: str
-    bundle: str
-    images: str
-    out_dir: str
-    num_images: int
-    batch_size: int
-    ganspace: str
-    methods: tuple[MethodSpec, ...]
-    edits: tuple[EditSpec, ...]
-    realism: RealismSettings
-    figures: FigureSettings
-    significance: float
+    name: str = ""
+    bundle: str = ""
+    images: str = ""
+    out_dir: str = ""
+    num_images: int = 0
+    batch_size: int = 8
+    ganspace: str = ""
+    methods: dict[str, MethodFields] = dataclasses.field(default_factory=dict)
+    method_order: tuple[str, ...] = ()
+    edits: dict[str, EditFields] = dataclasses.field(default_factory=dict)
+    edit_order: tuple[str, ...] = ()
+    realism: RealismSettings = RealismSettings()
+    figures: FigureSettings = FigureSettings()
+    significance: float = 0.05
 
-    @classmethod
-    def from_config(cls, config: ml_collections.ConfigDict) -> "EvalConfig":
+    def __post_init__(self):
         for field in ("bundle", "images", "out_dir"):
-            if not config.get(field):
-                raise MagecError(f"the evaluation config sets no {field} (--config.{field}=...)")
-        methods = []
-        for name in config.method_order:
-            if name not in config.methods:
-                raise MagecError(f"method_order names {name!r}, which is not in methods ({', '.join(config.methods)})")
-            _check_name(name, "method")
-            job = ml_collections.ConfigDict(config.methods[name].to_dict())
-            try:  # a bad value of a method is reported before anything runs
-                JobConfig.from_config(job)
-            except ConfigError as e:
-                raise ConfigError(str(e).replace("config.", f"config.methods.{name}.", 1)) from None
-            methods.append(MethodSpec(name=name, label=str(job.get("label", name)), job=job))
-        edits = []
-        for name in config.edit_order:
-            if name not in config.edits:
-                raise MagecError(f"edit_order names {name!r}, which is not in edits ({', '.join(config.edits)})")
-            _check_name(name, "edit")
-            edits.append(_edit_spec(name, config.edits[name]))
-        if not methods:
-            raise MagecError("method_order is empty: nothing to evaluate")
-        if len(set(config.method_order)) != len(methods) or len(set(config.edit_order)) != len(edits):
-            raise MagecError("method_order and edit_order must not repeat a name")
-        realism = config.get("realism", ml_collections.ConfigDict())
-        clamp = realism.get("clamp_percentile", 50.0)
-        figures = config.get("figures", ml_collections.ConfigDict())
-        out = cls(
-            name=str(config.get("name", "")),
-            bundle=str(config.bundle),
-            images=str(config.images),
-            out_dir=str(config.out_dir),
-            num_images=int(config.get("num_images", 0)),
-            batch_size=int(config.get("batch_size", 8)),
-            ganspace=str(config.get("ganspace", "")),
-            methods=tuple(methods),
-            edits=tuple(edits),
-            realism=RealismSettings(
-                k=int(realism.get("k", 3)),
-                clamp_percentile=None if clamp is None or clamp < 0 else float(clamp),
-                reference_images=str(realism.get("reference_images", "")),
-                vgg16_weights=str(realism.get("vgg16_weights", "")),
-            ),
-            figures=FigureSettings(int(figures.get("num_images", 4)), int(figures.get("num_extremes", 2))),
-            significance=float(config.get("significance", 0.05)),
-        )
-        if out.batch_size < 1 or out.num_images < 0 or out.realism.k < 1:
-            raise MagecError("batch_size and realism.k must be positive and num_images non-negative")
-        return out
+            if not getattr(self, field):
+                raise ValueError(f"the evaluation sets no {field} (--config.{field}=...)")
+        for order, blocks, what in ((self.method_order, self.methods, "method"), (self.edit_order, self.edits, "edit")):
+            for name in order:
+                if name not in blocks:
+                    raise ValueError(f"{what}_order names {name!r}, which is not in {what}s ({', '.join(blocks)})")
+                if not _NAME.fullmatch(name):
+                    raise ValueError(f"{what} name {name!r}: use letters, digits, '-' and single '_' (it names files)")
+        if not self.method_order:
+            raise ValueError("method_order is empty: nothing to evaluate")
+        if len(set(self.method_order)) != len(self.method_order) or len(set(self.edit_order)) != len(self.edit_order):
+            raise ValueError("method_order and edit_order must not repeat a name")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+        if self.num_images < 0:
+            raise ValueError(f"num_images must be non-negative, got {self.num_images}")
 
+    @functools.cached_property
+    def method_specs(self) -> tuple[MethodSpec, ...]:
+        """The methods to run, in table order (the first is the reference of the paired t-tests)."""
+        return tuple(MethodSpec(name, self.methods[name].label or name, self.methods[name].job)
+                     for name in self.method_order)
 
-def _check_name(name: str, what: str) -> None:
-    if not _NAME.fullmatch(name):
-        raise MagecError(f"{what} name {name!r}: use letters, digits, '-' and single '_' (it names files)")
-
-
-def _edit_spec(name: str, spec: ml_collections.ConfigDict) -> EditSpec:
-    kind = spec.get("kind", "")
-    if kind == "interfacegan":
-        if not spec.get("attribute"):
-            raise MagecError(f"edit {name!r}: an interfacegan edit needs an attribute")
-        edit = Edit("interfacegan", float(spec.strength), attribute=str(spec.attribute))
-    elif kind == "ganspace":
-        layers = tuple(int(v) for v in spec.layers)
-        if len(layers) != 2:
-            raise MagecError(f"edit {name!r}: layers must be (start, end), got {spec.layers}")
-        edit = Edit("ganspace", float(spec.strength), component=int(spec.component), layers=layers)
-    else:
-        raise MagecError(f"edit {name!r}: kind must be 'interfacegan' or 'ganspace', got {kind!r}")
-    return EditSpec(name=name, edit=edit, target=str(spec.get("target", "")))
+    @functools.cached_property
+    def edit_specs(self) -> tuple[EditSpec, ...]:
+        """The edits to run, in column order."""
+        return tuple(EditSpec(name, self.edits[name].edit, self.edits[name].target) for name in self.edit_order)

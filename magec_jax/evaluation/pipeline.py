@@ -39,6 +39,7 @@ import numpy as np
 
 from magec_jax import images as imio
 from magec_jax.bundle import load_bundle
+from magec_jax.configdicts import from_configdict
 from magec_jax.editing.render import Editor, Latent, Renderer, load_latent, load_pca, map_batches
 from magec_jax.errors import FileFormatError, MagecError
 from magec_jax.evaluation.config import EditSpec, EvalConfig, MethodSpec
@@ -73,7 +74,7 @@ class Evaluator:
         pca, pca_source = load_pca(bundle, cfg.ganspace, nets.w_dim)
         self.editor = Editor(nets.num_ws, nets.w_dim, bundle.directions(), pca, pca_source)
         names = () if nets.descriptor is None else nets.descriptor.attribute_names
-        for spec in cfg.edits:
+        for spec in cfg.edit_specs:
             self.editor.check(spec.edit)
             if spec.target and spec.target not in names:
                 raise MagecError(f"edit {spec.name!r}: target {spec.target!r} is not an output of the bundle's "
@@ -201,22 +202,20 @@ class Evaluator:
 
     # ---- stage 2: inversions --------------------------------------------------------------------------------
 
-    def job_config(self, method: MethodSpec, images: Path, out_dir: Path, name: str) -> ml_collections.ConfigDict:
-        """The method's inversion job config on ``images`` (a list file), writing to ``out_dir``."""
-        job = ml_collections.ConfigDict(method.job.to_dict())
-        job.bundle, job.images, job.out_dir, job.name = self.cfg.bundle, str(images), str(out_dir), name
-        return job
+    def job_config(self, method: MethodSpec, images: Path, out_dir: Path, name: str) -> job_lib.JobConfig:
+        """The method's inversion job on ``images`` (a list file), writing to ``out_dir``."""
+        return dataclasses.replace(method.job, bundle=self.cfg.bundle, images=str(images), out_dir=str(out_dir),
+                                   name=name)
 
     def engine(self, method: MethodSpec) -> Engine:
         """One engine for the method's settings: its inversion and re-projection jobs share the compiled steps."""
-        settings = job_lib.JobConfig.from_config(self.job_config(method, self.out, self.out, method.name)).settings
-        return Engine(self.nets, settings)
+        return Engine(self.nets, method.job.settings)
 
     def invert(self, method: MethodSpec, real: "RealImages", engine: Engine) -> None:
         """p(x) for every image (the inversion job; it resumes by itself)."""
         self.log(f"evaluate [{method.name}]: inverting the images")
-        job_lib.run(self.job_config(method, real.list_file, self.inversions(method), method.name),
-                    networks=self.nets, engine=engine, log=self.log)
+        job_lib.run(self.job_config(method, real.list_file, self.inversions(method), method.name), engine=engine,
+                    log=self.log)
 
     def subset(self, method: MethodSpec, real: "RealImages", spec: EditSpec) -> list[str]:
         """The images an edit is scored on for a method: inverted, and lacking the target."""
@@ -227,7 +226,7 @@ class Evaluator:
         """x_edit = G(e(w)) as PNG (and its latent) for every (edit, image) of the subsets; returns the list
         file of the edited images to re-project."""
         todo, wanted = [], []
-        for spec in self.cfg.edits:
+        for spec in self.cfg.edit_specs:
             for name in self.subset(method, real, spec):
                 path = self.edited(method, spec, name)
                 wanted.append(path)
@@ -255,13 +254,13 @@ class Evaluator:
             return
         self.log(f"evaluate [{method.name}]: re-projecting the edited images")
         job_lib.run(self.job_config(method, list_file, self.reprojections(method), f"{method.name}-reproject"),
-                    networks=self.nets, engine=engine, log=self.log)
+                    engine=engine, log=self.log)
 
     # ---- stage 3: per-image scores ---------------------------------------------------------------------------
 
     def score(self, method: MethodSpec, real: "RealImages") -> None:
         """LPIPS triple, F probabilities and realism features of every scored (edit, image); cached per edit."""
-        for spec in self.cfg.edits:
+        for spec in self.cfg.edit_specs:
             names = [n for n in self.subset(method, real, spec)
                      if job_lib.is_done(self.reprojections(method), f"{spec.name}__{n}")]
             path = self.scores_file(method, spec)
@@ -339,16 +338,17 @@ def run(config: ml_collections.ConfigDict, *, networks: Networks | None = None, 
       networks: the bundle's networks if already built (tests); by default the bundle is loaded.
       log: where progress lines go.
     """
-    cfg = EvalConfig.from_config(config)
+    cfg = from_configdict(EvalConfig, config)
     bundle = load_bundle(cfg.bundle)
     nets = networks if networks is not None else bundle.networks()
     ev = Evaluator(cfg, nets, bundle, log)
     t0 = time.perf_counter()
     real = ev.real_images()
     reference = ev.reference_features(real)
-    log(f"evaluate: {len(real.names)} images, {len(cfg.methods)} methods, {len(cfg.edits)} edits -> {ev.out}")
+    log(f"evaluate: {len(real.names)} images, {len(cfg.method_specs)} methods, {len(cfg.edit_specs)} edits "
+        f"-> {ev.out}")
     method_seconds = {}
-    for method in cfg.methods:
+    for method in cfg.method_specs:
         t_method = time.perf_counter()
         engine = ev.engine(method)
         ev.invert(method, real, engine)

@@ -60,7 +60,7 @@ def build(ev: "Evaluator", real: "RealImages", reference: tuple[list[str], np.nd
     """Collects every per-image number from the stage files and computes means and t-tests."""
     cfg = ev.cfg
     methods: dict[str, Any] = {}
-    for method in cfg.methods:
+    for method in cfg.method_specs:
         inv = ev.inversions(method)
         images = {}
         for name in real.names:
@@ -69,7 +69,7 @@ def build(ev: "Evaluator", real: "RealImages", reference: tuple[list[str], np.nd
                 images[name] = dict(mse=rec["losses"]["mse"], lpips=rec["losses"]["lpips"], steps=rec["steps"],
                                     seconds=rec["seconds"])
         edits = {}
-        for spec in cfg.edits:
+        for spec in cfg.edit_specs:
             scores = read_scores(ev.scores_file(method, spec), ev.extractor.name)
             names = [n for n in real.names if n in scores]
             rows: dict[str, dict] = {}
@@ -86,18 +86,19 @@ def build(ev: "Evaluator", real: "RealImages", reference: tuple[list[str], np.nd
             edits[spec.name] = rows
         methods[method.name] = dict(label=method.label, images=images, edits=edits)
 
-    common_rec = [n for n in real.names if all(n in methods[m.name]["images"] for m in cfg.methods)]
-    common_edits = {s.name: [n for n in real.names if all(n in methods[m.name]["edits"][s.name] for m in cfg.methods)]
-                    for s in cfg.edits}
-    per_image = {m.name: _per_image_columns(methods[m.name], cfg, common_rec, common_edits) for m in cfg.methods}
+    common_rec = [n for n in real.names if all(n in methods[m.name]["images"] for m in cfg.method_specs)]
+    common_edits = {s.name: [n for n in real.names
+                             if all(n in methods[m.name]["edits"][s.name] for m in cfg.method_specs)]
+                    for s in cfg.edit_specs}
+    per_image = {m.name: _per_image_columns(methods[m.name], cfg, common_rec, common_edits) for m in cfg.method_specs}
     means = {m: {k: mean_or_nan(v) for k, v in cols.items()} for m, cols in per_image.items()}
-    reference_method = cfg.methods[0].name
+    reference_method = cfg.method_specs[0].name
     ttests: dict[str, dict] = {}
     for key in per_image[reference_method]:
         if key in ("steps", "seconds"):
             continue
         ttests[key] = {}
-        for m in cfg.methods[1:]:
+        for m in cfg.method_specs[1:]:
             a, b = per_image[reference_method][key], per_image[m.name][key]
             ok = np.isfinite(a) & np.isfinite(b)
             ttests[key][m.name] = paired_ttest(a[ok], b[ok])._asdict()
@@ -111,7 +112,7 @@ def build(ev: "Evaluator", real: "RealImages", reference: tuple[list[str], np.nd
                               substitute=ev.extractor.substitute, k=cfg.realism.k,
                               clamp_percentile=cfg.realism.clamp_percentile, reference_images=len(reference[0])),
         edits={s.name: dict(kind=s.edit.kind, attribute=s.edit.attribute, component=s.edit.component,
-                            layers=s.edit.layers, strength=s.edit.strength, target=s.target) for s in cfg.edits},
+                            layers=s.edit.layers, strength=s.edit.strength, target=s.target) for s in cfg.edit_specs},
         methods=methods,
         common=dict(reconstruction=common_rec, edits=common_edits),
         means=means,
@@ -125,14 +126,14 @@ def _per_image_columns(method: dict, cfg: "EvalConfig", common_rec: list[str], c
     """Every metric of one method as an array over the common images (NaN where undefined)."""
     cols = {k: np.asarray([method["images"][n][k] for n in common_rec], np.float64)
             for k in ("mse", "lpips", "steps", "seconds")}
-    for spec in cfg.edits:
+    for spec in cfg.edit_specs:
         rows = method["edits"][spec.name]
         names = common_edits[spec.name]
         cols[f"ecs/{spec.name}"] = np.asarray([rows[n]["ecs"] for n in names], np.float64)
-    for spec in cfg.edits:
+    for spec in cfg.edit_specs:
         rows = method["edits"][spec.name]
         cols[f"realism/{spec.name}"] = np.asarray([rows[n]["realism"] for n in common_edits[spec.name]], np.float64)
-    for spec in cfg.edits:
+    for spec in cfg.edit_specs:
         if spec.target:
             rows = method["edits"][spec.name]
             cols[f"t/{spec.name}"] = np.asarray([rows[n]["t"] for n in common_edits[spec.name]], np.float64)
@@ -249,8 +250,8 @@ def write(ev: "Evaluator", real: "RealImages", results: dict) -> None:
     imio.atomic_write_json(ev.out / "results.json", _jsonable(results))
     imio.atomic_write_bytes(ev.out / "results.md", markdown(results).encode())
     _comparison_figure(ev, real, results)
-    for method in ev.cfg.methods:
-        for spec in ev.cfg.edits:
+    for method in ev.cfg.method_specs:
+        for spec in ev.cfg.edit_specs:
             _ecs_figure(ev, real, results, method, spec)
 
 
@@ -273,15 +274,15 @@ def _comparison_figure(ev: "Evaluator", real: "RealImages", results: dict) -> No
     ws, lats, tiles_x = [], [], {}
     for name in names:
         tiles_x[name] = imio.to_uint8(ev.load_input(real.path_of[name]))
-        for method in ev.cfg.methods:
+        for method in ev.cfg.method_specs:
             lat = ev.latent(method, name)
-            ws += [lat.w_LxD] + [ev.editor.apply(s.edit, lat.w_LxD) for s in ev.cfg.edits]
-            lats += [lat] * (1 + len(ev.cfg.edits))
+            ws += [lat.w_LxD] + [ev.editor.apply(s.edit, lat.w_LxD) for s in ev.cfg.edit_specs]
+            lats += [lat] * (1 + len(ev.cfg.edit_specs))
     images = ev.renderer(np.stack(ws), ev.renderer.noise_for(lats))
-    per_row = 1 + len(ev.cfg.edits)
+    per_row = 1 + len(ev.cfg.edit_specs)
     tiles, k = [], 0
     for name in names:
-        for _ in ev.cfg.methods:
+        for _ in ev.cfg.method_specs:
             tiles += [tiles_x[name]] + [imio.to_uint8(img) for img in images[k: k + per_row]]
             k += per_row
     path = ev.out / "figures" / "comparison.png"
