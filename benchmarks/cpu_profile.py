@@ -2,6 +2,7 @@
 
     python benchmarks/cpu_profile.py profile --resolution 256            # per-op profile of one step
     python benchmarks/cpu_profile.py flags --resolution 256 --rounds 2   # the step under each flag set
+    python benchmarks/cpu_profile.py peak                                 # the machine's attainable GFLOP/s
 
 ``profile`` compiles the engine's step (random config-f weights, MSE + LPIPS on W+ by default, the platform's
 default compute options), traces two steps with the jax profiler and sums every XLA op's time by kind:
@@ -9,7 +10,11 @@ convolutions (with their analytic GFLOP and GFLOP/s), weight-only ops (functions
 recomputed at every step although constant), layout copies and the rest, and by network (generator, LPIPS, ID,
 the rest), from the ops' metadata. ``flags`` times the same step in one subprocess per XLA_FLAGS set,
 interleaved over ``--rounds`` rounds, and keeps each set's fastest step (wall and process CPU seconds). Op
-times are wall durations of ops that may run two at a time, so they add up to more than the step.
+times are wall durations of ops that may run two at a time, so they add up to more than the step. ``peak``
+measures what XLA:CPU attains on this machine at its best: a 4096^3 float32 matmul and a 3x3 convolution of
+the size that dominates a 256 step (256 channels at 128x128, as in LPIPS-VGG16 and the generator's middle
+blocks), forward and backward to the input; the fastest of ``--steps`` runs each (a step's GFLOP divided by
+these is its floor on this machine).
 
 Results go to ``benchmarks/results/cpu_profile_<mode>_<resolution>.json`` with the machine (CPU model, vector
 extensions) and the load average: other work on a shared machine slows every figure.
@@ -233,9 +238,40 @@ def compare_flags(resolution: int, batch: int, variant: str, steps: int, rounds:
                        runs=rs) for name, rs in runs.items()}
 
 
+def peak(repeats: int) -> dict:
+    """Attainable float32 GFLOP/s: a 4096^3 matmul, and a 3x3 convolution (256 -> 256 channels at 128x128,
+    batch 1) forward and forward + backward to the input; the fastest of ``repeats`` runs each."""
+    import jax.numpy as jnp
+
+    def best_gflops(fn, args, gflop):
+        out = jax.block_until_ready(fn(*args))
+        times = []
+        for _ in range(max(repeats, 2)):
+            t = time.perf_counter()
+            out = jax.block_until_ready(fn(*args))
+            times.append(time.perf_counter() - t)
+        del out
+        return dict(gflop=round(gflop, 3), best_s=min(times), gflop_per_s=round(gflop / min(times), 1))
+
+    a = jax.random.normal(jax.random.key(0), (4096, 4096), jnp.float32)
+    x = jax.random.normal(jax.random.key(1), (1, 128, 128, 256), jnp.float32)
+    k = jax.random.normal(jax.random.key(2), (3, 3, 256, 256), jnp.float32) * 0.02
+
+    def conv(x):
+        return jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    conv_gflop = 2 * 128 * 128 * 256 * 256 * 9 / 1e9
+    return dict(
+        matmul_4096=best_gflops(jax.jit(lambda a: a @ a), (a,), 2 * 4096 ** 3 / 1e9),
+        conv3x3_256ch_128px_forward=best_gflops(jax.jit(conv), (x,), conv_gflop),
+        conv3x3_256ch_128px_forward_backward=best_gflops(
+            jax.jit(jax.grad(lambda x: jnp.sum(jnp.square(conv(x))))), (x,), 2 * conv_gflop),
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=("profile", "flags", "time"))
+    parser.add_argument("mode", choices=("profile", "flags", "time", "peak"))
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--variant", choices=tuple(VARIANTS), default="mse_lpips")
@@ -248,13 +284,16 @@ def main() -> None:
         print(json.dumps(time_step(args.resolution, args.batch, args.variant, args.steps)))
         return
     record = dict(machine=machine_info(), resolution=args.resolution, batch=args.batch, variant=args.variant)
-    if args.mode == "profile":
+    if args.mode == "peak":
+        record = dict(machine=machine_info(), peak=peak(args.steps))
+    elif args.mode == "profile":
         record["profile"] = profile(args.resolution, args.batch, args.variant)
     else:
         record["flag_sets"] = compare_flags(args.resolution, args.batch, args.variant, args.steps, args.rounds,
                                             args.flag_sets)
     record["load_average_at_end"] = list(os.getloadavg())
-    path = args.out_dir / f"cpu_profile_{args.mode}_{args.resolution}.json"
+    name = "cpu_profile_peak.json" if args.mode == "peak" else f"cpu_profile_{args.mode}_{args.resolution}.json"
+    path = args.out_dir / name
     atomic_write_json(path, record)
     print(json.dumps({k: v for k, v in record.items() if k != "machine"}, indent=1)[:4000])
 

@@ -46,6 +46,7 @@ import numpy as np
 
 from magec_jax import images as imio
 from magec_jax.bundle import build_bundle, load_bundle, set_template, update_manifest
+from magec_jax.configdicts import from_configdict
 from magec_jax.faces.pipeline import fit_generator_template
 from magec_jax.inversion.magec_loss import binarize
 from magec_jax.models import faceres as faceres_model
@@ -106,7 +107,7 @@ def main() -> None:
     config = _load_config(REPO / "configs" / "linknet_demo.py")
     config.bundle = str(bundle.path)
     config.cache_dir = str(args.work / "supervision")
-    job = supervision.SupervisionConfig.from_config(config)
+    job = from_configdict(supervision.SupervisionConfig, config)
     config.fit, config.ganspace.enabled = "boundaries", False
     supervision.run(config)
 
@@ -119,9 +120,12 @@ def main() -> None:
     bundle = load_bundle(bundle.path)
     mixed = supervision.load_samples(bundle, job, "mixed")
     cfg, gen_variables = bundle.generator
-    face_box_single = calibration.generated_scores(
-        cfg, gen_variables, variables, key=supervision.streams_of(job)["single"], num_samples=NUM_FACE_BOX_SAMPLES,
-        batch_size=job.sampling.batch_size, w_avg_D=bundle.w_avg(), box=faceres_model.FACE_BOX, per_layer=False)
+    face_box_path = args.work / "face_box_scores.npy"
+    if not face_box_path.exists():
+        imio.atomic_save_npy(face_box_path, calibration.generated_scores(
+            cfg, gen_variables, variables, key=supervision.streams_of(job)["single"], num_samples=NUM_FACE_BOX_SAMPLES,
+            batch_size=job.sampling.batch_size, w_avg_D=bundle.w_avg(), box=faceres_model.FACE_BOX, per_layer=False))
+    face_box_single = np.load(face_box_path)
     report = _calibration_report(real, single, mixed.outputs, face_box_single, real_thresholds, generated_thresholds,
                                  len(photo_paths), crop, resolution)
     imio.atomic_write_json(args.docs / "label_calibration.json", report)
