@@ -138,7 +138,7 @@ class Bundle:
         if kind == "faceres":
             from magec_jax.models.face_attributes import faceres_identity
 
-            return faceres_identity(variables, box=_face_box(spec))
+            return faceres_identity(variables, box=face_box(spec))
         raise FileFormatError(self.path / MANIFEST, f"unknown identity kind {kind!r} (irse50 or faceres)")
 
     def descriptor(self) -> Descriptor | None:
@@ -157,7 +157,7 @@ class Bundle:
             faceres = load_converted(self.part(spec["faceres"]), kind="faceres").variables
             emotion = load_converted(self.part(spec["emotion"]), kind="emotion").variables
             thresholds = FaceAttributeThresholds(**spec.get("thresholds", {}))
-            return face_attribute_descriptor(faceres, emotion, thresholds=thresholds, box=_face_box(spec))
+            return face_attribute_descriptor(faceres, emotion, thresholds=thresholds, box=face_box(spec))
         raise FileFormatError(self.path / MANIFEST, f"unknown descriptor kind {kind!r} (resnet50 or face_attributes)")
 
     def linknet(self) -> dict | None:
@@ -251,7 +251,7 @@ class Bundle:
         return jnp.asarray(np.stack(layered))
 
 
-def _face_box(spec: dict):
+def face_box(spec: dict) -> tuple[float, float, float, float] | None:
     """A face model's crop box from its bundle entry: ``face_box`` absent -> the default aligned-face box,
     null -> the whole image, ``[l, t, r, b]`` fractions -> that box."""
     from magec_jax.models.faceres import FACE_BOX

@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 
 from magec_jax import images as imio
-from magec_jax.bundle import Bundle, _face_box, load_bundle, update_manifest
+from magec_jax.bundle import Bundle, face_box, load_bundle, update_manifest
 from magec_jax.configdicts import from_configdict, to_configdict
 from magec_jax.editing.directions import fit_boundary, fit_ganspace, save_ganspace
 from magec_jax.errors import MagecError
@@ -174,8 +174,8 @@ def label_source(bundle: Bundle, descriptor: Descriptor) -> LabelSource:
                            spec=dict(spec, outputs="logits"), to_logits=np.asarray)
     thresholds = FaceAttributeThresholds(**spec.pop("generated_thresholds", spec.get("thresholds", {})))
     spec.pop("thresholds", None)
-    return LabelSource(name=descriptor.name, apply=scores_fn(_face_box(spec)), variables=descriptor.variables,
-                       spec=dict(spec, face_box=_face_box(spec), outputs=list(SCORE_NAMES)),
+    return LabelSource(name=descriptor.name, apply=scores_fn(face_box(spec)), variables=descriptor.variables,
+                       spec=dict(spec, face_box=face_box(spec), outputs=list(SCORE_NAMES)),
                        to_logits=functools.partial(_face_logits, thresholds=thresholds))
 
 
