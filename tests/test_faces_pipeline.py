@@ -36,15 +36,6 @@ from magec_jax.inversion.protocols import job_config
 from test_invert_job import make_config
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _allow_rank_promotion_in_the_detector():
-    """The BlazeFace port's depthwise layer multiplies ``[B, H, W, C]`` by ``[C]``, which the suite's
-    ``jax_numpy_rank_promotion="raise"`` refuses; until the port broadcasts explicitly, this module traces it
-    with rank promotion allowed."""
-    with jax.numpy_rank_promotion("allow"):
-        yield
-
-
 @pytest.fixture(scope="module")
 def photos():
     """The fixture's photographs by name, uint8 RGB."""
