@@ -71,7 +71,8 @@ def stylegan2_networks(
 ) -> Networks:
     """The engine's networks for a StyleGAN2 generator and the LPIPS-VGG16 distance, computing as ``compute``
     says (generator options; the generator and the LPIPS trunk in ``compute.dtype``; identity and descriptor
-    as given). The generator's variables are frozen for inversion (``stylegan2.freeze_synthesis``) and the
+    as given). The generator's and the LPIPS trunk's variables are frozen for inversion
+    (``stylegan2.freeze_synthesis``, ``lpips.freeze_lpips``: weight-only work done once) and the
     result's ``compute_variant`` rebuilds it for another :class:`NetworkCompute` from the same weights."""
     from magec_jax.models import lpips as lpips_lib
 
@@ -86,7 +87,7 @@ def stylegan2_networks(
         lpips=functools.partial(lpips_lib.lpips_distance, dtype=dtype),
         lpips_target=functools.partial(lpips_lib.lpips_target, dtype=dtype),
         lpips_to_target=functools.partial(lpips_lib.lpips_distance_to_target, dtype=dtype),
-        lpips_variables=lpips_variables,
+        lpips_variables=lpips_lib.freeze_lpips(lpips_variables, dtype=dtype),
         noise_init=stylegan2.noise_buffers(cfg, generator),
         identity=identity,
         descriptor=descriptor,

@@ -136,6 +136,28 @@ def test_gradient_matches_finite_difference(cases, variables):
     np.testing.assert_allclose(numeric, norm, rtol=1e-2)
 
 
+def test_frozen_trunk_gives_the_same_distance_and_input_gradient(cases, variables):
+    """``freeze_lpips``'s precomputed input-gradient kernels change neither the value nor the gradient wrt the
+    image; the frozen kernels really are the ones the backward pass convolves with."""
+    x = _images(cases, "rnd32f")
+    x0, x1 = x[:2], x[2:4]
+
+    def value_and_grad(v):
+        return jax.jit(jax.value_and_grad(lambda a: jnp.sum(lpips.lpips_distance(v, a, x1))))(x0)
+
+    frozen = lpips.freeze_lpips(variables)
+    value, grad = value_and_grad(variables)
+    value_f, grad_f = value_and_grad(frozen)
+    np.testing.assert_allclose(value_f, value, **TOL)
+    np.testing.assert_allclose(grad_f, grad, rtol=1e-4, atol=1e-7)
+    # The backward pass reads kernel_t, not the params: every path to the image ends in the first convolution,
+    # so doubling its kernel_t (the forward pass unchanged) doubles the input gradient.
+    first = frozen["frozen"]["features"]["0"]
+    doubled = {**frozen, "frozen": {"features": {**frozen["frozen"]["features"], "0": {"kernel_t": 2 * first["kernel_t"]}}}}
+    _, grad_2 = value_and_grad(doubled)
+    np.testing.assert_allclose(grad_2, 2 * np.asarray(grad_f), rtol=1e-5, atol=1e-7)
+
+
 def test_bfloat16_option_is_close(cases, variables):
     x = _images(cases, "rnd32f")
     pairs = cases["rnd32f_pairs"]

