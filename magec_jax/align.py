@@ -33,12 +33,13 @@ from magec_jax import images as imio
 from magec_jax.cli import DefaultsHelpFormatter, error_status
 from magec_jax.errors import MagecError
 from magec_jax.faces import pipeline
+from magec_jax.logs import Log, to_stderr
 
 DEFAULT_SIZE = 1024
 
 
 def run(source: str | Path, out_dir: str | Path, *, size: int | None = None, bundle: str | Path | None = None,
-        batch_size: int = 32) -> pipeline.AlignReport:
+        batch_size: int = 32, log: Log = to_stderr) -> pipeline.AlignReport:
     """Aligns every face of the photographs of ``source`` (a folder or list file) into ``out_dir``: FFHQ at
     ``size`` (default 1024), or the framing and resolution of ``bundle``."""
     if bundle is not None:
@@ -49,16 +50,15 @@ def run(source: str | Path, out_dir: str | Path, *, size: int | None = None, bun
         framing = pipeline.Framing.ffhq(DEFAULT_SIZE if size is None else size)
     photos, duplicates = pipeline.list_photos(source, exclude=out_dir)
     for d in duplicates:
-        print(f"skipped {d['image']}: {d['reason']}", file=sys.stderr)
-    report = pipeline.align_photos(photos, out_dir, framing, batch_size=batch_size)
-    print(f"align: {len(photos)} photographs ({report.detected} detected by this run), {len(report.faces)} faces "
-          f"aligned ({framing.kind} at {framing.size} px), {len(report.skipped)} skipped -> {out_dir}",
-          file=sys.stderr)
+        log(f"skipped {d['image']}: {d['reason']}")
+    report = pipeline.align_photos(photos, out_dir, framing, batch_size=batch_size, log=log)
+    log(f"align: {len(photos)} photographs ({report.detected} detected by this run), {len(report.faces)} faces "
+        f"aligned ({framing.kind} at {framing.size} px), {len(report.skipped)} skipped -> {out_dir}")
     return report
 
 
 def fit_template(bundle: str | Path, *, samples: int = 256, images: str | Path | None = None,
-                 seed: int = 0) -> pipeline.TemplateFit:
+                 seed: int = 0, log: Log = to_stderr) -> pipeline.TemplateFit:
     """Fits the template of ``bundle`` on ``samples`` of its generator's samples (or on the ``images`` of a
     folder, resized to its resolution by the input policy of ``magec_jax.images``) and stores it in the bundle."""
     from magec_jax.bundle import load_bundle, set_template
@@ -74,9 +74,9 @@ def fit_template(bundle: str | Path, *, samples: int = 256, images: str | Path |
     else:
         fit = pipeline.fit_generator_template(*loaded.generator, num_samples=samples, seed=seed)
     set_template(loaded.path, fit.template)
-    print(f"template of {loaded.path} from {fit.found} of {fit.images} "
-          f"{'images' if images is not None else 'samples'} with a face (spread {fit.spread:.2f} px): "
-          f"{fit.template.to_json()}", file=sys.stderr)
+    log(f"template of {loaded.path} from {fit.found} of {fit.images} "
+        f"{'images' if images is not None else 'samples'} with a face (spread {fit.spread:.2f} px): "
+        f"{fit.template.to_json()}")
     return fit
 
 

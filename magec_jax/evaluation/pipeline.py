@@ -28,10 +28,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import jax
 import ml_collections
@@ -50,12 +49,9 @@ from magec_jax.evaluation.store import read_rows, read_scores, write_rows, write
 from magec_jax.inversion import job as job_lib
 from magec_jax.inversion.engine import Engine, Networks
 from magec_jax.inversion.magec_loss import binarize
+from magec_jax.logs import Log, to_stderr
 
-Log = Callable[[str], None]
 
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 class Evaluator:
@@ -68,7 +64,7 @@ class Evaluator:
       log: where progress lines go.
     """
 
-    def __init__(self, cfg: EvalConfig, nets: Networks, bundle: Any, log: Log = _stderr):
+    def __init__(self, cfg: EvalConfig, nets: Networks, bundle: Any, log: Log = to_stderr):
         self.cfg, self.nets, self.log = cfg, nets, log
         self.out = Path(cfg.out_dir)
         pca, pca_source = load_pca(bundle, cfg.ganspace, nets.w_dim)
@@ -330,7 +326,7 @@ def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
 # ---- the run -------------------------------------------------------------------------------------------------
 
 
-def run(config: ml_collections.ConfigDict, *, networks: Networks | None = None, log: Log = _stderr) -> dict:
+def run(config: ml_collections.ConfigDict, *, networks: Networks | None = None, log: Log = to_stderr) -> dict:
     """Runs (or resumes) the evaluation described by ``config``; returns the results (also ``results.json``).
 
     Args:

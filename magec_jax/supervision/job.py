@@ -23,9 +23,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import sys
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +37,7 @@ from magec_jax.configdicts import from_configdict, to_configdict
 from magec_jax.editing.directions import fit_boundary, fit_ganspace, save_ganspace
 from magec_jax.errors import MagecError
 from magec_jax.inversion.magec_loss import binarize
+from magec_jax.logs import Log, to_stderr
 from magec_jax.models.face_attributes import SCORE_NAMES, FaceAttributeThresholds, logits_from_scores
 from magec_jax.models.interfaces import Descriptor, LossKind
 from magec_jax.models.linknet import LinkNetConfig
@@ -48,7 +48,6 @@ from magec_jax.supervision.train import TrainSettings, train_linknet
 from magec_jax.weights import Converted, save_converted
 
 STREAMS = ("mixed", "single", "linknet", "ganspace")
-Log = Callable[[str], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,16 +102,13 @@ def default_config() -> ml_collections.ConfigDict:
     return to_configdict(SupervisionConfig)
 
 
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
 
 def streams_of(job: SupervisionConfig) -> dict[str, jax.Array]:
     """The job's named random streams: ``jax.random.key(seed)`` split once into ``STREAMS``."""
     return dict(zip(STREAMS, jax.random.split(jax.random.key(job.seed), len(STREAMS))))
 
 
-def load_samples(bundle: Bundle, job: SupervisionConfig, variant: str, *, log: Log = _stderr) -> Samples:
+def load_samples(bundle: Bundle, job: SupervisionConfig, variant: str, *, log: Log = to_stderr) -> Samples:
     """The job's samples of one variant (``mixed``: ``sampling.num_samples``; ``single``:
     ``boundaries.num_samples``), labelled by the bundle's F, from the cache where rendered before."""
     descriptor = bundle.descriptor()
@@ -134,7 +130,7 @@ def load_samples(bundle: Bundle, job: SupervisionConfig, variant: str, *, log: L
         )
 
 
-def run(config: ml_collections.ConfigDict, *, log: Log = _stderr) -> dict[str, Any]:
+def run(config: ml_collections.ConfigDict, *, log: Log = to_stderr) -> dict[str, Any]:
     """Runs the stages ``config`` selects on its bundle; returns a summary.
 
     The summary has ``rendered`` (variant -> samples rendered by THIS run; 0 when all came from the cache)
