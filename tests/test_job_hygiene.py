@@ -420,7 +420,7 @@ def test_a_bundle_given_as_a_file_is_named_in_one_line(tmp_path):
 def test_diagnose_prints_a_short_readable_summary():
     from magec_jax import diagnose
 
-    report = json.loads((REPO / "docs" / "eval_demo" / "diagnosis_magec.json").read_text())
+    report = json.loads((REPO / "docs" / "eval_demo" / "previous_bundle16" / "diagnosis_magec.json").read_text())
     lines = diagnose.summary_lines(report)
     assert len(lines) <= 10
     assert any(re.match(r"\s+Smiling\s+0\.29\s+0\.82\s+2\.19\s+\+0\.15 \+0\.13 \+1\.25$", line) for line in lines)
