@@ -173,7 +173,11 @@ class ComputeOptions:
 
 # The platform choices behind "auto". CPU: measured on a 2-core AMD EPYC (Zen 4) with jax 0.10.2
 # (benchmarks/results): under vmap the fused modulation's grouped convolutions ran ~5x slower in the backward
-# pass; XLA:CPU ran the step 1.6-3.7x slower inside a while loop than as one call per step; bf16 made the 256
+# pass; the best loop depends on the networks: on the config-f networks one call per step beat a while loop
+# (1.6-3.7x at 256 and 1024 with an earlier step; 1.14x at 256, batch 1, with today's MAGEC step:
+# benchmarks/results/loop_paper256.json), but on the demo bundle's 64x64 networks the scan is 1.9x faster at
+# batches 1-16 (loop_demo_bundle.json; configs/demo.py sets it), so "auto" keeps dispatch, the choice for the
+# paper's sizes; bf16 made the 256
 # MSE + LPIPS step 25% slower (2.58 against 2.06 CPU seconds); remat saves 11% of the memory per image at
 # 1024 and costs time. GPU and TPU: chosen before any accelerator run (TF32 / bf16 matrix units, scan to drop
 # per-step host work); benchmarks/device_suite.py measures every alternative: set these from its JSON.
