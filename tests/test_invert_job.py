@@ -56,7 +56,25 @@ def test_outputs_and_formats(tmp_path):
         assert Image.open(tmp_path / "out" / f"img{i:02d}.png").size == (standins.RES, standins.RES)
         rec = json.loads((tmp_path / "out" / f"img{i:02d}.json").read_text())
         assert rec["status"] == "ok" and rec["steps"] == 10 and set(rec["losses"]) == {"mse", "lpips", "id", "magec"}
-    assert json.loads((tmp_path / "out" / "summary.json").read_text())["done"] == 5
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["done"] == 5 and summary["runs"][-1]["batch_size"] == 3  # 5 at batch_size 4: 2 batches of 3
+
+
+def test_batch_plan_pads_as_few_rows_as_possible():
+    assert job_lib.batch_plan(17, 16) == (9, 2)
+    assert job_lib.batch_plan(16, 16) == (16, 1) and job_lib.batch_plan(3, 16) == (3, 1)
+    assert job_lib.batch_plan(33, 16) == (11, 3) and job_lib.batch_plan(0, 16) == (16, 0)
+    assert job_lib.batch_plan(5, 6, devices=4) == (8, 1)  # batch_size rounded up to the devices
+    assert job_lib.batch_plan(9, 8, devices=4) == (8, 2)  # 2 batches either way; 8 is the smallest multiple of 4
+    for count in range(1, 60):
+        for size in (1, 3, 8, 16):
+            for devices in (1, 2, 4):
+                batch, n = job_lib.batch_plan(count, size, devices)
+                largest = -(-size // devices) * devices
+                assert batch % devices == 0 and batch <= largest and n == -(-count // largest)
+                assert batch * n >= count and (batch - devices) * n < count  # no smaller batch fits
+    with pytest.raises(ValueError):
+        job_lib.batch_plan(3, 0)
 
 
 def test_padding_the_last_batch_does_not_change_results(tmp_path):

@@ -347,7 +347,7 @@ def test_progress_shows_compiling_the_phase_and_valid_counts_and_the_summary_kee
     _bad_inputs(folder, 2)
     lines = []
     _run(make_config(folder, out, steps_scale=0.05), log=lines.append)  # 5 + 5 steps, a line per step
-    assert any(line.startswith("invert: compiling the inversion step for batches of 4") for line in lines)
+    assert any(line.startswith("invert: compiling the inversion step for batches of 3") for line in lines)
     progress = [line for line in lines if line.startswith("[0] batch")]  # progress goes through log too
     assert "step 5/10 phase 1/2" in progress[4] and "step 6/10 phase 2/2" in progress[5]
     assert all("/3 images done" in line for line in progress)  # the valid images, not the 5 listed

@@ -24,7 +24,8 @@ A run, in order:
      beside ``a.jpg``) are skipped, the first in sorted order keeping the name;
   3. reads every image to do by the input policy (``magec_jax.images``); unreadable or unsuitable ones are
      reported, skipped and remembered;
-  4. inverts the valid ones in full batches. The networks are loaded and the step compiled only when there is
+  4. inverts the valid ones in the fewest batches of at most ``batch_size``, all of one size chosen to pad as
+     few rows as possible (:func:`batch_plan`). The networks are loaded and the step compiled only when there is
      something to invert, so a rerun of a finished job does neither. An image whose loss becomes non-finite is
      reported as failed (and remembered) while the rest of its batch finishes.
 
@@ -449,9 +450,7 @@ def run(
         _remove_temporaries(out_dir)
     _barrier("magec-listed")  # nobody writes before everybody has listed
     mine = valid[pid::nproc]
-    local_devices = jax.local_device_count()
-    batch = -(-job.batch_size // local_devices) * local_devices
-    num_batches = -(-math.ceil(len(valid) / nproc) // batch) if valid else 0
+    batch, num_batches = batch_plan(math.ceil(len(valid) / nproc), job.batch_size, jax.local_device_count())
     skipped = folder.skipped_before + new_skips
     steps = job.settings.total_steps + (job.settings.noise_phase.steps if job.settings.noise_phase else 0)
     n_skipped = f"{len(skipped)} skipped ({len(folder.skipped_before)} earlier), " if skipped else ""
@@ -522,6 +521,21 @@ def _refuse_other_face_results(photos: Sequence[_Input], out_dir: Path, fp: dict
 def _face_entries(face: faces.AlignedFace) -> dict[str, Any]:
     """What an aligned face's result records besides the job's entries: its photograph and alignment."""
     return dict(photo=str(face.photo), face=face.index, score=face.score, alignment=face.alignment.to_json())
+
+
+def batch_plan(count: int, batch_size: int, devices: int = 1) -> tuple[int, int]:
+    """``(batch, num_batches)`` for inverting ``count`` images per process with at most ``batch_size`` per
+    batch (rounded up to a multiple of ``devices``): the fewest batches, and the smallest batch (a multiple of
+    ``devices``) that fits them, so the last batch pads as few rows as possible. 17 images at ``batch_size``
+    16 go in 2 batches of 9 (18 rows computed) rather than 16 + 16 (32). ``(batch, 0)`` when ``count`` is 0."""
+    if batch_size < 1 or devices < 1 or count < 0:
+        raise ValueError(f"batch_plan needs batch_size, devices >= 1 and count >= 0, got {batch_size}, {devices}, "
+                         f"{count}")
+    largest = -(-batch_size // devices) * devices
+    num_batches = -(-count // largest)
+    if not num_batches:
+        return largest, 0
+    return -(-count // (num_batches * devices)) * devices, num_batches
 
 
 def _invert(job: JobConfig, engine: Engine, mine: Sequence[_Input], batch: int, num_batches: int,
