@@ -28,10 +28,12 @@ from magec_jax.editing.directions import fit_ganspace, save_ganspace
 from magec_jax.errors import FileFormatError, MagecError
 from magec_jax.evaluation import features as feats
 from magec_jax.evaluation.config import EvalConfig
-from magec_jax.evaluation.metrics import attribute_probabilities, edit_consistency, improved_target, mean_or_nan
+from magec_jax.evaluation.metrics import (
+    attribute_probabilities, edit_consistency, improved_target, latent_cycle, mean_or_nan, w_spread,
+)
 from magec_jax.evaluation.pipeline import run
 from magec_jax.evaluation.store import read_scores
-from magec_jax.evaluation.stats import betainc, paired_ttest, student_t_two_sided_p
+from magec_jax.evaluation.stats import betainc, pairs_for_power, paired_ttest, pearson, student_t_two_sided_p
 from magec_jax.metrics.realism import realism_scores
 from magec_jax.models import lpips as lpips_lib
 from magec_jax.models.resize import resize_images
@@ -105,6 +107,55 @@ def test_paired_ttest_matches_scipy():
         assert math.isnan(paired_ttest([1.0, 2.0], [1.0, 2.0]).statistic)
         assert math.isnan(scipy.stats.ttest_rel([1.0, 2.0], [1.0, 2.0]).statistic)
     assert math.isnan(paired_ttest([1.0], [0.0]).p_value)
+
+
+def test_pairs_for_power_against_the_noncentral_t():
+    def power(n, effect):  # exact two-sided power of the paired t-test (noncentral t)
+        t = scipy.stats.t.ppf(0.975, n - 1)
+        nc = effect * math.sqrt(n)
+        return 1 - scipy.stats.nct.cdf(t, n - 1, nc) + scipy.stats.nct.cdf(-t, n - 1, nc)
+
+    for effect in (0.1, 0.35, 0.5, 1.2, 3.0):
+        for target in (0.5, 0.8, 0.95):
+            n = pairs_for_power(2.0, -2.0 * effect, power=target)  # only |difference| / sd matters
+            assert power(n, effect) >= target  # never too few pairs ...
+            assert n <= 3 or power(n - 2, effect) < target  # ... and at most one too many
+    assert pairs_for_power(1.0, 0.5) == 34  # the textbook value (Cohen's d = 0.5, alpha 0.05, power 0.8)
+    for sd, diff in ((0.0, 1.0), (1.0, 0.0), (math.nan, 1.0)):
+        with pytest.raises(ValueError):
+            pairs_for_power(sd, diff)
+    with pytest.raises(ValueError, match="more than 100 pairs"):
+        pairs_for_power(1.0, 0.01, max_pairs=100)
+
+
+def test_latent_cycle_and_spread():
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(3, 4, 5))
+    d = np.broadcast_to(rng.normal(size=5), (3, 4, 5))
+    w_edit = w + d
+    off = rng.normal(size=(4, 5))
+    off -= np.sum(off * d[0]) / np.sum(d[0] * d[0]) * d[0]  # orthogonal to the edit
+    w_again = np.stack([w_edit[0], w[1] + 0.5 * d[1], w_edit[2] + off])
+    recovered, error = latent_cycle(w, w_edit, w_again)
+    np.testing.assert_allclose(recovered, [1.0, 0.5, 1.0], atol=1e-12)
+    np.testing.assert_allclose(error, [0.0, 0.5, np.linalg.norm(off) / np.linalg.norm(d[0])], atol=1e-12)
+    recovered, error = latent_cycle(w, w, w_again)  # no edit: undefined
+    assert np.isnan(recovered).all() and np.isnan(error).all()
+    same = np.broadcast_to(rng.normal(size=(2, 1, 5)), (2, 4, 5))
+    np.testing.assert_allclose(w_spread(same), 0.0, atol=1e-12)
+    two = np.stack([np.zeros(5), np.full(5, 2.0)])[None]  # layers at distance 2 * sqrt(5): sqrt(5) from the mean
+    assert w_spread(two)[0] == pytest.approx(math.sqrt(5))
+    with pytest.raises(ValueError):
+        latent_cycle(w, w_edit, w_again[:2])
+
+
+def test_pearson():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=30), rng.normal(size=30)
+    assert pearson(a, b) == pytest.approx(scipy.stats.pearsonr(a, b).statistic, rel=1e-12)
+    b[3] = np.nan
+    assert pearson(a, b) == pytest.approx(scipy.stats.pearsonr(np.delete(a, 3), np.delete(b, 3)).statistic)
+    assert math.isnan(pearson([1.0, 2.0], [3.0, 4.0])) and math.isnan(pearson([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]))
 
 
 # ---- realism features ------------------------------------------------------------------------------------------
@@ -257,6 +308,14 @@ def test_evaluation_outputs_are_complete_and_consistent(evaluation):
                     assert 0 <= r["p_before"] <= 1 and r["t"] == pytest.approx(r["p_after"] - r["p_before"])
                 else:
                     assert r["t"] is None or math.isnan(r["t"])
+                # The latent cycle, from the files: e(w) as the edit stage wrote it, w' as the re-projection.
+                with np.load(out / m / "inversions" / f"{n}.npz") as z, \
+                        np.load(out / m / "edits" / f"{e}__{n}.npz") as ze, \
+                        np.load(out / m / "reprojections" / f"{e}__{n}.npz") as zr:
+                    w, w_edit, w_again = (np.asarray(a["w"], np.float64).reshape(-1) for a in (z, ze, zr))
+                d = w_edit - w
+                assert r["recovered"] == pytest.approx(np.dot(w_again - w, d) / np.dot(d, d), rel=1e-4, abs=1e-6)
+                assert r["cycle_error"] == pytest.approx(np.linalg.norm(w_again - w_edit) / np.linalg.norm(d), rel=1e-4)
             # Realism: the real manifold of real/features.npz against the stored edit features.
             with np.load(out / "real" / "features.npz") as z:
                 assert str(z["kind"]) == feats.SUBSTITUTE and len(z["names"]) == len(REFERENCES)
@@ -288,6 +347,16 @@ def test_evaluation_outputs_are_complete_and_consistent(evaluation):
     run = results["run_seconds"]
     assert set(run["methods"]) == {"magec", "wo_magec"} and 0 < sum(run["methods"].values()) <= run["total"]
     assert f"This run took {run['total']:.0f} s" in md
+    lat = results["latents"]
+    for m in ("magec", "wo_magec"):
+        spreads = [results["methods"][m]["images"][n]["w_spread"] for n in names]
+        assert lat["means"][m]["w_spread"] == pytest.approx(np.mean(spreads)) and min(spreads) > 0
+    pooled = [results["methods"][m]["edits"]["gs_c0"][n] for m in ("magec", "wo_magec") for n in names]
+    assert lat["ecs_correlation"]["gs_c0"]["n"] == 4
+    assert lat["ecs_correlation"]["gs_c0"]["cycle_error"] == pytest.approx(
+        np.corrcoef([r["ecs"] for r in pooled], [r["cycle_error"] for r in pooled])[0, 1])
+    assert math.isnan(lat["ecs_correlation"]["ifg_male"]["cycle_error"])  # 2 scored pairs: undefined
+    assert "| method | W+ spread | recovered ifg_male | cycle error ifg_male |" in md
     # Figures: Fig. 3 grid (2 images x 2 methods rows; input, G(w), 2 edits) and Fig. 4b per (method, edit).
     tile = 34
     assert Image.open(out / "figures" / "comparison.png").size == (2 + 4 * tile, 2 + 4 * tile)

@@ -3,13 +3,16 @@
 ``results.json``::
 
     realism_features   {name, description, substitute}: which feature the realism score used
-    methods            {m: {label, images: {name: {mse, lpips, steps, seconds}},
+    methods            {m: {label, images: {name: {mse, lpips, steps, seconds, w_spread}},
                             edits: {e: {name: {ecs, lpips_gw_edit, lpips_edit_cyc, lpips_gw_cyc,
-                                               p_before, p_after, t, realism}}}}}
+                                               p_before, p_after, t, realism, recovered, cycle_error}}}}}
     common             {reconstruction: [names], edits: {e: [names]}}: the images every method has
     means              {m: {mse, lpips, steps, seconds, ecs/<e>, realism/<e>, t/<e>}}: over ``common``
     ttests             {metric: {m: {statistic, p_value, df, mean_difference, n, ci_low, ci_high}}}: each method against
                        the reference method (the first), paired over ``common``
+    latents            {means: {m: {w_spread, recovered/<e>, cycle_error/<e>}}, ecs_correlation: {e: {recovered,
+                       cycle_error, n}}}: the cycle in latent space (``metrics.latent_cycle``, ``metrics.w_spread``)
+                       and the Pearson correlation of ecs with it over every scored (method, image)
     run_seconds        {total, methods: {m: seconds}}: wall time of the invocation that wrote the file,
                        compilation included (work found done by a resumed run costs almost nothing)
 
@@ -30,8 +33,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from magec_jax import images as imio
-from magec_jax.evaluation.metrics import edit_consistency, improved_target, mean_or_nan
-from magec_jax.evaluation.stats import paired_ttest
+from magec_jax.evaluation.metrics import edit_consistency, improved_target, latent_cycle, mean_or_nan, w_spread
+from magec_jax.evaluation.stats import paired_ttest, pearson
 from magec_jax.evaluation.store import read_scores
 from magec_jax.inversion import job as job_lib
 from magec_jax.metrics.realism import realism_scores
@@ -67,7 +70,8 @@ def build(ev: "Evaluator", real: "RealImages", reference: tuple[list[str], np.nd
             if job_lib.is_done(inv, name):
                 rec = _read_json(inv / f"{name}.json")
                 images[name] = dict(mse=rec["losses"]["mse"], lpips=rec["losses"]["lpips"], steps=rec["steps"],
-                                    seconds=rec["seconds"])
+                                    seconds=rec["seconds"],
+                                    w_spread=float(w_spread(ev.latent(method, name).w_LxD[None])[0]))
         edits = {}
         for spec in cfg.edit_specs:
             scores = read_scores(ev.scores_file(method, spec), ev.extractor.name)
@@ -79,8 +83,12 @@ def build(ev: "Evaluator", real: "RealImages", reference: tuple[list[str], np.nd
                 t = improved_target(col["p_before"], col["p_after"])
                 realistic = realism_scores(reference[1], col["features"].astype(np.float32), k=cfg.realism.k,
                                            clamp_to_percentile=cfg.realism.clamp_percentile).realism
+                w = np.stack([ev.latent(method, n).w_LxD for n in names])
+                again = np.stack([ev.latent(method, n, spec).w_LxD for n in names])
+                recovered, cycle_error = latent_cycle(w, ev.editor.apply(spec.edit, w), again)
                 for i, n in enumerate(names):
-                    rows[n] = dict(ecs=ecs[i], t=t[i], realism=float(realistic[i]),
+                    rows[n] = dict(ecs=ecs[i], t=t[i], realism=float(realistic[i]), recovered=float(recovered[i]),
+                                   cycle_error=float(cycle_error[i]),
                                    **{k: float(col[k][i]) for k in
                                       ("lpips_gw_edit", "lpips_edit_cyc", "lpips_gw_cyc", "p_before", "p_after")})
             edits[spec.name] = rows
@@ -103,6 +111,7 @@ def build(ev: "Evaluator", real: "RealImages", reference: tuple[list[str], np.nd
             ok = np.isfinite(a) & np.isfinite(b)
             ttests[key][m.name] = paired_ttest(a[ok], b[ok])._asdict()
     pairwise = {key: _pairwise_p(per_image, key) for key in ttests}
+    latents = _latent_summary(methods, cfg, common_rec, common_edits)
     return dict(
         name=cfg.name,
         bundle=cfg.bundle,
@@ -119,7 +128,29 @@ def build(ev: "Evaluator", real: "RealImages", reference: tuple[list[str], np.nd
         ttests=ttests,
         pairwise_p=pairwise,
         significance=cfg.significance,
+        latents=latents,
     )
+
+
+def _latent_summary(methods: dict, cfg: "EvalConfig", common_rec: list[str], common_edits: dict[str, list[str]]) -> dict:
+    """Means of the latent-cycle numbers per method over the common images, and per edit the Pearson
+    correlation of ecs with each of them over every scored (method, image)."""
+    means = {}
+    for m, method in methods.items():
+        means[m] = {"w_spread": mean_or_nan(np.asarray([method["images"][n]["w_spread"] for n in common_rec]))}
+        for spec in cfg.edit_specs:
+            rows = method["edits"][spec.name]
+            for key in ("recovered", "cycle_error"):
+                means[m][f"{key}/{spec.name}"] = mean_or_nan(
+                    np.asarray([rows[n][key] for n in common_edits[spec.name]], np.float64))
+    correlation = {}
+    for spec in cfg.edit_specs:
+        rows = [methods[m]["edits"][spec.name][n] for m in methods for n in common_edits[spec.name]]
+        ecs = np.asarray([r["ecs"] for r in rows], np.float64)
+        correlation[spec.name] = {key: pearson(ecs, np.asarray([r[key] for r in rows], np.float64))
+                                  for key in ("recovered", "cycle_error")}
+        correlation[spec.name]["n"] = len(rows)
+    return dict(means=means, ecs_correlation=correlation)
 
 
 def _per_image_columns(method: dict, cfg: "EvalConfig", common_rec: list[str], common_edits: dict[str, list[str]]) -> dict:
@@ -230,6 +261,8 @@ def markdown(results: dict) -> str:
                 cells.append(f"**{text}**" if r["p_value"] < results["significance"] else text)
             lines.append(f"| {results['methods'][m]['label']} | " + " | ".join(cells) + " |")
         lines.append("")
+    if "latents" in results:
+        lines.extend(_latent_lines(results))
     if "run_seconds" in results:
         run = results["run_seconds"]
         lines.append(f"This run took {run['total']:.0f} s (" + ", ".join(
@@ -240,6 +273,26 @@ def markdown(results: dict) -> str:
                  "G(e(w)) for " + ", ".join(results["edits"]) + "); `figures/ecs_<method>_<edit>.png` (best then "
                  "worst ecs: x | G(w) | x_edit | x_cyc).")
     return "\n".join(lines) + "\n"
+
+
+def _latent_lines(results: dict) -> list[str]:
+    """The latent-cycle table and the correlations of ecs with it."""
+    lat, edits = results["latents"], list(results["edits"])
+    head = ["method", "W+ spread"] + [f"{t} {e}" for e in edits for t in ("recovered", "cycle error")]
+    lines = ["The cycle in latent space (means; recovered: the fraction of the edit that the re-projection w' "
+             "reproduces along its direction, 1 is all; cycle error: |w' - e(w)| / |e(w) - w|; W+ spread: the root "
+             "mean square distance of w's layers from their mean):", "",
+             "| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
+    for m, means in lat["means"].items():
+        cells = [results["methods"][m]["label"], f"{means['w_spread']:.3f}"]
+        cells += [f"{means[f'{t}/{e}']:.3f}" for e in edits for t in ("recovered", "cycle_error")]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Pearson correlation of ecs with them over every scored (method, image): " + "; ".join(
+        f"{e}: recovered {c['recovered']:+.2f}, cycle error {c['cycle_error']:+.2f} (n = {c['n']})"
+        for e, c in lat["ecs_correlation"].items()) + ".")
+    lines.append("")
+    return lines
 
 
 # ---- writing ---------------------------------------------------------------------------------------------------
