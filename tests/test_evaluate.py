@@ -33,7 +33,7 @@ from magec_jax.evaluation.metrics import (
 )
 from magec_jax.evaluation.pipeline import run
 from magec_jax.evaluation.store import read_scores
-from magec_jax.evaluation.stats import betainc, pairs_for_power, paired_ttest, pearson, student_t_two_sided_p
+from magec_jax.evaluation.stats import betainc, detectable_difference, pairs_for_power, paired_ttest, pearson, student_t_two_sided_p
 from magec_jax.metrics.realism import realism_scores
 from magec_jax.models import lpips as lpips_lib
 from magec_jax.models.resize import resize_images
@@ -121,6 +121,10 @@ def test_pairs_for_power_against_the_noncentral_t():
             assert power(n, effect) >= target  # never too few pairs ...
             assert n <= 3 or power(n - 2, effect) < target  # ... and at most one too many
     assert pairs_for_power(1.0, 0.5) == 34  # the textbook value (Cohen's d = 0.5, alpha 0.05, power 0.8)
+    for n in (5, 34, 200):  # the inverse of pairs_for_power: at n pairs, that difference needs n pairs
+        delta = detectable_difference(0.3, n)
+        assert pairs_for_power(0.3, delta * (1 + 1e-9)) == n and pairs_for_power(0.3, delta * 0.999) > n
+    assert math.isnan(detectable_difference(0.3, 1)) and math.isnan(detectable_difference(math.nan, 10))
     for sd, diff in ((0.0, 1.0), (1.0, 0.0), (math.nan, 1.0)):
         with pytest.raises(ValueError):
             pairs_for_power(sd, diff)
@@ -336,6 +340,8 @@ def test_evaluation_outputs_are_complete_and_consistent(evaluation):
         got = results["ttests"][key]["wo_magec"]
         assert got["statistic"] == pytest.approx(ref.statistic, rel=1e-9)
         assert got["p_value"] == pytest.approx(ref.pvalue, rel=1e-9)
+        d = np.asarray(per("magec")) - np.asarray(per("wo_magec"))
+        assert got["detectable"] == pytest.approx(detectable_difference(float(np.std(d, ddof=1)), len(d)))
     # The Markdown table: one row per method with the means, the substitute feature named.
     md = (out / "results.md").read_text()
     header = next(line for line in md.splitlines() if line.startswith("| method | MSE"))

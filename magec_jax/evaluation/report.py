@@ -8,8 +8,9 @@
                                                p_before, p_after, t, realism, recovered, cycle_error}}}}}
     common             {reconstruction: [names], edits: {e: [names]}}: the images every method has
     means              {m: {mse, lpips, steps, seconds, ecs/<e>, realism/<e>, t/<e>}}: over ``common``
-    ttests             {metric: {m: {statistic, p_value, df, mean_difference, n, ci_low, ci_high}}}: each method against
-                       the reference method (the first), paired over ``common``
+    ttests             {metric: {m: {statistic, p_value, df, mean_difference, n, ci_low, ci_high, detectable}}}: each
+                       method against the reference method (the first), paired over ``common``; ``detectable``:
+                       the smallest true difference the test finds with 80% power (``stats.detectable_difference``)
     latents            {means: {m: {w_spread, recovered/<e>, cycle_error/<e>}}, ecs_correlation: {e: {recovered,
                        cycle_error, n}}}: the cycle in latent space (``metrics.latent_cycle``, ``metrics.w_spread``)
                        and the Pearson correlation of ecs with it over every scored (method, image)
@@ -34,7 +35,7 @@ import numpy as np
 
 from magec_jax import images as imio
 from magec_jax.evaluation.metrics import edit_consistency, improved_target, latent_cycle, mean_or_nan, w_spread
-from magec_jax.evaluation.stats import paired_ttest, pearson
+from magec_jax.evaluation.stats import detectable_difference, paired_ttest, pearson
 from magec_jax.evaluation.store import read_scores
 from magec_jax.inversion import job as job_lib
 from magec_jax.metrics.realism import realism_scores
@@ -109,7 +110,9 @@ def build(ev: "Evaluator", real: "RealImages", reference: tuple[list[str], np.nd
         for m in cfg.method_specs[1:]:
             a, b = per_image[reference_method][key], per_image[m.name][key]
             ok = np.isfinite(a) & np.isfinite(b)
-            ttests[key][m.name] = paired_ttest(a[ok], b[ok])._asdict()
+            sd = float(np.std(a[ok] - b[ok], ddof=1)) if ok.sum() > 1 else math.nan
+            ttests[key][m.name] = dict(paired_ttest(a[ok], b[ok])._asdict(),
+                                       detectable=detectable_difference(sd, int(ok.sum()), alpha=cfg.significance))
     pairwise = {key: _pairwise_p(per_image, key) for key in ttests}
     latents = _latent_summary(methods, cfg, common_rec, common_edits)
     return dict(
@@ -244,7 +247,8 @@ def markdown(results: dict) -> str:
         tested = [k for k in keys if k in results["ttests"]]
         lines.append(f"Paired Student's t-tests against {results['methods'][results['reference_method']]['label']} "
                      "(two-sided p; t statistic; the mean difference reference - method with its 95% confidence "
-                     "interval; bold: p < " + f"{results['significance']}):")
+                     "interval; detectable: the smallest true difference the test finds with 80% power; bold: p < "
+                     f"{results['significance']}):")
         lines.append("")
         lines.append("| method | " + " | ".join(_title(k) for k in tested) + " |")
         lines.append("| --- | " + " | ".join("---" for _ in tested) + " |")
@@ -258,6 +262,8 @@ def markdown(results: dict) -> str:
                 text = f"p={r['p_value']:.3g} (t={r['statistic']:.2f}, n={r['n']})"
                 if math.isfinite(r.get("ci_low", math.nan)):
                     text += f"; {r['mean_difference']:+.3g} [{r['ci_low']:+.3g}, {r['ci_high']:+.3g}]"
+                if math.isfinite(r.get("detectable", math.nan)):
+                    text += f"; detectable {r['detectable']:.3g}"
                 cells.append(f"**{text}**" if r["p_value"] < results["significance"] else text)
             lines.append(f"| {results['methods'][m]['label']} | " + " | ".join(cells) + " |")
         lines.append("")

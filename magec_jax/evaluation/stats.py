@@ -161,3 +161,16 @@ def pearson(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) ->
     if denominator == 0.0:
         return math.nan
     return float(np.sum(x * y)) / denominator
+
+
+def detectable_difference(sd: float, n: int, *, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true mean difference a two-sided paired t-test of ``n`` pairs at level ``alpha`` detects
+    with probability ``power`` when the differences have standard deviation ``sd``:
+    ``(t_{1-alpha/2, n-1} + t_{power, n-1}) sd / sqrt(n)`` (the approximation of :func:`pairs_for_power`).
+    NaN for fewer than two pairs or a non-finite ``sd``. A non-significant test says little about differences
+    below this size."""
+    if n < 2 or not math.isfinite(sd):
+        return math.nan
+    if not (0 < alpha < 1 and 0.5 <= power < 1):
+        raise ValueError(f"detectable_difference needs 0 < alpha < 1 and 0.5 <= power < 1, got {alpha}, {power}")
+    return (student_t_quantile(1 - alpha / 2, n - 1) + student_t_quantile(power, n - 1)) * sd / math.sqrt(n)
