@@ -19,16 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
-from machine import machine_info
-from magec_jax.images import atomic_write_json
+from harness import save_result, time_compiled
 from magec_jax.models.stylegan2 import Generator, StyleGAN2Config, init_generator
 
 RESULTS = Path(__file__).resolve().parent / "results" / "generator.json"
@@ -49,26 +46,6 @@ def forward_gflop(cfg: StyleGAN2Config) -> float:
             macs += (res // 2) ** 2 * 9 * inp * out + res**2 * 9 * out * out
         macs += res**2 * out * cfg.img_channels
     return 2 * macs / 1e9
-
-
-def time_compiled(fn, args, *, min_iters: int, min_seconds: float) -> dict:
-    """Compiles ``fn`` on ``args``, warms up, and times it; seconds per call (wall and process CPU)."""
-    t0 = time.perf_counter()
-    compiled = fn.lower(*args).compile()
-    compile_s = time.perf_counter() - t0
-    jax.block_until_ready(compiled(*args))
-    iters, wall0, cpu0 = 0, time.perf_counter(), time.process_time()
-    while iters < min_iters or time.perf_counter() - wall0 < min_seconds:
-        jax.block_until_ready(compiled(*args))
-        iters += 1
-    memory = compiled.memory_analysis()
-    return {
-        "compile_s": round(compile_s, 2),
-        "iters": iters,
-        "wall_s_per_call": (time.perf_counter() - wall0) / iters,
-        "cpu_s_per_call": (time.process_time() - cpu0) / iters,
-        "xla_temp_gib": round(memory.temp_size_in_bytes / 2**30, 3) if memory is not None else None,
-    }
 
 
 def bench_resolution(res: int, batches, fused_options, *, min_iters: int, min_seconds: float) -> list[dict]:
@@ -114,16 +91,8 @@ def main() -> None:
         rows += bench_resolution(
             res, BATCHES.get(res, (1,)), (False, True), min_iters=args.min_iters, min_seconds=args.min_seconds
         )
-    result = {
-        "benchmark": "StyleGAN2 config-f synthesis, random weights, float32, noise const, vmap over images",
-        "machine": machine_info(),
-        "load_average_at_end": os.getloadavg(),
-        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
-        "total_s": round(time.perf_counter() - t0, 1),
-        "rows": rows,
-    }
-    atomic_write_json(args.out, result)
-    print(f"wrote {args.out} ({result['total_s']} s)")
+    save_result(args.out, "StyleGAN2 config-f synthesis, random weights, float32, noise const, vmap over images",
+                rows, t0)
 
 
 if __name__ == "__main__":

@@ -30,11 +30,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from machine import machine_info  # noqa: E402
+from harness import save_result  # noqa: E402
 from networks import paper_networks  # noqa: E402
 
 from magec_jax import Engine, load_bundle, protocol_settings  # noqa: E402
-from magec_jax.images import atomic_write_json  # noqa: E402
 from magec_jax.inversion.settings import ComputeOptions, Phase  # noqa: E402
 from ports.loss_nets import packaged_lpips  # noqa: E402
 
@@ -120,11 +119,8 @@ def main() -> None:
         for row in measure(nets, batch, args.steps, args.repeats):
             print(row, flush=True)
             rows.append(row)
-    result = dict(benchmark=f"engine step loop, dispatch vs scan, MAGEC phase-2 weights, {name} "
-                            f"({nets.resolution}x{nets.resolution})",
-                  machine=machine_info(), rows=rows, total_s=round(time.perf_counter() - t0, 1))
-    atomic_write_json(out, result)
-    print(f"wrote {out} ({result['total_s']} s)")
+    save_result(out, f"engine step loop, dispatch vs scan, MAGEC phase-2 weights, {name} "
+                     f"({nets.resolution}x{nets.resolution})", rows, t0)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -32,10 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 RESULTS = REPO / "benchmarks" / "results" / "supervision.json"
 
-from machine import machine_info  # noqa: E402
+from harness import save_result, time_compiled  # noqa: E402
 
 from magec_jax.bundle import load_bundle  # noqa: E402
-from magec_jax.images import atomic_write_json  # noqa: E402
 from magec_jax.supervision.job import label_source  # noqa: E402
 from magec_jax.supervision.samples import labeller  # noqa: E402
 
@@ -44,24 +41,6 @@ def _images(variables, images):
     """A "label source" that returns the images themselves: the sampling + synthesis half alone."""
     del variables
     return images
-
-
-def time_compiled(fn, args, *, min_iters: int, min_seconds: float) -> dict:
-    """Compiles ``fn`` (jitted) on ``args``, warms up, and times it; seconds per call (wall and process CPU)."""
-    t0 = time.perf_counter()
-    compiled = fn.lower(*args).compile()
-    compile_s = time.perf_counter() - t0
-    jax.block_until_ready(compiled(*args))
-    iters, wall0, cpu0 = 0, time.perf_counter(), time.process_time()
-    while iters < min_iters or time.perf_counter() - wall0 < min_seconds:
-        jax.block_until_ready(compiled(*args))
-        iters += 1
-    return {
-        "compile_s": round(compile_s, 2),
-        "iters": iters,
-        "wall_s_per_call": (time.perf_counter() - wall0) / iters,
-        "cpu_s_per_call": (time.process_time() - cpu0) / iters,
-    }
 
 
 def main() -> None:
@@ -99,17 +78,8 @@ def main() -> None:
             }  # fmt: skip
             rows.append(row)
             print(json.dumps(row), flush=True)
-    result = {
-        "benchmark": (f"supervision samples of {args.bundle.name} ({cfg.img_resolution}x{cfg.img_resolution} G, "
-                      f"labels: {labels.name} {labels.spec.get('outputs')}), per-layer-mixed, float32, one jitted call per batch"),
-        "machine": machine_info(),
-        "load_average_at_end": os.getloadavg(),
-        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
-        "total_s": round(time.perf_counter() - t0, 1),
-        "rows": rows,
-    }
-    atomic_write_json(args.out, result)
-    print(f"wrote {args.out} ({result['total_s']} s)")
+    save_result(args.out, (f"supervision samples of {args.bundle.name} ({cfg.img_resolution}x{cfg.img_resolution} G, "
+                      f"labels: {labels.name} {labels.spec.get('outputs')}), per-layer-mixed, float32, one jitted call per batch"), rows, t0)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from magec_jax.configdicts import from_configdict
 from magec_jax.editing.directions import fit_ganspace, save_ganspace
 from magec_jax.errors import FileFormatError, MagecError
 from magec_jax.evaluation import features as feats
+from magec_jax.evaluation import report
 from magec_jax.evaluation.config import EvalConfig
 from magec_jax.evaluation.metrics import (
     attribute_probabilities, edit_consistency, improved_target, latent_cycle, mean_or_nan, w_spread,
@@ -352,7 +353,7 @@ def test_evaluation_outputs_are_complete_and_consistent(evaluation):
     assert "n/a" in md  # one image lacks Male: no t-test on ifg_male
     run = results["run_seconds"]
     assert set(run["methods"]) == {"magec", "wo_magec"} and 0 < sum(run["methods"].values()) <= run["total"]
-    assert f"This run took {run['total']:.0f} s" in md
+    assert f"The invocation that wrote this report took {run['total']:.0f} s" in md
     lat = results["latents"]
     for m in ("magec", "wo_magec"):
         spreads = [results["methods"][m]["images"][n]["w_spread"] for n in names]
@@ -397,3 +398,10 @@ def test_cli_reports_a_bad_config_in_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == f"error: {tmp_path}: not a model bundle (no manifest.json); " \
                                                    "build one with python -m magec_jax.bundle"
+
+
+def test_report_names_the_bundle_relative_to_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert report._display_path(str(tmp_path / "demo" / "bundle")) == "demo/bundle"
+    outside = str(tmp_path.parent / "elsewhere")
+    assert report._display_path(outside) == outside

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -219,7 +220,7 @@ def markdown(results: dict) -> str:
     keys = list(results["means"][methods[0]])
     feat = results["realism_features"]
     lines = [f"# Evaluation {results['name']}".rstrip(), ""]
-    lines.append(f"{results['images']} images; bundle `{results['bundle']}`; reference method "
+    lines.append(f"{results['images']} images; bundle `{_display_path(results['bundle'])}`; reference method "
                  f"`{results['reference_method']}`. Means over the images that every method inverted "
                  f"({len(results['common']['reconstruction'])}); ECS, realism and t over the images lacking each "
                  "edit's target attribute (by the descriptor F on the real image).")
@@ -271,14 +272,21 @@ def markdown(results: dict) -> str:
         lines.extend(_latent_lines(results))
     if "run_seconds" in results:
         run = results["run_seconds"]
-        lines.append(f"This run took {run['total']:.0f} s (" + ", ".join(
+        lines.append(f"The invocation that wrote this report took {run['total']:.0f} s (" + ", ".join(
             f"{results['methods'][m]['label']} {sec:.0f} s" for m, sec in run["methods"].items())
-            + "; a resumed run counts only the work it did).")
+            + "); work found done by an earlier invocation is not counted here, while the s/image column is "
+            "each inversion's own time, measured when it ran.")
         lines.append("")
     lines.append("Figures: `figures/comparison.png` (per image, one row per method in table order: input | G(w) | "
                  "G(e(w)) for " + ", ".join(results["edits"]) + "); `figures/ecs_<method>_<edit>.png` (best then "
                  "worst ecs: x | G(w) | x_edit | x_cyc).")
     return "\n".join(lines) + "\n"
+
+
+def _display_path(path: str) -> str:
+    """``path`` relative to the working directory when it lies under it (reports are committed), else as given."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
 
 
 def _latent_lines(results: dict) -> list[str]:
