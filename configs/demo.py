@@ -10,9 +10,9 @@ with its LinkNet and boundaries. Writes ``out/demo/`` (per face ``<photo>__face<
 reconstruction, JSON with its alignment; ``aligned/``; ``summary.json``), ``out/demo/edit_grid.png`` (per face:
 input | reconstruction | Male, Young, Smiling at -3, 0, +3) and ``out/demo/pasted/`` (each photograph with its
 reconstructed faces pasted back, ``<photo>.png``, and with each edit, ``<photo>__ifg_Smiling_+3.png`` etc.).
-The 11 faces take 2 batches of 8, about twice the 4 minutes one batch takes on a quiet 2-core CPU (56 minutes
-measured under a load of 11); ``--config.steps_scale=0.1`` runs every phase at a tenth of its length (20 steps, for a quick
-look: 7 minutes on a busy CPU). ARG picks another protocol (``wo_magec``, ``i2spp``) for comparison.
+The 11 faces take 2 batches of 6: 5 min 6 s in all on a quiet 2-core CPU, edits and pasting included;
+``--config.steps_scale=0.1`` runs every phase at a tenth of its length (20 steps, for a quick look: 48 s of
+inversion there). ARG picks another protocol (``wo_magec``, ``i2spp``) for comparison.
 Steps run as a ``lax.scan`` of ``chunk_steps`` per call: with this bundle's 64x64 networks that is 1.9x faster
 than XLA:CPU's default of one call per step (``benchmarks/results/loop_demo_bundle.json``; the reverse holds
 for the 256 config-f networks, ``loop_paper256.json``).
