@@ -3,6 +3,8 @@
     python benchmarks/cpu_profile.py profile --resolution 256            # per-op profile of one step
     python benchmarks/cpu_profile.py flags --resolution 256 --rounds 2   # the step under each flag set
     python benchmarks/cpu_profile.py peak                                 # the machine's attainable GFLOP/s
+    python benchmarks/cpu_profile.py forms                                # one convolution, written several ways
+    python benchmarks/cpu_profile.py trees --against ../baseline          # this checkout against another one
 
 ``profile`` compiles the engine's step (random config-f weights, MSE + LPIPS on W+ by default, the platform's
 default compute options), traces two steps with the jax profiler and sums every XLA op's time by kind:
@@ -14,9 +16,16 @@ times are wall durations of ops that may run two at a time, so they add up to mo
 measures what XLA:CPU attains on this machine at its best: a 4096^3 float32 matmul and a 3x3 convolution of
 the size that dominates a 256 step (256 channels at 128x128, as in LPIPS-VGG16 and the generator's middle
 blocks), forward and backward to the input; the fastest of ``--steps`` runs each (a step's GFLOP divided by
-these is its floor on this machine).
+these is its floor on this machine). ``forms`` times the same convolution written in the ways XLA:CPU treats
+differently, at the shapes of the generator's 512 and 1024 blocks: a convolution with no positive padding as it
+is or padded by one and cropped, and a 1x1 convolution as a convolution or as a matrix product (``ops.conv2d``
+takes the faster form of each); the fastest of ``--steps`` runs each. ``trees`` times the step of this checkout
+and of each ``--against`` checkout (``git worktree add ../baseline <commit>``) in interleaved subprocesses, each
+running its own tree's code, as ``flags`` does, and records each tree's commit: a change measured against the
+code before it on the same machine in the same run.
 
-Results go to ``benchmarks/results/cpu_profile_<mode>_<resolution>.json`` with the machine (CPU model, vector
+Results go to ``benchmarks/results/cpu_profile_<mode>_<resolution>.json`` (``cpu_profile_<mode>.json`` for
+``peak`` and ``forms``) with the machine (CPU model, vector
 extensions) and the load average: other work on a shared machine slows every figure.
 """
 
@@ -238,6 +247,34 @@ def compare_flags(resolution: int, batch: int, variant: str, steps: int, rounds:
                        runs=rs) for name, rs in runs.items()}
 
 
+def _commit(tree: Path) -> str:
+    """``tree``'s commit, with ``+changes`` when its working tree differs from it."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(tree), *args], capture_output=True, text=True).stdout.strip()
+
+    return (git("rev-parse", "--short", "HEAD") or "unknown") + ("+changes" if git("status", "--porcelain") else "")
+
+
+def compare_trees(resolution: int, batch: int, variant: str, steps: int, rounds: int, against: list[Path]) -> dict:
+    """The step of this checkout and of each ``against`` checkout: fastest over ``rounds`` interleaved runs."""
+    trees = {"this": REPO, **{str(tree): tree.resolve() for tree in against}}
+    for label, tree in trees.items():
+        if not (tree / "benchmarks" / "cpu_profile.py").is_file():
+            raise SystemExit(f"{tree}: not a magec_jax checkout (no benchmarks/cpu_profile.py)")
+    runs: dict[str, list[dict]] = {label: [] for label in trees}
+    for r in range(rounds):
+        for label, tree in trees.items():
+            cmd = [sys.executable, str(tree / "benchmarks" / "cpu_profile.py"), "time", "--resolution", str(resolution),
+                   "--batch", str(batch), "--variant", variant, "--steps", str(steps)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            runs[label].append(json.loads(out.strip().splitlines()[-1]))
+            print(f"round {r + 1} {label}: {runs[label][-1]['wall_s']:.3f} s wall (load "
+                  f"{runs[label][-1]['load_average'][0]:.1f})", file=sys.stderr, flush=True)
+    return {label: dict(path=str(tree), commit=_commit(tree), wall_s=min(r["wall_s"] for r in runs[label]),
+                        cpu_s=min(r["cpu_s"] for r in runs[label]), runs=runs[label])
+            for label, tree in trees.items()}
+
+
 def peak(repeats: int) -> dict:
     """Attainable float32 GFLOP/s: a 4096^3 matmul, and a 3x3 convolution (256 -> 256 channels at 128x128,
     batch 1) forward and forward + backward to the input; the fastest of ``repeats`` runs each."""
@@ -269,15 +306,53 @@ def peak(repeats: int) -> dict:
     )
 
 
+def forms(repeats: int) -> dict:
+    """Milliseconds of one convolution written in the forms XLA:CPU runs at different speeds (module docstring)."""
+    import jax.numpy as jnp
+    from jax import lax
+
+    from magec_jax import ops
+
+    dims = ("NHWC", "HWIO", "NHWC")
+
+    def best_ms(fn, *args):
+        fn = jax.jit(fn)
+        jax.block_until_ready(fn(*args))
+        times = []
+        for _ in range(max(repeats, 3)):
+            t = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            times.append(time.perf_counter() - t)
+        return round(min(times) * 1e3, 1)
+
+    def normal(*shape):
+        return jax.random.normal(jax.random.key(len(shape)), shape, jnp.float32)
+
+    dy, kt = normal(1, 513, 513, 32), normal(2, 2, 32, 64) * 0.05
+    x1, k1 = normal(1, 512, 512, 64), normal(1, 1, 64, 32) * 0.1
+    return {
+        "conv2x2_32to64ch_513px_valid (the input gradient of the 1024 block's up-sampling phase)": dict(
+            as_is_ms=best_ms(lambda y: lax.conv_general_dilated(y, kt, (1, 1), "VALID", dimension_numbers=dims), dy),
+            padded_by_one_and_cropped_ms=best_ms(lambda y: ops.conv2d(y, kt), dy),
+        ),
+        "conv1x1_64to32ch_512px": dict(
+            convolution_ms=best_ms(lambda x: lax.conv_general_dilated(x, k1, (1, 1), "VALID", dimension_numbers=dims),
+                                   x1),
+            matrix_product_ms=best_ms(lambda x: ops.conv2d(x, k1), x1),
+        ),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=("profile", "flags", "time", "peak"))
+    parser.add_argument("mode", choices=("profile", "flags", "time", "peak", "forms", "trees"))
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--variant", choices=tuple(VARIANTS), default="mse_lpips")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--flag-sets", nargs="+", default=list(FLAG_SETS), choices=list(FLAG_SETS))
+    parser.add_argument("--against", nargs="+", type=Path, default=[], help="other checkouts, for trees")
     parser.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
     if args.mode == "time":  # one flag set's subprocess
@@ -286,13 +361,21 @@ def main() -> None:
     record = dict(machine=machine_info(), resolution=args.resolution, batch=args.batch, variant=args.variant)
     if args.mode == "peak":
         record = dict(machine=machine_info(), peak=peak(args.steps))
+    elif args.mode == "forms":
+        record = dict(machine=machine_info(), forms=forms(args.steps))
     elif args.mode == "profile":
         record["profile"] = profile(args.resolution, args.batch, args.variant)
+    elif args.mode == "trees":
+        if not args.against:
+            parser.error("trees needs --against CHECKOUT [CHECKOUT ...]")
+        record["trees"] = compare_trees(args.resolution, args.batch, args.variant, args.steps, args.rounds,
+                                        args.against)
     else:
         record["flag_sets"] = compare_flags(args.resolution, args.batch, args.variant, args.steps, args.rounds,
                                             args.flag_sets)
     record["load_average_at_end"] = list(os.getloadavg())
-    name = "cpu_profile_peak.json" if args.mode == "peak" else f"cpu_profile_{args.mode}_{args.resolution}.json"
+    name = f"cpu_profile_{args.mode}.json" if args.mode in ("peak", "forms") else \
+        f"cpu_profile_{args.mode}_{args.resolution}.json"
     path = args.out_dir / name
     atomic_write_json(path, record)
     print(json.dumps({k: v for k, v in record.items() if k != "machine"}, indent=1)[:4000])

@@ -117,13 +117,33 @@ def downsample2d(x_BxHxWxC: jax.Array, taps: Sequence[float] = FIR_TAPS) -> jax.
     return upfirdn2d(x_BxHxWxC, taps, down=2, padding=(pad, pad))
 
 
-def conv2d(x_BxHxWxI: jax.Array, w_KxKxIxO: jax.Array, *, padding: int = 0, feature_group_count: int = 1) -> jax.Array:
-    """2-D cross-correlation (PyTorch ``F.conv2d``), stride 1, symmetric zero padding."""
+def conv2d(
+    x_BxHxWxI: jax.Array, w_KxKxIxO: jax.Array, *, padding: Padding = 0, feature_group_count: int = 1
+) -> jax.Array:
+    """2-D cross-correlation (PyTorch ``F.conv2d``), stride 1, zero padding ``int`` or ``((t, b), (l, r))``
+    (negative crops).
+
+    Written for XLA:CPU, which runs a convolution with no positive padding 3x slower than the same convolution
+    padded by one, and a 1x1 convolution 3-4x slower than the matrix product
+    (``benchmarks/results/cpu_profile_forms.json``): an unpadded 1x1 convolution is a matrix product, and any
+    other convolution without positive padding is computed padded by one on every side and cropped. Elsewhere
+    the cost is one cropped border.
+    """
+    (y0, y1), (x0, x1) = _pad2(padding)
+    kh, kw = w_KxKxIxO.shape[:2]
+    if max(y0, y1, x0, x1) <= 0 and feature_group_count == 1:
+        if kh == kw == 1:
+            x = x_BxHxWxI[:, -y0 : x_BxHxWxI.shape[1] + y1, -x0 : x_BxHxWxI.shape[2] + x1]
+            return jnp.einsum("bhwi,io->bhwo", x, w_KxKxIxO[0, 0])
+        y = lax.conv_general_dilated(
+            x_BxHxWxI, w_KxKxIxO, (1, 1), ((y0 + 1, y1 + 1), (x0 + 1, x1 + 1)), dimension_numbers=_DIMS
+        )
+        return y[:, 1:-1, 1:-1]
     return lax.conv_general_dilated(
         x_BxHxWxI,
         w_KxKxIxO,
         window_strides=(1, 1),
-        padding=((padding, padding), (padding, padding)),
+        padding=((y0, y1), (x0, x1)),
         dimension_numbers=_DIMS,
         feature_group_count=feature_group_count,
     )
@@ -166,12 +186,13 @@ def freeze_conv(w_KxKxIxO: jax.Array, *, up: int = 1, dtype=jnp.float32) -> Froz
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def frozen_conv2d(x_BxHxWxI: jax.Array, kernel_KxKxIxO: jax.Array, kernel_t_KxKxOxI: jax.Array, padding: int):
+def frozen_conv2d(x_BxHxWxI: jax.Array, kernel_KxKxIxO: jax.Array, kernel_t_KxKxOxI: jax.Array, padding: Padding):
     """Stride-1 correlation with a constant kernel whose input-gradient kernel is given precomputed.
 
-    ``kernel_t`` must be ``kernel`` flipped spatially with its channel axes swapped (:func:`freeze_conv`).
-    The input gradient is one ordinary convolution with it (no per-call kernel transpose); both kernels are
-    constants: their gradient is zero by definition.
+    ``kernel_t`` must be ``kernel`` flipped spatially with its channel axes swapped (:func:`freeze_conv`);
+    ``padding`` is an ``int`` or ``((top, bottom), (left, right))``. The input gradient is one ordinary
+    convolution with ``kernel_t`` (no per-call kernel transpose); both kernels are constants: their gradient
+    is zero by definition.
     """
     return conv2d(x_BxHxWxI, kernel_KxKxIxO, padding=padding)
 
@@ -183,15 +204,10 @@ def _frozen_conv2d_fwd(x, kernel, kernel_t, padding):
 def _frozen_conv2d_bwd(padding, residuals, dy_BxHxWxO):
     kernel, kernel_t = residuals
     kh, kw = kernel.shape[:2]
-    # For a stride-1 correlation padded by p, dx is the correlation of dy padded by k - 1 - p with the flipped,
-    # transposed kernel; the output has x's size.
-    dx = lax.conv_general_dilated(
-        dy_BxHxWxO,
-        kernel_t,
-        window_strides=(1, 1),
-        padding=((kh - 1 - padding,) * 2, (kw - 1 - padding,) * 2),
-        dimension_numbers=_DIMS,
-    )
+    (y0, y1), (x0, x1) = _pad2(padding)
+    # For a stride-1 correlation padded by (p0, p1), dx is the correlation of dy padded by (k-1-p0, k-1-p1)
+    # (negative: cropped) with the flipped, transposed kernel; the output has x's size.
+    dx = conv2d(dy_BxHxWxO, kernel_t, padding=((kh - 1 - y0, kh - 1 - y1), (kw - 1 - x0, kw - 1 - x1)))
     return dx, None, None
 
 
@@ -231,21 +247,14 @@ def conv_transpose2d(
             if nty == 0 or ntx == 0:
                 phase_row.append(jnp.zeros((batch, rows, cols, out_channels), x_BxHxWxI.dtype))
                 continue
-            xp = jnp.pad(x_BxHxWxI, ((0, 0), (nty - 1, rows - h), (ntx - 1, cols - w), (0, 0)))
+            # Each phase is a valid correlation of the input zero-padded by (taps - 1) before and up to the
+            # phase grid after, padded by the convolution itself (one op, not a pad and a convolution).
+            pad = ((nty - 1, rows - h), (ntx - 1, cols - w))
             if frozen is not None:
-                phase_row.append(frozen_conv2d(xp, *next(frozen_phases), 0))
+                phase_row.append(frozen_conv2d(x_BxHxWxI, *next(frozen_phases), pad))
                 continue
             kernel = w_KxKxIxO[a::stride, b::stride][::-1, ::-1]
-            phase_row.append(
-                lax.conv_general_dilated(
-                    xp,
-                    kernel,
-                    (1, 1),
-                    "VALID",
-                    dimension_numbers=_DIMS,
-                    feature_group_count=feature_group_count,
-                )
-            )
+            phase_row.append(conv2d(x_BxHxWxI, kernel, padding=pad, feature_group_count=feature_group_count))
         phases.append(jnp.stack(phase_row, axis=3))  # [B, rows, cols, s(b), O]
     y = jnp.stack(phases, axis=2)  # [B, rows, s(a), cols, s(b), O]
     y = y.reshape(batch, rows * stride, cols * stride, out_channels)
@@ -352,11 +361,11 @@ def bias_act(
     if bias is not None:
         x = x + bias.astype(x.dtype).reshape((1,) * (x.ndim - 1) + (-1,))
     if act == "lrelu":
-        x = jnp.where(x >= 0, x, x * alpha)
         gain = math.sqrt(2.0) if gain is None else gain
+        x = jnp.where(x >= 0, x * gain, x * (alpha * gain))
     elif act != "linear":
         raise ValueError(f"unknown activation {act!r}")
-    if gain is not None and gain != 1:
+    elif gain is not None and gain != 1:
         x = x * gain
     if clamp is not None:
         x = jnp.clip(x, -clamp, clamp)

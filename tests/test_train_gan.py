@@ -117,15 +117,20 @@ def test_r1_penalty_matches_finite_differences_and_grad_of_grad():
     reals = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
     (loss, penalty_B), grads = _jit(lambda p, x: gan.r1_loss(setup, p, x))(d_params, reals)
 
-    # |grad_x sum D|^2 per image by central differences over every input coordinate.
-    total = lambda x: jnp.sum(dm.Discriminator(TINY_D).apply({"params": d_params}, x))
-    eye = jnp.eye(reals.size, dtype=jnp.float32).reshape((-1,) + reals.shape)
-    eps = 1e-3
-    central = _jit(lambda e: (jax.vmap(total)(reals[None] + e) - jax.vmap(total)(reals[None] - e)) / (2 * eps))
-    fd_grad = central(eps * eye)
-    fd_penalty_B = np.sum(np.square(np.asarray(fd_grad).reshape(reals.shape)), axis=(1, 2, 3))
-    np.testing.assert_allclose(np.asarray(penalty_B), fd_penalty_B, rtol=2e-3)
-    np.testing.assert_allclose(float(loss), np.mean(fd_penalty_B) * 1.5 * 16, rtol=2e-3)
+    # |grad_x sum D|^2 per image by central differences over every input coordinate, in float64 so that the
+    # reference is exact to far below float32 rounding.
+    with jax.enable_x64(True):
+        params64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), d_params)
+        reals64 = jnp.asarray(reals, jnp.float64)
+        total = lambda x: jnp.sum(dm.Discriminator(TINY_D, dtype=jnp.float64).apply({"params": params64}, x))
+        eye = jnp.eye(reals.size, dtype=jnp.float64).reshape((-1,) + reals.shape)
+        eps = 1e-5
+        central = jax.jit(lambda e: (jax.vmap(total)(reals64[None] + e) - jax.vmap(total)(reals64[None] - e)) / 2 / eps)
+        fd_grad = np.asarray(central(eps * eye))
+    assert fd_grad.dtype == np.float64
+    fd_penalty_B = np.sum(np.square(fd_grad.reshape(reals.shape)), axis=(1, 2, 3))
+    np.testing.assert_allclose(np.asarray(penalty_B), fd_penalty_B, rtol=2e-4)
+    np.testing.assert_allclose(float(loss), np.mean(fd_penalty_B) * 1.5 * 16, rtol=2e-4)
 
     # The reverse-over-forward parameter gradient equals the gradient of the gradient.
     def naive(p):

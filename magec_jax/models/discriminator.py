@@ -114,7 +114,7 @@ def minibatch_stddev(x_BxHxWxC: jax.Array, group_size: int | None, num_channels:
     f = num_channels
     if c % f:
         raise ValueError(f"minibatch-stddev: {c} channels do not split into {f} slices")
-    y = x_BxHxWxC.astype(jnp.float32).reshape(g, b // g, h, w, f, c // f)
+    y = x_BxHxWxC.astype(jnp.promote_types(x_BxHxWxC.dtype, jnp.float32)).reshape(g, b // g, h, w, f, c // f)
     y = y - jnp.mean(y, axis=0, keepdims=True)
     y = jnp.sqrt(jnp.mean(jnp.square(y), axis=0) + 1e-8)  # [n, H, W, F, c]
     y_nxF = jnp.mean(y, axis=(1, 2, 4))
@@ -196,14 +196,14 @@ class DiscriminatorEpilogue(nn.Module):
 
     @nn.compact
     def __call__(self, x_Bx4x4xC: jax.Array) -> jax.Array:
-        """Returns logits ``[B]`` in float32."""
+        """Returns logits ``[B]`` in float32 (float64 for a float64 ``dtype``)."""
         if self.mbstd_num_channels > 0:
             x_Bx4x4xC = minibatch_stddev(x_Bx4x4xC, self.mbstd_group_size, self.mbstd_num_channels)
         x = Conv2dLayer(self.channels, 3, act="lrelu", conv_clamp=self.conv_clamp, dtype=self.dtype, name="conv")(
             x_Bx4x4xC
         )
         # NVIDIA flattens NCHW: channel-major order, so that fc's weight rows convert one to one.
-        x_BxF = x.astype(jnp.float32).transpose(0, 3, 1, 2).reshape(x.shape[0], -1)
+        x_BxF = x.astype(jnp.promote_types(x.dtype, jnp.float32)).transpose(0, 3, 1, 2).reshape(x.shape[0], -1)
         x_BxC = Dense(self.channels, act="lrelu", name="fc")(x_BxF)
         return Dense(1, name="out")(x_BxC)[:, 0]
 
