@@ -18,8 +18,8 @@ the size that dominates a 256 step (256 channels at 128x128, as in LPIPS-VGG16 a
 blocks), forward and backward to the input; the fastest of ``--steps`` runs each (a step's GFLOP divided by
 these is its floor on this machine). ``forms`` times the same convolution written in the ways XLA:CPU treats
 differently, at the shapes of the generator's 512 and 1024 blocks: a convolution with no positive padding as it
-is or padded by one and cropped, and a 1x1 convolution as a convolution or as a matrix product (``ops.conv2d``
-takes the faster form of each); the fastest of ``--steps`` runs each. ``trees`` times the step of this checkout
+is or padded by one and cropped, and a 1x1 convolution as a convolution or as a matrix product
+(``ops.frozen_conv2d``, the convolution of constant kernels, takes the faster form of each); the fastest of ``--steps`` runs each. ``trees`` times the step of this checkout
 and of each ``--against`` checkout (``git worktree add ../baseline <commit>``) in interleaved subprocesses, each
 running its own tree's code, as ``flags`` does, and records each tree's commit: a change measured against the
 code before it on the same machine in the same run.
@@ -330,15 +330,16 @@ def forms(repeats: int) -> dict:
 
     dy, kt = normal(1, 513, 513, 32), normal(2, 2, 32, 64) * 0.05
     x1, k1 = normal(1, 512, 512, 64), normal(1, 1, 64, 32) * 0.1
+    (kt_t,), (k1_t,) = ops.freeze_conv(kt).kernels_t, ops.freeze_conv(k1).kernels_t
     return {
         "conv2x2_32to64ch_513px_valid (the input gradient of the 1024 block's up-sampling phase)": dict(
             as_is_ms=best_ms(lambda y: lax.conv_general_dilated(y, kt, (1, 1), "VALID", dimension_numbers=dims), dy),
-            padded_by_one_and_cropped_ms=best_ms(lambda y: ops.conv2d(y, kt), dy),
+            padded_by_one_and_cropped_ms=best_ms(lambda y: ops.frozen_conv2d(y, kt, kt_t, 0), dy),
         ),
         "conv1x1_64to32ch_512px": dict(
             convolution_ms=best_ms(lambda x: lax.conv_general_dilated(x, k1, (1, 1), "VALID", dimension_numbers=dims),
                                    x1),
-            matrix_product_ms=best_ms(lambda x: ops.conv2d(x, k1), x1),
+            matrix_product_ms=best_ms(lambda x: ops.frozen_conv2d(x, k1, k1_t, 0), x1),
         ),
     }
 

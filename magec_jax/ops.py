@@ -121,32 +121,34 @@ def conv2d(
     x_BxHxWxI: jax.Array, w_KxKxIxO: jax.Array, *, padding: Padding = 0, feature_group_count: int = 1
 ) -> jax.Array:
     """2-D cross-correlation (PyTorch ``F.conv2d``), stride 1, zero padding ``int`` or ``((t, b), (l, r))``
-    (negative crops).
-
-    Written for XLA:CPU, which runs a convolution with no positive padding 3x slower than the same convolution
-    padded by one, and a 1x1 convolution 3-4x slower than the matrix product
-    (``benchmarks/results/cpu_profile_forms.json``): an unpadded 1x1 convolution is a matrix product, and any
-    other convolution without positive padding is computed padded by one on every side and cropped. Elsewhere
-    the cost is one cropped border.
-    """
-    (y0, y1), (x0, x1) = _pad2(padding)
-    kh, kw = w_KxKxIxO.shape[:2]
-    if max(y0, y1, x0, x1) <= 0 and feature_group_count == 1:
-        if kh == kw == 1:
-            x = x_BxHxWxI[:, -y0 : x_BxHxWxI.shape[1] + y1, -x0 : x_BxHxWxI.shape[2] + x1]
-            return jnp.einsum("bhwi,io->bhwo", x, w_KxKxIxO[0, 0])
-        y = lax.conv_general_dilated(
-            x_BxHxWxI, w_KxKxIxO, (1, 1), ((y0 + 1, y1 + 1), (x0 + 1, x1 + 1)), dimension_numbers=_DIMS
-        )
-        return y[:, 1:-1, 1:-1]
+    (negative crops)."""
     return lax.conv_general_dilated(
         x_BxHxWxI,
         w_KxKxIxO,
         window_strides=(1, 1),
-        padding=((y0, y1), (x0, x1)),
+        padding=_pad2(padding),
         dimension_numbers=_DIMS,
         feature_group_count=feature_group_count,
     )
+
+
+def _conv2d_constant_kernel(x_BxHxWxI: jax.Array, w_KxKxIxO: jax.Array, padding: Padding) -> jax.Array:
+    """:func:`conv2d` in the form XLA:CPU runs fastest when no gradient flows to the kernel.
+
+    XLA:CPU runs a convolution with no positive padding 3x slower than the same convolution padded by one, and
+    a 1x1 convolution 3-4x slower than the matrix product (``benchmarks/results/cpu_profile_forms.json``): an
+    unpadded 1x1 convolution is computed as a matrix product, and any other convolution without positive
+    padding padded by one on every side and cropped. Only for constant kernels: with a gradient to the kernel,
+    those forms made the fused generator's backward pass 5x slower. Elsewhere the cost is one cropped border.
+    """
+    (y0, y1), (x0, x1) = _pad2(padding)
+    if max(y0, y1, x0, x1) > 0:
+        return conv2d(x_BxHxWxI, w_KxKxIxO, padding=((y0, y1), (x0, x1)))
+    if w_KxKxIxO.shape[:2] == (1, 1):
+        x = x_BxHxWxI[:, -y0 : x_BxHxWxI.shape[1] + y1, -x0 : x_BxHxWxI.shape[2] + x1]
+        return jnp.einsum("bhwi,io->bhwo", x, w_KxKxIxO[0, 0])
+    y = conv2d(x_BxHxWxI, w_KxKxIxO, padding=((y0 + 1, y1 + 1), (x0 + 1, x1 + 1)))
+    return y[:, 1:-1, 1:-1]
 
 
 class FrozenConv(NamedTuple):
@@ -194,11 +196,11 @@ def frozen_conv2d(x_BxHxWxI: jax.Array, kernel_KxKxIxO: jax.Array, kernel_t_KxKx
     convolution with ``kernel_t`` (no per-call kernel transpose); both kernels are constants: their gradient
     is zero by definition.
     """
-    return conv2d(x_BxHxWxI, kernel_KxKxIxO, padding=padding)
+    return _conv2d_constant_kernel(x_BxHxWxI, kernel_KxKxIxO, padding)
 
 
 def _frozen_conv2d_fwd(x, kernel, kernel_t, padding):
-    return conv2d(x, kernel, padding=padding), (kernel, kernel_t)
+    return _conv2d_constant_kernel(x, kernel, padding), (kernel, kernel_t)
 
 
 def _frozen_conv2d_bwd(padding, residuals, dy_BxHxWxO):
@@ -207,7 +209,7 @@ def _frozen_conv2d_bwd(padding, residuals, dy_BxHxWxO):
     (y0, y1), (x0, x1) = _pad2(padding)
     # For a stride-1 correlation padded by (p0, p1), dx is the correlation of dy padded by (k-1-p0, k-1-p1)
     # (negative: cropped) with the flipped, transposed kernel; the output has x's size.
-    dx = conv2d(dy_BxHxWxO, kernel_t, padding=((kh - 1 - y0, kh - 1 - y1), (kw - 1 - x0, kw - 1 - x1)))
+    dx = _conv2d_constant_kernel(dy_BxHxWxO, kernel_t, ((kh - 1 - y0, kh - 1 - y1), (kw - 1 - x0, kw - 1 - x1)))
     return dx, None, None
 
 
@@ -248,13 +250,15 @@ def conv_transpose2d(
                 phase_row.append(jnp.zeros((batch, rows, cols, out_channels), x_BxHxWxI.dtype))
                 continue
             # Each phase is a valid correlation of the input zero-padded by (taps - 1) before and up to the
-            # phase grid after, padded by the convolution itself (one op, not a pad and a convolution).
+            # phase grid after: for constant kernels, padded by the convolution itself (faster on XLA:CPU),
+            # otherwise as a separate pad (XLA:CPU's kernel gradient of the other form is 5x slower).
             pad = ((nty - 1, rows - h), (ntx - 1, cols - w))
             if frozen is not None:
                 phase_row.append(frozen_conv2d(x_BxHxWxI, *next(frozen_phases), pad))
                 continue
             kernel = w_KxKxIxO[a::stride, b::stride][::-1, ::-1]
-            phase_row.append(conv2d(x_BxHxWxI, kernel, padding=pad, feature_group_count=feature_group_count))
+            xp = jnp.pad(x_BxHxWxI, ((0, 0), *pad, (0, 0)))
+            phase_row.append(conv2d(xp, kernel, feature_group_count=feature_group_count))
         phases.append(jnp.stack(phase_row, axis=3))  # [B, rows, cols, s(b), O]
     y = jnp.stack(phases, axis=2)  # [B, rows, s(a), cols, s(b), O]
     y = y.reshape(batch, rows * stride, cols * stride, out_channels)
