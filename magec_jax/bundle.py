@@ -5,7 +5,7 @@ Layout (every entry but ``generator`` and ``w_avg`` optional)::
     BUNDLE/
       manifest.json     {"format": "magec-bundle", "format_version": 1, "generator": "generator",
                          "w_avg": "w_avg.npy", "lpips": null | "lpips",
-                         "identity": {"kind": "irse50" | "faceres", "path": "identity",
+                         "identity": {"kind": "irse50" | "faceres" | "moco", "path": "identity",
                                       "face_box": [l, t, r, b] | null (faceres only; absent: aligned-face box)},
                          "descriptor": {"kind": "resnet50", "path": "descriptor", "attribute_names": [...],
                                         "image_size": 224}
@@ -140,7 +140,11 @@ class Bundle:
             from magec_jax.models.face_attributes import faceres_identity
 
             return faceres_identity(variables, box=face_box(spec))
-        raise FileFormatError(self.path / MANIFEST, f"unknown identity kind {kind!r} (irse50 or faceres)")
+        if kind == "moco":
+            from magec_jax.models.moco import moco_identity
+
+            return moco_identity(variables)
+        raise FileFormatError(self.path / MANIFEST, f"unknown identity kind {kind!r} (irse50, faceres or moco)")
 
     def descriptor(self) -> Descriptor | None:
         spec = self.manifest.get("descriptor")
@@ -333,7 +337,7 @@ def build_bundle(
     Args:
       dst: the new bundle directory.
       generator: converted StyleGAN2 directory.
-      identity: ``(kind, converted dir)`` with kind ``irse50`` or ``faceres``, or a dict
+      identity: ``(kind, converted dir)`` with kind ``irse50``, ``faceres`` or ``moco``, or a dict
         ``{"kind", "path", "face_box"}`` (``face_box``: see the manifest layout above).
       descriptor: ``{"kind": "resnet50", "path": dir, "attribute_names": [...]}`` or
         ``{"kind": "face_attributes", "faceres": dir, "emotion": dir, "thresholds": {...}}``.
@@ -396,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m magec_jax.bundle", description=__doc__.split("\n\n")[0])
     parser.add_argument("dst", type=Path, help="new bundle directory")
     parser.add_argument("--generator", required=True, type=Path, help="converted StyleGAN2 directory")
-    parser.add_argument("--identity", metavar="KIND:DIR", help="irse50:DIR or faceres:DIR")
+    parser.add_argument("--identity", metavar="KIND:DIR", help="irse50:DIR, faceres:DIR or moco:DIR "
+                        "(moco: e4e's MoCo v2 identity, for images that are not faces)")
     parser.add_argument("--resnet-descriptor", metavar="DIR", help="converted ResNet-50 attribute classifier")
     parser.add_argument("--attributes", help="comma-separated attribute names of the ResNet descriptor "
                         "(default: the 40 CelebA attributes)")

@@ -8,7 +8,7 @@ A converted network is one directory::
                        "converter": "ports.stylegan2/1", "extra": {...}}
       params.npz      uncompressed; one array per leaf, keyed by its '/'-joined pytree path
 
-``kind`` names the network family (``stylegan2``, ``lpips_vgg16``, ``irse50``, ``resnet50``, ``faceres``,
+``kind`` names the network family (``stylegan2``, ``lpips_vgg16``, ``irse50``, ``moco``, ``resnet50``, ``faceres``,
 ``emotion``, ``linknet``, ...), ``config`` holds everything needed to rebuild the Flax module, and the
 params tree is the Flax variables dict (``{"params": ..., "buffers": ...}`` or whatever collections the
 model uses). Writes are atomic: the directory appears complete or not at all, with the process's usual

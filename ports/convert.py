@@ -3,6 +3,7 @@
     python -m ports.convert SRC DST [--format FORMAT] [--network G_ema] [--overwrite]
     python -m ports.convert vgg16.pth DST --format lpips-vgg16 --heads vgg.pth   # torchvision trunk + lpips heads
     python -m ports.convert resnet50.pth DST --format resnet50 --attributes Male,Smiling --image-size 224
+    python -m ports.convert moco_v2_800ep_pretrain.pth.tar DST      # MoCo v2 -> identity network (kind moco)
 
 FORMAT is detected from the file when not given. Each format maps to a converter function
 ``convert(src: Path, *, network: str | None, **options) -> magec_jax.weights.Converted`` in the module named
@@ -35,6 +36,7 @@ CONVERTERS: dict[str, tuple[str, str]] = {
     "lpips-vgg16": ("ports.loss_nets", "convert_lpips_vgg16"),
     "irse50": ("ports.loss_nets", "convert_irse50"),
     "resnet50": ("ports.loss_nets", "convert_resnet50"),
+    "moco": ("ports.moco", "convert_moco"),  # MoCo v2 checkpoint -> e4e's MocoLoss identity trunk
     # TensorFlow.js graph models (ports/tfjs.py)
     "tfjs-faceres": ("ports.tfjs", "convert_faceres"),
     "tfjs-emotion": ("ports.tfjs", "convert_emotion"),

