@@ -4,6 +4,7 @@
     python -m ports.convert vgg16.pth DST --format lpips-vgg16 --heads vgg.pth   # torchvision trunk + lpips heads
     python -m ports.convert resnet50.pth DST --format resnet50 --attributes Male,Smiling --image-size 224
     python -m ports.convert moco_v2_800ep_pretrain.pth.tar DST      # MoCo v2 -> identity network (kind moco)
+    python -m ports.convert modellarge10k.pt weights/styleflow      # StyleFlow's prior (kind styleflow)
 
 FORMAT is detected from the file when not given. Each format maps to a converter function
 ``convert(src: Path, *, network: str | None, **options) -> magec_jax.weights.Converted`` in the module named
@@ -42,6 +43,8 @@ CONVERTERS: dict[str, tuple[str, str]] = {
     "tfjs-emotion": ("ports.tfjs", "convert_emotion"),
     "tfjs-blazeface": ("ports.tfjs", "convert_blazeface"),
     "tfjs-facemesh": ("ports.tfjs", "convert_facemesh"),
+    # StyleFlow's conditional CNF prior (ports/styleflow.py)
+    "styleflow": ("ports.styleflow", "convert_styleflow"),
 }
 
 

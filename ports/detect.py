@@ -102,6 +102,8 @@ def _torch_format(obj: Any) -> str | None:
         return "moco"
     if {"conv1.weight", "fc.weight"} <= keys and any(k.startswith("layer1.0.") for k in keys):
         return "resnet50"
+    if "chain.1.sqrt_end_time" in keys or any(k.startswith("chain.1.odefunc.diffeq.") for k in keys):
+        return "styleflow"  # RameenAbdal/StyleFlow's prior: SequentialFlow(chain = [BatchNorm, CNF, BatchNorm])
     if "lin0.model.1.weight" in keys or "features.0.weight" in keys:
         return "lpips-vgg16"
     return None
@@ -161,7 +163,7 @@ def detect_format(path: str | os.PathLike) -> str:
     """Returns the format of a foreign checkpoint: a key of ``ports.convert.CONVERTERS``.
 
     One of ``'nvidia-pkl', 'tf-pkl', 'rosinality', 'state-dict', 'lpips-vgg16', 'irse50', 'resnet50', 'moco',
-    'tfjs-faceres', 'tfjs-emotion', 'tfjs-blazeface', 'tfjs-facemesh'``.
+    'styleflow', 'tfjs-faceres', 'tfjs-emotion', 'tfjs-blazeface', 'tfjs-facemesh'``.
 
     Raises:
       FileFormatError: one line naming the file -- missing, a directory, empty, truncated, not a checkpoint

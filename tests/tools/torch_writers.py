@@ -181,8 +181,11 @@ def _storage_id(storages: dict[int, tuple[str, Storage]]) -> Callable[[Any], Any
     return persistent_id
 
 
-def write_torch_zip(path: str | Path, obj: Any, *, prefix: str = "archive", byteorder: str = "little") -> None:
-    """Writes ``obj`` as torch's zip format: ``<prefix>/data.pkl`` + ``<prefix>/data/<key>`` records."""
+def write_torch_zip(path: str | Path, obj: Any, *, prefix: str = "archive", byteorder: str = "little",
+                    location: str = "cpu") -> None:
+    """Writes ``obj`` as torch's zip format: ``<prefix>/data.pkl`` + ``<prefix>/data/<key>`` records.
+
+    ``location`` is the device each storage was saved from (``"cuda:0"`` for a file written from GPU tensors)."""
     storages: dict[int, tuple[str, Storage]] = {}
     keyed = _storage_id(storages)
 
@@ -191,7 +194,7 @@ def write_torch_zip(path: str | Path, obj: Any, *, prefix: str = "archive", byte
         if found is None:
             return None
         key, st = found
-        return ("storage", Ref(st.type_name), key, "cpu", st.numel)
+        return ("storage", Ref(st.type_name), key, location, st.numel)
 
     data_pkl = dumps(obj, protocol=2, persistent_id=persistent_id)
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
@@ -203,8 +206,10 @@ def write_torch_zip(path: str | Path, obj: Any, *, prefix: str = "archive", byte
         zf.writestr(f"{prefix}/version", "3\n")
 
 
-def legacy_bytes(obj: Any, *, sys_info: dict | None = None) -> bytes:
-    """``obj`` as a legacy (non-zip) ``torch.save`` stream; a Storage gives what ``_load_from_bytes`` reads."""
+def legacy_bytes(obj: Any, *, sys_info: dict | None = None, location: str = "cpu") -> bytes:
+    """``obj`` as a legacy (non-zip) ``torch.save`` stream; a Storage gives what ``_load_from_bytes`` reads.
+
+    ``location`` is the device each storage was saved from (``"cuda:0"`` for a file written from GPU tensors)."""
     storages: dict[int, tuple[str, Storage]] = {}
     keyed = _storage_id(storages)
 
@@ -212,12 +217,12 @@ def legacy_bytes(obj: Any, *, sys_info: dict | None = None) -> bytes:
         if isinstance(o, StorageSlice):
             root_key, root = keyed(o.storage)
             view = (f"{root_key}.{o.offset}", o.offset, o.numel)
-            return ("storage", Ref(root.type_name), root_key, "cpu", root.numel, view)
+            return ("storage", Ref(root.type_name), root_key, location, root.numel, view)
         found = keyed(o)
         if found is None:
             return None
         key, st = found
-        return ("storage", Ref(st.type_name), key, "cpu", st.numel, None)
+        return ("storage", Ref(st.type_name), key, location, st.numel, None)
 
     out = io.BytesIO()
     for header in (LEGACY_MAGIC, LEGACY_PROTOCOL, sys_info or SYS_INFO):
@@ -230,6 +235,6 @@ def legacy_bytes(obj: Any, *, sys_info: dict | None = None) -> bytes:
     return out.getvalue()
 
 
-def write_torch_legacy(path: str | Path, obj: Any) -> None:
+def write_torch_legacy(path: str | Path, obj: Any, *, location: str = "cpu") -> None:
     """Writes ``obj`` in the legacy (pre-1.6, ``_use_new_zipfile_serialization=False``) format."""
-    Path(path).write_bytes(legacy_bytes(obj))
+    Path(path).write_bytes(legacy_bytes(obj, location=location))
