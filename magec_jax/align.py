@@ -31,7 +31,7 @@ import numpy as np
 
 from magec_jax import images as imio
 from magec_jax.cli import DefaultsHelpFormatter, error_status
-from magec_jax.errors import MagecError
+from magec_jax.errors import FileFormatError, MagecError
 from magec_jax.faces import pipeline
 from magec_jax.logs import Log, to_stderr
 
@@ -39,9 +39,11 @@ DEFAULT_SIZE = 1024
 
 
 def run(source: str | Path, out_dir: str | Path, *, size: int | None = None, bundle: str | Path | None = None,
-        batch_size: int = 32, log: Log = to_stderr) -> pipeline.AlignReport:
+        batch_size: int = 32, max_image_pixels: int = imio.MAX_IMAGE_PIXELS,
+        log: Log = to_stderr) -> pipeline.AlignReport:
     """Aligns every face of the photographs of ``source`` (a folder or list file) into ``out_dir``: FFHQ at
-    ``size`` (default 1024), or the framing and resolution of ``bundle``."""
+    ``size`` (default 1024), or the framing and resolution of ``bundle``. A photograph over
+    ``max_image_pixels`` is refused before decoding."""
     if bundle is not None:
         from magec_jax.bundle import load_bundle
 
@@ -51,14 +53,16 @@ def run(source: str | Path, out_dir: str | Path, *, size: int | None = None, bun
     photos, duplicates = pipeline.list_photos(source, exclude=out_dir)
     for d in duplicates:
         log(f"skipped {d['image']}: {d['reason']}")
-    report = pipeline.align_photos(photos, out_dir, framing, batch_size=batch_size, log=log)
+    report = pipeline.align_photos(photos, out_dir, framing, batch_size=batch_size, max_pixels=max_image_pixels,
+                                   log=log)
     log(f"align: {len(photos)} photographs ({report.detected} detected by this run), {len(report.faces)} faces "
         f"aligned ({framing.kind} at {framing.size} px), {len(report.skipped)} skipped -> {out_dir}")
     return report
 
 
 def fit_template(bundle: str | Path, *, samples: int = 256, images: str | Path | None = None,
-                 seed: int = 0, log: Log = to_stderr) -> pipeline.TemplateFit:
+                 seed: int = 0, max_image_pixels: int = imio.MAX_IMAGE_PIXELS,
+                 log: Log = to_stderr) -> pipeline.TemplateFit:
     """Fits the template of ``bundle`` on ``samples`` of its generator's samples (or on the ``images`` of a
     folder, resized to its resolution by the input policy of ``magec_jax.images``) and stores it in the bundle."""
     from magec_jax.bundle import load_bundle, set_template
@@ -69,7 +73,15 @@ def fit_template(bundle: str | Path, *, samples: int = 256, images: str | Path |
         paths = imio.list_images(images)
         if not paths:
             raise MagecError(f"{images}: no images to fit the template on")
-        pixels = np.stack([imio.to_uint8(imio.load_image(p, resolution, min_size=0)) for p in paths])
+        pixels = []
+        for p in paths:
+            try:
+                pixels.append(imio.to_uint8(imio.load_image(p, resolution, min_size=0, max_pixels=max_image_pixels)))
+            except FileFormatError as e:
+                log(f"skipped {e}")
+        if not pixels:
+            raise MagecError(f"{images}: none of its {len(paths)} images is readable")
+        pixels = np.stack(pixels)
         fit = pipeline.fit_template_on_images(pixels)
     else:
         fit = pipeline.fit_generator_template(*loaded.generator, num_samples=samples, seed=seed)
@@ -92,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=256, help="generator samples the template is fitted on")
     parser.add_argument("--images", help="fit the template on these images (e.g. training crops) instead")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generator samples")
+    parser.add_argument("--max-image-pixels", type=int, default=imio.MAX_IMAGE_PIXELS,
+                        help="refuse (unread) images whose width x height is larger: decompression bombs")
     args = parser.parse_args(argv)
     if args.fit_template:
         if args.source or args.out:
@@ -105,11 +119,15 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--size and --bundle exclude each other: a bundle's crops have its resolution")
         if (args.size is not None and args.size < 1) or args.batch_size < 1:
             parser.error("--size and --batch-size must be at least 1")
+    if args.max_image_pixels < 1:
+        parser.error("--max-image-pixels must be at least 1")
     try:
         if args.fit_template:
-            fit_template(args.fit_template, samples=args.samples, images=args.images, seed=args.seed)
+            fit_template(args.fit_template, samples=args.samples, images=args.images, seed=args.seed,
+                         max_image_pixels=args.max_image_pixels)
         else:
-            run(args.source, args.out, size=args.size, bundle=args.bundle, batch_size=args.batch_size)
+            run(args.source, args.out, size=args.size, bundle=args.bundle, batch_size=args.batch_size,
+                max_image_pixels=args.max_image_pixels)
     except MagecError as e:
         return error_status(e)
     return 0

@@ -29,6 +29,7 @@ from magec_jax.bundle import load_bundle
 from magec_jax.cli import DefaultsHelpFormatter, error_status
 from magec_jax.editing.render import Edit, EditJob, parse_floats, run_edits
 from magec_jax.errors import MagecError
+from magec_jax.images import MAX_IMAGE_PIXELS
 from magec_jax.logs import Log, to_stderr
 
 
@@ -52,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[str, EditJob]:
     parser.add_argument("--batch-size", type=int, default=8, help="images per generator call")
     parser.add_argument("--paste-back", action="store_true", help="also paste each edited face back into its "
                         "photograph (faces inverted with config.align)")
+    parser.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS, help="refuse (unread) input "
+                        "images and photographs whose width x height is larger: decompression bombs")
     args = parser.parse_args(_attach_negative_values(sys.argv[1:] if argv is None else argv))
     layers = None
     if args.layers:
@@ -64,11 +67,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[str, EditJob]:
               for a in args.attribute]
     sweeps += [tuple(Edit("ganspace", s, component=c, layers=layers)
                      for s in parse_floats(args.gs_strengths, "--gs-strengths")) for c in args.component]
-    if args.steps < 2 or args.batch_size < 1:
-        raise MagecError("--steps must be at least 2 and --batch-size at least 1")
+    if args.steps < 2 or args.batch_size < 1 or args.max_image_pixels < 1:
+        raise MagecError("--steps must be at least 2, --batch-size and --max-image-pixels at least 1")
     return args.bundle, EditJob(
         latents=tuple(args.latents), out_dir=args.out, sweeps=tuple(sweeps), interpolate_to=args.interpolate_to,
-        steps=args.steps, pca=args.pca, batch_size=args.batch_size, paste_back=args.paste_back)
+        steps=args.steps, pca=args.pca, batch_size=args.batch_size, paste_back=args.paste_back,
+        max_image_pixels=args.max_image_pixels)
 
 
 def _attach_negative_values(argv: list[str]) -> list[str]:

@@ -23,3 +23,8 @@ class FileFormatError(MagecError):
 
 class ConfigError(MagecError):
     """A config field has a value the tool cannot use (``str(err)`` names the field and the problem)."""
+
+
+class BadImage(FileFormatError):
+    """An image file that cannot be used: undecodable, truncated, over the pixel limit, several frames, or a
+    mode the reading policy refuses (``magec_jax.images.open_image``). Commands report it, record it and go on."""

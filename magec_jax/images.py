@@ -1,8 +1,23 @@
 """Image input/output and atomic file writes shared by the command-line tools.
 
-Input policy (:func:`load_image`), documented in the README:
-  * Accepted: anything Pillow decodes whose mode is RGB or L (grayscale is replicated to RGB); RGBA/LA/P
-    only when every pixel is opaque. Other modes (CMYK, 16-bit, float, transparent pixels) are refused.
+Every image a command reads comes through :func:`open_image` (the one safe opener). Reading policy:
+  * Size first: the declared width x height is read from the file's header and an image over
+    ``max_pixels`` (default :data:`MAX_IMAGE_PIXELS`, Pillow's own warning threshold, 89,478,485 pixels;
+    the commands' ``max_image_pixels`` setting) is refused before any pixel is decoded. Pillow's
+    decompression-bomb warning is an error within the call, and its error a refusal like any other.
+  * One picture per file: an animated GIF/PNG/WebP or a multi-page TIFF is refused with its frame count
+    (which frame to invert is ambiguous); a camera JPEG carrying extra pictures (MPO) is read as its primary one.
+  * Decoded fully inside the call: a truncated or undecodable file is a :class:`~magec_jax.errors.BadImage`
+    (a ``FileFormatError``: one line naming the file and the problem), which every command reports, records
+    and skips.
+  * Upright: the EXIF orientation is applied (a rotated phone photograph is read as it is displayed).
+  * 8 bits: CMYK and YCbCr become RGB (Pillow's conversion, no colour management, as for RGB files); 16-bit
+    grey (``I;16``, or ``I`` holding 0..65535) is scaled to 8 bits (``round(v / 257)``), never clipped;
+    1-bit becomes grey. Float and other modes are refused.
+
+Input policy of the inversion (:func:`load_image`), documented in the README:
+  * Accepted: RGB or grey (replicated to RGB) after the reading policy above; RGBA/LA/P only when every pixel
+    is opaque. Transparent pixels are refused.
   * Too small: a shorter side under ``min_size`` pixels is refused (upsampling would invent detail).
   * Geometry: the largest centred square is cropped, then resized to the generator's resolution with
     Lanczos (antialiased when shrinking). Aligned face crops (FFHQ/CelebA-HQ style) are already square, so
@@ -16,16 +31,19 @@ import functools
 import io
 import json
 import os
+import re
 import tempfile
+import threading
+import warnings
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps
 
-from magec_jax.errors import FileFormatError
+from magec_jax.errors import BadImage, FileFormatError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
 
 def list_images(source: str | os.PathLike, *, exclude: str | os.PathLike | None = None) -> list[Path]:
@@ -59,22 +77,145 @@ def output_name(image: Path, root: Path | None) -> str:
     return "__".join(rel.with_suffix("").parts)
 
 
-def load_image(path: str | os.PathLike, resolution: int, *, min_size: int | None = None) -> np.ndarray:
+MAX_IMAGE_PIXELS = 89_478_485
+"""The default pixel limit (``max_image_pixels``): Pillow's decompression-bomb warning threshold as Pillow ships
+it (``PIL.Image.MAX_IMAGE_PIXELS``, 1024**3 // 4 // 3: a quarter GiB of RGB pixels, about 9459 x 9459)."""
+
+# Modes the reading policy turns into 8-bit L, LA, RGB or RGBA (:func:`_to_8bit`); anything else is refused
+# from the header, before decoding.
+_READABLE_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr",
+                             "I", "I;16", "I;16L", "I;16B", "I;16N"})
+_OPEN_LOCK = threading.Lock()  # Image.open reads Pillow's module-level limit and the warning filters
+_BOMB_PIXELS = re.compile(r"Image size \((\d+) pixels\)")
+
+
+def open_image(source: str | os.PathLike | bytes, *, max_pixels: int = MAX_IMAGE_PIXELS,
+               name: str | os.PathLike | None = None) -> Image.Image:
+    """Reads one image file by the reading policy of this module (see the module docstring): decoded, upright,
+    8 bits per channel, of mode ``L``, ``LA``, ``RGB`` or ``RGBA`` (an alpha channel or a palette transparency).
+
+    Args:
+      source: a file path, or the file's bytes (a tar member).
+      max_pixels: the pixel limit; a larger declared width x height is refused before decoding.
+      name: how the file is named in errors (default: ``source`` when it is a path).
+
+    Raises:
+      BadImage: over the pixel limit, several frames, a refused mode, or undecodable/truncated (one line).
+      FileFormatError: the file does not exist.
+    """
+    if not (isinstance(max_pixels, (int, np.integer)) and max_pixels >= 1):
+        raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        label, fp = os.fspath(name) if name is not None else "<image bytes>", io.BytesIO(source)
+    else:
+        label, fp = os.fspath(name if name is not None else source), Path(source)
+    im = _open_header(fp, label, int(max_pixels))
+    with im:
+        try:
+            w, h = im.size
+            if w * h > max_pixels:  # our own guard, whatever Pillow's module-level limit is
+                raise BadImage(label, _over_limit(w * h, max_pixels, (w, h)))
+            if im.mode not in _READABLE_MODES:
+                raise BadImage(label, f"unsupported image mode {im.mode}: expected RGB, grey, CMYK or 16-bit grey")
+            frames = getattr(im, "n_frames", 1)
+            if frames > 1 and im.format != "MPO":  # MPO: a camera JPEG with extra pictures; the first is the photo
+                kind = "an animated" if getattr(im, "is_animated", False) and im.format != "TIFF" else "a multi-page"
+                raise BadImage(label, f"{kind} {im.format} of {frames} frames: which frame to use is ambiguous; "
+                                      "save the one you want as a still image")
+            im.load()
+            return _to_8bit(label, ImageOps.exif_transpose(im))
+        except BadImage:
+            raise
+        except Exception as e:  # noqa: BLE001 -- any decoder failure on a hostile file is a bad image, not a crash
+            raise BadImage(label, f"unreadable or corrupt image ({e.__class__.__name__}: {e})") from None
+
+
+READING_POLICY = 2
+"""Version of the reading policy (:func:`open_image`); 2: pixel limit, one frame, EXIF orientation, CMYK and
+16-bit converted. Jobs remember a refused file only for the policy and limit that refused it."""
+
+
+def reading_settings(max_pixels: int = MAX_IMAGE_PIXELS) -> dict[str, int]:
+    """What decides whether a file is readable, besides the file: the policy's version and the pixel limit."""
+    return dict(policy=READING_POLICY, max_image_pixels=int(max_pixels))
+
+
+def _open_header(fp: Path | io.BytesIO, label: str, max_pixels: int) -> Image.Image:
+    """``Image.open``: identifies the file and reads its header (no pixel data). Pillow's own bomb check
+    runs inside it against its module-level limit; for the duration of the call (under a lock) that limit is
+    ``max_pixels`` and its warning an error, so that a setting above Pillow's default is honoured and a bomb is
+    a refusal. :func:`open_image` checks the size again itself."""
+    try:
+        with _OPEN_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels
+            try:
+                return Image.open(fp)
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+    except FileNotFoundError:
+        raise FileFormatError(label, "no such file") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        found = _BOMB_PIXELS.search(str(e))
+        raise BadImage(label, _over_limit(int(found.group(1)) if found else None, max_pixels)) from None
+    except Exception as e:  # noqa: BLE001 -- UnidentifiedImageError, a plugin's parser failing on a hostile header
+        raise BadImage(label, f"unreadable or corrupt image ({e.__class__.__name__}: {e})") from None
+
+
+def _over_limit(pixels: int | None, max_pixels: int, size: tuple[int, int] | None = None) -> str:
+    declared = f"{size[0]}x{size[1]} = " if size else ""
+    count = f"{declared}{pixels:,} pixels" if pixels is not None else "a size"
+    return (f"declares {count}, over the pixel limit of {max_pixels:,} (max_image_pixels): refused unread "
+            "(a possible decompression bomb)")
+
+
+def _to_8bit(label: str, im: Image.Image) -> Image.Image:
+    """A decoded image as 8-bit ``L``, ``LA``, ``RGB`` or ``RGBA`` (see the module docstring)."""
+    mode = im.mode
+    if mode in ("L", "LA", "RGB", "RGBA"):
+        return im
+    if mode == "1":
+        return im.convert("L")
+    if mode in ("CMYK", "YCbCr", "RGBX"):
+        return im.convert("RGB")
+    if mode == "La":
+        return im.convert("LA")
+    if mode in ("PA", "RGBa"):
+        return im.convert("RGBA")
+    if mode == "P":
+        return im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if mode == "I" or mode.startswith("I;16"):
+        values = np.asarray(im)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise BadImage(label, f"mode {mode} with values outside 0..65535: not a 16-bit image")
+        scaled = (values.astype(np.uint32) * 255 + 32767) // 65535  # round(v / 257): 65535 -> 255, scaled not clipped
+        return Image.fromarray(scaled.astype(np.uint8), "L")
+    raise BadImage(label, f"unsupported image mode {mode}: expected RGB, grey, CMYK or 16-bit grey")
+
+
+def opaque_rgb(label: str | os.PathLike, im: Image.Image) -> Image.Image:
+    """An image from :func:`open_image` as RGB; one with an alpha channel only when every pixel is opaque.
+
+    Raises:
+      BadImage: transparent pixels.
+    """
+    if im.mode in ("LA", "RGBA"):
+        if np.asarray(im.getchannel("A")).min() < 255:
+            raise BadImage(label, f"mode {im.mode} with transparent pixels: flatten it onto a background first")
+    return im if im.mode == "RGB" else im.convert("RGB")
+
+
+def load_image(path: str | os.PathLike, resolution: int, *, min_size: int | None = None,
+               max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Reads one image by the input policy of this module: ``[resolution, resolution, 3]`` float32 in [-1, 1].
 
     Raises:
-      FileFormatError: unreadable/corrupt file, unsupported mode, transparency, or too small.
+      FileFormatError: missing, unreadable/corrupt (:class:`~magec_jax.errors.BadImage`), over ``max_pixels``,
+        several frames, an unsupported mode, transparency, or too small.
     """
     path = Path(path)
     min_size = resolution // 2 if min_size is None else min_size
-    try:
-        with Image.open(path) as im:
-            im.load()
-            img = _to_rgb(path, im)
-    except FileNotFoundError:
-        raise FileFormatError(path, "no such file") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise FileFormatError(path, f"unreadable or corrupt image ({e.__class__.__name__}: {e})") from None
+    img = opaque_rgb(path, open_image(path, max_pixels=max_pixels))
     w, h = img.size
     if min(w, h) < min_size:
         raise FileFormatError(path, f"too small: {w}x{h}, the shorter side must be at least {min_size} px")
@@ -84,19 +225,6 @@ def load_image(path: str | os.PathLike, resolution: int, *, min_size: int | None
     if side != resolution:
         img = img.resize((resolution, resolution), Image.LANCZOS)
     return np.asarray(img, np.float32) / np.float32(127.5) - np.float32(1.0)
-
-
-def _to_rgb(path: Path, im: Image.Image) -> Image.Image:
-    if im.mode == "RGB":
-        return im
-    if im.mode == "L":
-        return im.convert("RGB")
-    if im.mode in ("RGBA", "LA", "P", "PA"):
-        rgba = im.convert("RGBA")
-        if np.asarray(rgba.getchannel("A")).min() < 255:
-            raise FileFormatError(path, f"mode {im.mode} with transparent pixels: flatten it onto a background first")
-        return rgba.convert("RGB")
-    raise FileFormatError(path, f"unsupported image mode {im.mode}: expected RGB or grayscale (8 bits per channel)")
 
 
 def to_uint8(img_HxWxC: np.ndarray) -> np.ndarray:

@@ -37,9 +37,11 @@ def run(config: ml_collections.ConfigDict, *, log: Log = to_stderr) -> dict[str,
     record = job_lib.run(job, bundle=bundle, log=log)
     grid = job.edit_grid
     if grid.attributes and jax.process_index() == 0:
-        edit_grid(bundle, job.out_dir, grid.attributes, grid.strengths, log=log)
+        edit_grid(bundle, job.out_dir, grid.attributes, grid.strengths, max_image_pixels=job.max_image_pixels,
+                  log=log)
         if job.align:
-            paste_edit_grid(job.out_dir, grid.attributes, grid.strengths, log=log)
+            paste_edit_grid(job.out_dir, grid.attributes, grid.strengths, max_image_pixels=job.max_image_pixels,
+                            log=log)
     return record
 
 

@@ -92,15 +92,16 @@ def test_bad_inputs_are_reported_and_skipped(tmp_path):
     (folder / "text.png").write_text("not an image")
     (folder / "truncated.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 20)
     Image.new("RGB", (3, 3)).save(folder / "tiny.png")
-    Image.new("CMYK", (16, 16)).save(folder / "cmyk.jpg")
+    Image.new("CMYK", (16, 16)).save(folder / "cmyk.jpg")  # accepted: converted to RGB (magec_jax.images)
+    Image.new("F", (16, 16)).save(folder / "float.tif")
     Image.new("RGBA", (16, 16), (1, 2, 3, 0)).save(folder / "transparent.png")
     Image.new("L", (16, 16), 128).save(folder / "gray.png")  # accepted: grayscale is replicated
     summary = job_lib.run(make_config(folder, tmp_path / "out"), networks=standins.networks())
     reasons = {Path(s["image"]).name: s["reason"] for s in summary["skipped"]}
-    assert set(reasons) == {"text.png", "truncated.jpg", "tiny.png", "cmyk.jpg", "transparent.png"}
-    assert "too small" in reasons["tiny.png"] and "CMYK" in reasons["cmyk.jpg"]
+    assert set(reasons) == {"text.png", "truncated.jpg", "tiny.png", "float.tif", "transparent.png"}
+    assert "too small" in reasons["tiny.png"] and "mode F" in reasons["float.tif"]
     assert "transparent" in reasons["transparent.png"] and "unreadable" in reasons["text.png"]
-    assert summary["done"] == 3
+    assert summary["done"] == 4
 
 
 def test_nonfinite_image_is_reported_and_the_batch_finishes(tmp_path):

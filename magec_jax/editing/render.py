@@ -285,12 +285,12 @@ class Renderer:
         )
 
 
-def load_input(image: Path | None, resolution: int, log: Log) -> np.ndarray:
-    """The inversion's input image by the job's input policy (any size accepted), or a mid-grey tile with a
-    one-line report when it is unknown or unreadable."""
+def load_input(image: Path | None, resolution: int, log: Log, max_pixels: int = imio.MAX_IMAGE_PIXELS) -> np.ndarray:
+    """The inversion's input image by the job's input policy (any size accepted; over ``max_pixels`` refused
+    unread), or a mid-grey tile with a one-line report when it is unknown or unreadable."""
     if image is not None:
         try:
-            return imio.load_image(image, resolution, min_size=0)
+            return imio.load_image(image, resolution, min_size=0, max_pixels=max_pixels)
         except FileFormatError as e:
             log(f"warning: {e}; showing a grey tile")
     return np.zeros((resolution, resolution, 3), np.float32)
@@ -317,6 +317,7 @@ class EditJob:
       pca: GANSpace PCA file (default: the bundle's ``ganspace`` entry).
       batch_size: images per compiled generator call.
       paste_back: also write each edit pasted back into the photograph (latents of aligned faces only).
+      max_image_pixels: inputs and photographs larger than this (width x height) are refused before decoding.
     """
 
     latents: tuple[str, ...]
@@ -327,6 +328,7 @@ class EditJob:
     pca: str = ""
     batch_size: int = 8
     paste_back: bool = False
+    max_image_pixels: int = imio.MAX_IMAGE_PIXELS
 
 
 def run_edits(job: EditJob, bundle: Any, *,
@@ -388,7 +390,7 @@ def run_edits(job: EditJob, bundle: Any, *,
             mine = images[i * per_latent: (i + 1) * per_latent]
             latents_i = ws[i * per_latent: (i + 1) * per_latent]
             results[lat.name] = _write_latent_edits(out, lat, rows, mine, latents_i, cfg.img_resolution, log,
-                                                    job.paste_back)
+                                                    job.paste_back, job.max_image_pixels)
         log(f"edit: {min(g + group, len(pending))}/{len(pending)} latents rendered")
     return results
 
@@ -409,8 +411,8 @@ def _edits_done(out: Path, lat: Latent, rows: list[list[str]], paste_back: bool)
 
 def _write_latent_edits(out: Path, lat: Latent, rows: list[list[str]], images: np.ndarray,
                         ws: list[np.ndarray], resolution: int, log: Log,
-                        paste_back: bool = False) -> dict:
-    x = imio.to_uint8(load_input(lat.image, resolution, log))
+                        paste_back: bool = False, max_pixels: int = imio.MAX_IMAGE_PIXELS) -> dict:
+    x = imio.to_uint8(load_input(lat.image, resolution, log, max_pixels))
     recon = imio.to_uint8(images[0])
     width = 2 + max(map(len, rows))
     tiles, k = [], 1
@@ -422,8 +424,13 @@ def _write_latent_edits(out: Path, lat: Latent, rows: list[list[str]], images: n
     labels = [label for row in rows for label in row]
     for label, w in zip(labels, ws[1:]):
         imio.atomic_save_npz(out / lat.name / f"{label}.npz", w=w[None].astype(np.float32), **noise)
+    photo = None
     if paste_back:
-        photo = faces.read_photo(lat.photo)
+        try:
+            photo = faces.read_photo(lat.photo, max_pixels=max_pixels)
+        except FileFormatError as e:  # the photograph changed or went since it was inverted
+            log(f"not pasted {lat.name}: {e}")
+    if photo is not None:
         for label, image in zip(labels, images[1:]):
             pasted = paste.paste_back(photo, [(imio.to_uint8(image), lat.alignment)])
             imio.atomic_write_bytes(out / lat.name / f"{label}.png", imio.png_bytes(pasted))
@@ -431,13 +438,13 @@ def _write_latent_edits(out: Path, lat: Latent, rows: list[list[str]], images: n
     record = dict(latent=str(lat.path), latent_sha256=sha256_file(lat.path),
                   image=None if lat.image is None else str(lat.image), rows=rows,
                   columns="input | reconstruction | edits", edited_latents=f"{lat.name}/<label>.npz",
-                  pasted=f"{lat.name}/<label>.png" if paste_back else None)
+                  pasted=f"{lat.name}/<label>.png" if photo is not None else None)
     imio.atomic_write_json(out / f"{lat.name}.json", record)
     return record
 
 
 def edit_grid(bundle: Any, latents_dir: str | Path, attributes: Sequence[str], strengths: Sequence[float], *,
-              log: Log = to_stderr) -> Path | None:
+              max_image_pixels: int = imio.MAX_IMAGE_PIXELS, log: Log = to_stderr) -> Path | None:
     """The inversion's edit stage (``config.edit_grid``): InterFaceGAN edits of every latent in ``latents_dir``
     (rendered into ``latents_dir/edits/`` by :func:`run_edits` with the loaded ``bundle``, resumable), tiled into
     ``latents_dir/edit_grid.png``: per image a block titled with its name, one row per attribute (labelled),
@@ -449,12 +456,11 @@ def edit_grid(bundle: Any, latents_dir: str | Path, attributes: Sequence[str], s
         return None
     sweeps = tuple(tuple(Edit("interfacegan", s, attribute=a) for s in strengths) for a in attributes)
     edits_dir = out / "edits"
-    run_edits(EditJob(latents=(str(out),), out_dir=str(edits_dir), sweeps=sweeps), bundle, log=log)
-    from PIL import Image
-
+    run_edits(EditJob(latents=(str(out),), out_dir=str(edits_dir), sweeps=sweeps, max_image_pixels=max_image_pixels),
+              bundle, log=log)
     blocks = []
     for name in names:
-        sheet = np.asarray(Image.open(edits_dir / f"{name}.png").convert("RGB"))
+        sheet = faces.read_rgb(edits_dir / f"{name}.png")
         tile = (sheet.shape[0] - 2) // len(attributes) - 2
         blocks.append((name, list(zip(attributes, grid_tiles(sheet, len(attributes), 2 + len(strengths), tile)))))
     columns = ["input", "G(w)"] + [f"{s:+g}" if s else "0" for s in strengths]
@@ -464,7 +470,7 @@ def edit_grid(bundle: Any, latents_dir: str | Path, attributes: Sequence[str], s
 
 
 def paste_edit_grid(out_dir: str | Path, attributes: Sequence[str], strengths: Sequence[float], *,
-                    log: Log = to_stderr) -> list[Path]:
+                    max_image_pixels: int = imio.MAX_IMAGE_PIXELS, log: Log = to_stderr) -> list[Path]:
     """The edit stage of a job on photographs (``config.align``), after :func:`edit_grid`:
     ``out_dir/pasted/<photo>__<label>.png`` for every edit (``<label>`` as :attr:`Edit.label`, e.g.
     ``ifg_Smiling_+3``), the photograph with each of its faces whose edits were rendered
@@ -492,7 +498,7 @@ def paste_edit_grid(out_dir: str | Path, attributes: Sequence[str], strengths: S
         if all(faces.up_to_date(t, grids + [rendered[0].photo]) for t in targets.values()):
             continue
         try:
-            photo = faces.read_photo(rendered[0].photo)
+            photo = faces.read_photo(rendered[0].photo, max_pixels=max_image_pixels)
             sheets = [faces.read_rgb(grid) for grid in grids]
         except FileFormatError as e:
             log(f"not pasted {photo_name}: {e}")

@@ -18,9 +18,10 @@ The library behind ``python -m magec_jax.align`` and the inversion job's ``confi
 * :func:`paste_reconstructions`: each photograph with every inverted face's reconstruction warped back and
   feathered in (:func:`~magec_jax.faces.paste.paste_back`).
 
-Photographs are read by :func:`read_photo`: the input policy of ``magec_jax.images`` (RGB, grey, and RGBA/P
-only when opaque) without the square crop, after the EXIF orientation is applied, so that a pasted photograph
-has the size and orientation in which the photograph is displayed.
+Photographs are read by :func:`read_photo`: the reading policy of ``magec_jax.images.open_image`` (the pixel
+limit checked from the header before decoding, one frame, EXIF orientation applied, CMYK and 16-bit made 8-bit)
+and its input policy (RGB, grey, and RGBA/P only when opaque) without the square crop, so that a pasted
+photograph has the size and orientation in which the photograph is displayed.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from magec_jax import images as imio
 from magec_jax.errors import FileFormatError, MagecError
@@ -151,30 +152,20 @@ def list_photos(source: str | Path, *, exclude: str | Path | None = None) -> tup
     return photos, duplicates
 
 
-def read_photo(path: str | Path) -> np.ndarray:
-    """A photograph as uint8 ``[H, W]`` (grey), ``[H, W, 3]`` (RGB) or ``[H, W, 4]`` (opaque RGBA), upright by
-    its EXIF orientation.
+def read_photo(path: str | Path, *, max_pixels: int = imio.MAX_IMAGE_PIXELS) -> np.ndarray:
+    """A photograph as uint8 ``[H, W]`` (grey), ``[H, W, 3]`` (RGB) or ``[H, W, 4]`` (opaque RGBA), read by
+    ``magec_jax.images.open_image`` (the pixel limit ``max_pixels`` checked before decoding, one frame, upright
+    by its EXIF orientation, CMYK and 16-bit converted to 8 bits).
 
     Raises:
-      FileFormatError: unreadable, an unsupported mode (CMYK, 16-bit, float), or transparent pixels.
+      FileFormatError: missing, unreadable or refused by the reading policy, or transparent pixels.
     """
     path = Path(path)
-    try:
-        with Image.open(path) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im)
-    except FileNotFoundError:
-        raise FileFormatError(path, "no such file") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise FileFormatError(path, f"unreadable or corrupt image ({e.__class__.__name__}: {e})") from None
+    im = imio.open_image(path, max_pixels=max_pixels)
     if im.mode in ("RGB", "L"):
         return np.asarray(im)
-    if im.mode in ("RGBA", "LA", "P", "PA"):
-        rgba = np.asarray(im.convert("RGBA"))
-        if rgba[:, :, 3].min() < 255:
-            raise FileFormatError(path, f"mode {im.mode} with transparent pixels: flatten it onto a background first")
-        return rgba if im.mode in ("RGBA", "PA") else rgba[:, :, :3]
-    raise FileFormatError(path, f"unsupported image mode {im.mode}: expected RGB or grayscale (8 bits per channel)")
+    rgb = imio.opaque_rgb(path, im)  # refuses transparent pixels
+    return np.asarray(im) if im.mode == "RGBA" else np.asarray(rgb)
 
 
 # ---- aligning ----------------------------------------------------------------------------------------------
@@ -230,7 +221,8 @@ def face_record(face: AlignedFace, photo_hw: tuple[int, int], settings: dict[str
 
 
 def align_photos(photos: Sequence[PhotoInput], out_dir: str | Path, framing: Framing, *,
-                 detector: FaceDetector | None = None, batch_size: int = 32, log: Log = to_stderr) -> AlignReport:
+                 detector: FaceDetector | None = None, batch_size: int = 32,
+                 max_pixels: int = imio.MAX_IMAGE_PIXELS, log: Log = to_stderr) -> AlignReport:
     """Aligns every face of every photograph into ``out_dir`` (see the module docstring); resumable.
 
     Args:
@@ -240,6 +232,9 @@ def align_photos(photos: Sequence[PhotoInput], out_dir: str | Path, framing: Fra
       detector: the face detector (default: the shipped weights with :class:`DetectorConfig`'s defaults),
         loaded only when a photograph needs detecting.
       batch_size: photographs per detector call.
+      max_pixels: the pixel limit (``max_image_pixels``): a larger photograph is refused before decoding. It
+        does not change what is computed from a photograph under it, so it is not part of the settings; a
+        photograph refused (for any reason) is tried again when the limit changes.
       log: where one-line reports go.
     """
     if batch_size < 1:
@@ -248,13 +243,15 @@ def align_photos(photos: Sequence[PhotoInput], out_dir: str | Path, framing: Fra
     config = detector.config if detector is not None else DetectorConfig()
     settings = alignment_settings(framing, config)
     key = _settings_hash(settings)
+    reading = imio.reading_settings(max_pixels)  # a refused photograph is remembered only under these
     previous = {e.get("name"): e for e in _read_json(out / SUMMARY).get("photos", []) if isinstance(e, dict)}
     records: dict[str, dict] = {}
     todo = []
     for photo in photos:
         entry = previous.get(photo.name)
         if entry and entry.get("sha256") == photo.sha256 and entry.get("settings") == key and all(
-                (out / f"{f}{ext}").is_file() for f in entry.get("faces", []) for ext in (".png", ".json")):
+                (out / f"{f}{ext}").is_file() for f in entry.get("faces", []) for ext in (".png", ".json")) and (
+                not entry.get("problem") or entry.get("reading") == reading):
             records[photo.name] = entry
         else:
             todo.append(photo)
@@ -266,9 +263,10 @@ def align_photos(photos: Sequence[PhotoInput], out_dir: str | Path, framing: Fra
             tmp.unlink(missing_ok=True)
         detector = detector if detector is not None else FaceDetector.load()
         for start in range(0, len(todo), batch_size):
-            for photo, record in _align_batch(todo[start:start + batch_size], out, framing, detector, settings, log):
+            for photo, record in _align_batch(todo[start:start + batch_size], out, framing, detector, settings,
+                                              max_pixels, log):
                 records[photo.name] = dict(record, name=photo.name, image=str(photo.path), sha256=photo.sha256,
-                                           settings=key)
+                                           settings=key, reading=reading)
             listed = [records[p.name] for p in photos if p.name in records]
             imio.atomic_write_json(out / SUMMARY, _summary(listed, framing, settings, len(photos)))
     elif photos:
@@ -290,14 +288,14 @@ def align_photos(photos: Sequence[PhotoInput], out_dir: str | Path, framing: Fra
 
 
 def _align_batch(batch: Sequence[PhotoInput], out: Path, framing: Framing, detector: FaceDetector,
-                 settings: dict[str, Any], log: Log) -> list[tuple[PhotoInput, dict]]:
+                 settings: dict[str, Any], max_pixels: int, log: Log) -> list[tuple[PhotoInput, dict]]:
     """Reads, detects (one detector call) and aligns one batch; writes each face; returns each photograph's
     record (``faces``, ``skipped_faces``, ``problem``)."""
     results: list[tuple[PhotoInput, dict]] = []
     readable: list[tuple[PhotoInput, np.ndarray]] = []
     for photo in batch:
         try:
-            readable.append((photo, read_photo(photo.path)))
+            readable.append((photo, read_photo(photo.path, max_pixels=max_pixels)))
         except FileFormatError as e:
             log(f"skipped {photo.path}: {e.problem}")
             results.append((photo, dict(faces=[], skipped_faces=[], problem=e.problem)))
@@ -382,19 +380,17 @@ def up_to_date(target: Path, sources: Sequence[Path]) -> bool:
 
 def read_rgb(path: Path) -> np.ndarray:
     """An image the job or the edit tool wrote (a face crop, an edit grid), as uint8 ``[H, W, 3]``."""
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (OSError, ValueError) as e:
-        raise FileFormatError(path, f"unreadable image ({e.__class__.__name__}: {e})") from None
+    return np.asarray(imio.open_image(path).convert("RGB"))
 
 
-def write_pasted(target: Path, photo: Path, crops: Sequence[tuple[np.ndarray, Alignment]]) -> Path:
+def write_pasted(target: Path, photo: Path, crops: Sequence[tuple[np.ndarray, Alignment]], *,
+                 max_pixels: int = imio.MAX_IMAGE_PIXELS) -> Path:
     """Writes ``target`` (PNG): the photograph at its own size with every crop pasted back."""
-    return imio.atomic_write_bytes(target, imio.png_bytes(paste_back(read_photo(photo), crops)))
+    return imio.atomic_write_bytes(target, imio.png_bytes(paste_back(read_photo(photo, max_pixels=max_pixels), crops)))
 
 
-def paste_reconstructions(faces: Sequence[AlignedFace], results_dir: str | Path, *, log: Log = to_stderr) -> list[Path]:
+def paste_reconstructions(faces: Sequence[AlignedFace], results_dir: str | Path, *,
+                          max_pixels: int = imio.MAX_IMAGE_PIXELS, log: Log = to_stderr) -> list[Path]:
     """``results_dir/pasted/<photo name>.png`` for every photograph with at least one inverted face (an item
     whose ``<face name>.png`` and ``.json`` the inversion job wrote): every such reconstruction pasted back.
     A pasted photograph newer than its photograph and reconstructions is left as it is; returns those written."""
@@ -409,7 +405,8 @@ def paste_reconstructions(faces: Sequence[AlignedFace], results_dir: str | Path,
         if up_to_date(target, sources + [done[0].photo]):
             continue
         try:
-            write_pasted(target, done[0].photo, [(read_rgb(s), f.alignment) for s, f in zip(sources, done)])
+            write_pasted(target, done[0].photo, [(read_rgb(s), f.alignment) for s, f in zip(sources, done)],
+                         max_pixels=max_pixels)
         except FileFormatError as e:
             log(f"not pasted {photo_name}: {e}")
             continue

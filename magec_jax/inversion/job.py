@@ -22,8 +22,9 @@ A run, in order:
      differences, unless ``on_mismatch`` is ``recompute``), *remembered* (skipped or failed before, its file
      unchanged: not tried again), or *to do*. Inputs that map to an output name already taken (``a.png``
      beside ``a.jpg``) are skipped, the first in sorted order keeping the name;
-  3. reads every image to do by the input policy (``magec_jax.images``); unreadable or unsuitable ones are
-     reported, skipped and remembered;
+  3. reads every image to do by the input policy (``magec_jax.images``); unreadable or unsuitable ones (a
+     decompression bomb or any image over ``max_image_pixels``, refused from its header; truncated, several
+     frames, transparent, too small) are reported in one line, skipped and remembered;
   4. inverts the valid ones in the fewest batches of at most ``batch_size``, all of one size chosen to pad as
      few rows as possible (:func:`batch_plan`). The networks are loaded and the step compiled only when there is
      something to invert, so a rerun of a finished job does neither. An image whose loss becomes non-finite is
@@ -46,7 +47,11 @@ photographs are rewritten when older than their sources.
 The fingerprint (:func:`fingerprint`): the inversion settings actually run (after ``steps_scale``; the
 progress interval ``chunk_steps`` left out; of the compute options only the resolved precision),
 ``matmul_precision``, the bundle (:func:`bundle_identity`) and the preprocessing (resolution, minimum size,
-crop, resize; with ``align``, the framing and the detector's settings).
+crop, resize; with ``align``, the framing and the detector's settings). The pixel limit ``max_image_pixels``
+is not in it: it decides only whether a file is read, never what is computed from one that is, so changing it
+leaves finished results done. A skipped image is remembered for the preprocessing and the reading settings
+(``magec_jax.images.reading_settings``: the reading policy's version and the pixel limit), so it is read again
+when the limit changes.
 
 ``summary.json``: ``config``, ``fingerprint``, ``steps``, ``images`` (listed), ``done`` (listed images with a
 result), ``skipped`` and ``failed`` (the images skipped or failed as the folder stands, with the reason and
@@ -183,6 +188,7 @@ class JobConfig:
     steps_scale: float = 1.0
     on_mismatch: Literal["refuse", "recompute"] = "refuse"
     min_size: int | None = None  # None: half the resolution
+    max_image_pixels: int = imio.MAX_IMAGE_PIXELS  # larger inputs are refused unread; not in the fingerprint
     align: bool = False
     matmul_precision: str = "highest"
     edit_grid: EditGrid = EditGrid()
@@ -195,6 +201,8 @@ class JobConfig:
             raise ValueError(f"steps_scale must be a positive number, got {self.steps_scale}")
         if self.min_size is not None and self.min_size < 1:
             raise ValueError(f"min_size must be a positive integer (or None: half the resolution), got {self.min_size}")
+        if self.max_image_pixels < 1:
+            raise ValueError(f"max_image_pixels must be a positive integer, got {self.max_image_pixels}")
 
     @functools.cached_property
     def settings(self) -> InversionSettings:
@@ -422,10 +430,10 @@ def run(
         fp = fingerprint(job, resolution, bundle_identity(job.bundle), align_settings)
         if job.on_mismatch == "refuse":  # before the alignment stage rewrites aligned/ for new settings
             _refuse_other_face_results(inputs, out_dir, fp)
-        aligned = _align(inputs, out_dir, framing, log)
+        aligned = _align(inputs, out_dir, framing, job.max_image_pixels, log)
         inputs = [_Input(f.crop, f.name, _digest(f.crop), _face_entries(f)) for f in aligned.faces]
     fp = fingerprint(job, resolution, bundle_identity(job.bundle), align_settings)
-    folder = _sort(inputs, duplicates, out_dir, fp)
+    folder = _sort(inputs, duplicates, out_dir, fp, job.max_image_pixels)
     if folder.stale and job.on_mismatch == "refuse":
         raise MagecError(_stale_message(out_dir, folder.stale))
 
@@ -433,7 +441,8 @@ def run(
     new_skips = [dict(image=str(p), reason=reason) for p, reason in duplicates]
     valid = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=_WORKERS) as pool:
-        problems = pool.map(lambda item: _problem(item.path, resolution, job.min_size), folder.todo)
+        problems = pool.map(lambda item: _problem(item.path, resolution, job.min_size, job.max_image_pixels),
+                            folder.todo)
         for item, problem in zip(folder.todo, problems):
             if problem is None:
                 valid.append(item)
@@ -487,19 +496,21 @@ def run(
         f"in {record['seconds']:.1f} s -> {out_dir}"
     )
     if aligned is not None and pid == 0:
-        faces.paste_reconstructions(aligned.faces, out_dir, log=log)
+        faces.paste_reconstructions(aligned.faces, out_dir, max_pixels=job.max_image_pixels, log=log)
     return record
 
 
-def _align(photos: Sequence[_Input], out_dir: Path, framing: faces.Framing, log: Log) -> faces.AlignReport:
+def _align(photos: Sequence[_Input], out_dir: Path, framing: faces.Framing, max_pixels: int,
+           log: Log) -> faces.AlignReport:
     """The alignment stage (``config.align``): process 0 aligns the photographs into ``out_dir/aligned``; then
     every other process reads what it wrote."""
     inputs = [faces.PhotoInput(p.path, p.name, p.sha256) for p in photos]
     report = None
     if jax.process_index() == 0:
-        report = faces.align_photos(inputs, out_dir / ALIGNED, framing, log=log)
+        report = faces.align_photos(inputs, out_dir / ALIGNED, framing, max_pixels=max_pixels, log=log)
     _barrier("magec-aligned")
-    return report if report is not None else faces.align_photos(inputs, out_dir / ALIGNED, framing, log=log)
+    return report if report is not None else faces.align_photos(inputs, out_dir / ALIGNED, framing,
+                                                                 max_pixels=max_pixels, log=log)
 
 
 def _refuse_other_face_results(photos: Sequence[_Input], out_dir: Path, fp: dict[str, Any]) -> None:
@@ -553,7 +564,8 @@ def _invert(job: JobConfig, engine: Engine, mine: Sequence[_Input], batch: int, 
         arrays, kept, skipped = [], [], []
         for item in items:
             try:
-                arrays.append(imio.load_image(item.path, resolution, min_size=job.min_size))
+                arrays.append(imio.load_image(item.path, resolution, min_size=job.min_size,
+                                              max_pixels=job.max_image_pixels))
                 kept.append(item)
             except FileFormatError as e:  # changed since it was checked
                 skipped.append(dict(image=str(item.path), reason=e.problem))
@@ -628,10 +640,10 @@ def _digest(path: Path) -> str | None:
         return None
 
 
-def _problem(path: Path, resolution: int, min_size: int | None) -> str | None:
+def _problem(path: Path, resolution: int, min_size: int | None, max_pixels: int) -> str | None:
     """Why an input cannot be inverted, or None when it can."""
     try:
-        imio.load_image(path, resolution, min_size=min_size)
+        imio.load_image(path, resolution, min_size=min_size, max_pixels=max_pixels)
     except FileFormatError as e:
         return e.problem
     return None
@@ -661,7 +673,7 @@ class _Folder:
 
     fingerprint: dict[str, Any]
     fingerprint_hash: str
-    preprocessing_hash: str
+    preprocessing_hash: str  # what a skip holds for: the preprocessing and the reading settings
     listed: int  # images listed, duplicates included
     done: int  # results with this fingerprint from the same file
     stale: list[tuple[_Input, list[str]]]  # results computed otherwise, with the differences
@@ -680,9 +692,12 @@ class _Folder:
                     failed=self.failed_before + record["failed"], runs=runs)
 
 
-def _sort(inputs: list[_Input], duplicates: list, out_dir: Path, fp: dict[str, Any]) -> _Folder:
+def _sort(inputs: list[_Input], duplicates: list, out_dir: Path, fp: dict[str, Any], max_pixels: int) -> _Folder:
     """Sorts the listed images by what the folder holds for them (see the module docstring)."""
-    fp_hash, pre_hash = _short_hash(fp), _short_hash(fp["preprocessing"])
+    fp_hash = _short_hash(fp)
+    # A skip holds for the preprocessing and the reading policy: an image refused over the pixel limit (or by an
+    # older policy) is read again when the limit (or the policy) changes. Results do not depend on the limit.
+    pre_hash = _short_hash(dict(fp["preprocessing"], reading=imio.reading_settings(max_pixels)))
     previous = _read_json(out_dir / "summary.json")
 
     def memory(entries: list) -> dict:

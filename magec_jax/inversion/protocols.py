@@ -23,6 +23,7 @@ import dataclasses
 
 import ml_collections
 
+from magec_jax.images import MAX_IMAGE_PIXELS
 from magec_jax.inversion.settings import PAPER_PHASE1, PAPER_PHASE2, InversionSettings, NoisePhase, Phase
 
 PROTOCOLS = ("magec", "wo_magec", "wo_magec300", "i2spp")
@@ -84,6 +85,7 @@ def job_config(protocol: str = "magec", *, steps_scale: float = 1.0) -> ml_colle
     config.steps_scale = float(steps_scale)
     config.on_mismatch = "refuse"
     config.min_size = ml_collections.FieldReference(None, field_type=int)
+    config.max_image_pixels = MAX_IMAGE_PIXELS  # larger images are refused before decoding (bombs); see images.py
     config.align = False  # True: find the faces of each photograph, align them to the bundle's framing, paste back
     config.matmul_precision = "highest"
     config.inversion = inversion_config(protocol)
