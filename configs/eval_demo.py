@@ -32,6 +32,7 @@ from pathlib import Path
 
 import ml_collections
 
+from magec_jax.images import MAX_IMAGE_PIXELS
 from magec_jax.inversion.protocols import job_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,6 +69,7 @@ def get_config(arg: str = "eval"):
     config.images = str(REPO / "runs" / ("lfw_heldout_val16" if validation else "lfw_heldout48"))
     config.out_dir = str(REPO / "runs" / config.name)
     config.num_images = 16 if validation else 48
+    config.max_image_pixels = MAX_IMAGE_PIXELS  # larger images are refused unread (decompression bombs)
     config.batch_size = 16
     config.ganspace = ""
     config.methods = ml_collections.ConfigDict()

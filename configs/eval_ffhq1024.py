@@ -28,6 +28,7 @@ those columns compare only in direction).
 
 import ml_collections
 
+from magec_jax.images import MAX_IMAGE_PIXELS
 from magec_jax.inversion.protocols import job_config
 
 
@@ -39,6 +40,7 @@ def get_config(arg: str = ""):
     config.images = "data/celeba_hq_1000.txt"
     config.out_dir = "out/eval_ffhq1024"
     config.num_images = 1000
+    config.max_image_pixels = MAX_IMAGE_PIXELS  # larger images are refused unread (decompression bombs)
     config.batch_size = 16
     config.ganspace = "data/editing_directions/ganspace_pca/ffhq_pca.pt"
     config.methods = ml_collections.ConfigDict()

@@ -18,6 +18,7 @@ results.md and figures/*.png; 10 steps reconstruct nothing well, so the numbers 
 
 import ml_collections
 
+from magec_jax.images import MAX_IMAGE_PIXELS
 from magec_jax.inversion.protocols import job_config
 
 VARIANTS = {"ifg": "the InterFaceGAN edit only (no GANSpace PCA needed)"}
@@ -30,6 +31,7 @@ def get_config(arg: str = ""):
     config.images = ""
     config.out_dir = ""
     config.num_images = 0
+    config.max_image_pixels = MAX_IMAGE_PIXELS  # larger images are refused unread (decompression bombs)
     config.batch_size = 4
     config.ganspace = ""
     config.methods = ml_collections.ConfigDict()

@@ -5,10 +5,13 @@ Config fields::
 
     name, bundle, images, out_dir     run name, model bundle, images (folder or list file), output folder
     num_images                        evaluate the first N images in sorted order (0: all)
+    max_image_pixels                  images larger than this (width x height) are refused unread, also by
+                                      every method's jobs (default: Pillow's bomb warning threshold)
     batch_size                        images per compiled render / LPIPS / F / feature call
     ganspace                          GANSpace PCA file ("" : the bundle's ``ganspace`` entry, if any)
     methods.<name>                    an inversion job config (``protocols.job_config``) plus ``label``;
-                                      its bundle / images / out_dir are set by the evaluation
+                                      its bundle / images / out_dir / max_image_pixels are set by the
+                                      evaluation
     method_order                      the methods to run, in table order; the first is the reference of the
                                       paired t-tests
     edits.<name>                      kind "interfacegan": attribute, strength, target
@@ -35,6 +38,7 @@ from typing import Any, Literal
 from magec_jax.configdicts import from_configdict
 from magec_jax.editing.render import Edit
 from magec_jax.errors import ConfigError
+from magec_jax.images import MAX_IMAGE_PIXELS
 from magec_jax.inversion.job import JobConfig
 
 _NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]|_(?!_))*")
@@ -139,6 +143,7 @@ class EvalConfig:
     images: str = ""
     out_dir: str = ""
     num_images: int = 0
+    max_image_pixels: int = MAX_IMAGE_PIXELS
     batch_size: int = 8
     ganspace: str = ""
     methods: dict[str, MethodFields] = dataclasses.field(default_factory=dict)
@@ -167,6 +172,8 @@ class EvalConfig:
             raise ValueError(f"batch_size must be positive, got {self.batch_size}")
         if self.num_images < 0:
             raise ValueError(f"num_images must be non-negative, got {self.num_images}")
+        if self.max_image_pixels < 1:
+            raise ValueError(f"max_image_pixels must be a positive integer, got {self.max_image_pixels}")
 
     @functools.cached_property
     def method_specs(self) -> tuple[MethodSpec, ...]:

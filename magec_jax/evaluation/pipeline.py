@@ -122,7 +122,7 @@ class Evaluator:
         return self.method_dir(method) / "scores" / f"{spec.name}.npz"
 
     def load_input(self, path: Path) -> np.ndarray:
-        return imio.load_image(path, self.nets.resolution)
+        return imio.load_image(path, self.nets.resolution, max_pixels=self.cfg.max_image_pixels)
 
     # ---- stage 1: the real images -------------------------------------------------------------------------
 
@@ -201,7 +201,7 @@ class Evaluator:
     def job_config(self, method: MethodSpec, images: Path, out_dir: Path, name: str) -> job_lib.JobConfig:
         """The method's inversion job on ``images`` (a list file), writing to ``out_dir``."""
         return dataclasses.replace(method.job, bundle=self.cfg.bundle, images=str(images), out_dir=str(out_dir),
-                                   name=name)
+                                   name=name, max_image_pixels=self.cfg.max_image_pixels)
 
     def engine(self, method: MethodSpec) -> Engine:
         """One engine for the method's settings: its inversion and re-projection jobs share the compiled steps."""

@@ -16,6 +16,8 @@
                        and the Pearson correlation of ecs with it over every scored (method, image)
     run_seconds        {total, methods: {m: seconds}}: wall time of the invocation that wrote the file,
                        compilation included (work found done by a resumed run costs almost nothing)
+    skipped            [{image, reason}]: the images an inversion job skipped (unreadable, over the pixel limit,
+                       several frames, too small...), from the methods' ``inversions/summary.json``
 
 ``results.md`` holds the table in the paper's layout (rows = methods; MSE, LPIPS, steps, s/image, ECS per
 edit, realism per edit, t per targeted edit; a value is bold when it is the best of its column and its paired
@@ -133,7 +135,22 @@ def build(ev: "Evaluator", real: "RealImages", reference: tuple[list[str], np.nd
         pairwise_p=pairwise,
         significance=cfg.significance,
         latents=latents,
+        skipped=skipped_images(ev),
     )
+
+
+def skipped_images(ev: "Evaluator") -> list[dict]:
+    """The evaluated images any method's inversion job skipped, ``{image, reason}`` (the first method's reason)."""
+    reasons: dict[str, str] = {}
+    for method in ev.cfg.method_specs:
+        try:
+            summary = _read_json(ev.inversions(method) / "summary.json")
+        except (OSError, ValueError):
+            continue
+        for entry in summary.get("skipped", []):
+            if isinstance(entry, dict) and "image" in entry:
+                reasons.setdefault(str(entry["image"]), str(entry.get("reason", "")))
+    return [dict(image=image, reason=reason) for image, reason in sorted(reasons.items())]
 
 
 def _latent_summary(methods: dict, cfg: "EvalConfig", common_rec: list[str], common_edits: dict[str, list[str]]) -> dict:
