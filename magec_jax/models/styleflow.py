@@ -206,7 +206,7 @@ def _vector_field(config: StyleFlowConfig, odefunc_variables: dict, divergence: 
     odefunc = ODEfunc(config)
 
     def field(t, state, eps_BxLxD):
-        y, *logp, ctx = state
+        y, ctx = state[0], state[-1]  # (y, ctx) or (y, logp, ctx)
         fn = lambda y_: odefunc.apply(odefunc_variables, t, y_, ctx)
         if divergence == "none":
             return fn(y), jnp.zeros_like(ctx)
@@ -219,10 +219,8 @@ def _vector_field(config: StyleFlowConfig, odefunc_variables: dict, divergence: 
     return field
 
 
-def _pick(reverse: bool | jax.Array, forward: Any, backward: Any) -> Any:
-    """``backward`` if ``reverse`` else ``forward``: a Python choice for a static flag, a select for a traced one."""
-    if isinstance(reverse, bool):
-        return backward if reverse else forward
+def _pick(reverse: jax.Array, forward: Any, backward: Any) -> Any:
+    """``backward`` if ``reverse`` else ``forward``, leaf by leaf (XLA folds the select for a constant flag)."""
     return jax.tree.map(lambda f, b: jnp.where(reverse, b, f), forward, backward)
 
 
@@ -271,7 +269,7 @@ def flow(
       eps_BxLxD: Hutchinson noise for ``divergence="hutchinson"``, fixed for the solve (the official code draws
         ``randn_like`` per solve); ``[K, B, L, D]`` gives each of K CNF blocks its own.
       reverse: direction: a Python bool, or a traced bool scalar so that one compiled function runs both
-        directions (the BatchNorms are then computed both ways and selected).
+        directions (the BatchNorms are then computed both ways and selected; one code path for both).
       config: the architecture (static).
       divergence: the log-density change (no default: it changes the solve): ``"hutchinson"`` (the official
         estimator, with ``eps``), ``"exact"`` (the Jacobian's trace; D Jacobian-vector products per evaluation)
@@ -292,6 +290,7 @@ def flow(
     if eps_BxLxD is not None and eps_BxLxD.ndim == 3:
         eps_BxLxD = jnp.broadcast_to(eps_BxLxD, (config.num_blocks,) + eps_BxLxD.shape)
     logp = jnp.zeros((batch, rows, 1), x_BxLxD.dtype) if logp_BxLx1 is None else logp_BxLx1
+    reverse = jnp.asarray(reverse, bool)
     params, stats = variables["params"], variables["batch_stats"]
     x, steps = x_BxLxD, jnp.zeros((batch,), jnp.int32)
     last = 2 * config.num_blocks
@@ -301,12 +300,9 @@ def flow(
             bn = MovingBatchNorm1d(config.w_dim, config.bn_eps)
             apply = lambda name, rev: bn.apply(
                 {"params": params[name], "batch_stats": stats[name]}, x, logp, reverse=rev)
-            if isinstance(reverse, bool):
-                x, logp = apply(names[reverse], reverse)
-            else:
-                x, logp = _pick(reverse, apply(names[0], False), apply(names[1], True))
+            x, logp = _pick(reverse, apply(names[0], False), apply(names[1], True))
             continue
-        cnf_params = _pick(reverse, params[names[0]], params[names[1]])
+        cnf_params = params[names[0]] if names[0] == names[1] else _pick(reverse, *(params[n] for n in names))
         block = _pick(reverse, k // 2, (last - k) // 2)
         eps = None if eps_BxLxD is None else eps_BxLxD[block]
         x, logp_cnf, block_steps = _solve_block(config, cnf_params, x, logp, ctx_BxA, eps, reverse=reverse,
