@@ -56,6 +56,7 @@ from networks import paper_networks  # noqa: E402
 from magec_jax.images import atomic_write_json  # noqa: E402
 from magec_jax.inversion.engine import Engine  # noqa: E402
 from magec_jax.inversion.settings import InversionSettings, Phase  # noqa: E402
+from magec_jax.paths import portable_path  # noqa: E402
 
 VARIANTS = {"mse_lpips": dict(mse=0.5, lpips=0.5), "magec": dict(mse=0.5, lpips=0.5, id=3e-4, magec=3e-4)}
 # XLA:CPU flag sets compared by ``flags`` (jax 0.10.2, whose XLA:CPU runs convolutions and reductions in YNNPACK).
@@ -255,9 +256,17 @@ def _commit(tree: Path) -> str:
     return (git("rev-parse", "--short", "HEAD") or "unknown") + ("+changes" if git("status", "--porcelain") else "")
 
 
+def checkouts(against: list[Path]) -> dict[str, Path]:
+    """``{label: folder}`` of this checkout (``this``) and of each ``against`` one, labelled by its path relative
+    to this checkout (``magec_jax.paths.portable_path``: ``../baseline`` beside it, the name alone elsewhere),
+    never by an absolute path of this machine: the labels are recorded in the results."""
+    return {"this": REPO, **{portable_path(tree.resolve(), REPO): tree.resolve() for tree in against}}
+
+
 def compare_trees(resolution: int, batch: int, variant: str, steps: int, rounds: int, against: list[Path]) -> dict:
-    """The step of this checkout and of each ``against`` checkout: fastest over ``rounds`` interleaved runs."""
-    trees = {"this": REPO, **{str(tree): tree.resolve() for tree in against}}
+    """The step of this checkout and of each ``against`` checkout: fastest over ``rounds`` interleaved runs;
+    each checkout recorded under its label from :func:`checkouts`, with its ``path`` written the same way."""
+    trees = checkouts(against)
     for label, tree in trees.items():
         if not (tree / "benchmarks" / "cpu_profile.py").is_file():
             raise SystemExit(f"{tree}: not a magec_jax checkout (no benchmarks/cpu_profile.py)")
@@ -270,8 +279,9 @@ def compare_trees(resolution: int, batch: int, variant: str, steps: int, rounds:
             runs[label].append(json.loads(out.strip().splitlines()[-1]))
             print(f"round {r + 1} {label}: {runs[label][-1]['wall_s']:.3f} s wall (load "
                   f"{runs[label][-1]['load_average'][0]:.1f})", file=sys.stderr, flush=True)
-    return {label: dict(path=str(tree), commit=_commit(tree), wall_s=min(r["wall_s"] for r in runs[label]),
-                        cpu_s=min(r["cpu_s"] for r in runs[label]), runs=runs[label])
+    return {label: dict(path=portable_path(tree, REPO), commit=_commit(tree),
+                        wall_s=min(r["wall_s"] for r in runs[label]), cpu_s=min(r["cpu_s"] for r in runs[label]),
+                        runs=runs[label])
             for label, tree in trees.items()}
 
 

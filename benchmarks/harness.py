@@ -38,7 +38,10 @@ def time_compiled(fn, args, *, min_iters: int, min_seconds: float) -> dict:
 
 def save_result(path: str | os.PathLike, benchmark: str, rows: list, started: float) -> dict:
     """Writes ``{benchmark, machine, load_average_at_end, peak_rss_gib, total_s, rows}`` to ``path`` (atomically),
-    where ``started`` is the ``time.perf_counter()`` at the benchmark's start; prints where; returns the record."""
+    where ``started`` is the ``time.perf_counter()`` at the benchmark's start; prints where; returns the record.
+    The record names no folder of this machine: ``machine.argv`` has its paths relative to the repository root
+    (``machine.machine_info``); ``rows`` must hold no absolute path either (name files with
+    ``magec_jax.paths.portable_path``)."""
     result = {
         "benchmark": benchmark,
         "machine": machine_info(),

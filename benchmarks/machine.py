@@ -3,7 +3,12 @@ extensions, memory, the load, and the software. CPUs of "the same kind" differ (
 with AVX-512 gave NVIDIA's projector 1.25 and 1.02 s per step at 256), so a CPU figure without its CPU model
 says little.
 
-Used by the scripts in this folder (``from machine import machine_info``); imports nothing beyond jax.
+The command line is recorded with every absolute path in it named relative to the repository root
+(``magec_jax.paths.portable_argv``: ``../baseline`` for a checkout beside this one, the name alone for a file
+elsewhere such as ``/tmp/run.json``), so that a committed result names no folder of the machine it ran on.
+
+Used by the scripts in this folder (``from machine import machine_info``); imports nothing beyond jax and
+``magec_jax.paths`` (standard library only).
 """
 
 from __future__ import annotations
@@ -14,6 +19,10 @@ import sys
 from pathlib import Path
 
 import jax
+
+from magec_jax.paths import portable_argv
+
+REPO = Path(__file__).resolve().parents[1]
 
 # SIMD extensions that decide convolution and matmul speed on CPUs, in the order reported.
 VECTOR_EXTENSIONS = (
@@ -75,6 +84,6 @@ def machine_info() -> dict:
         jax=jax.__version__,
         python=platform.python_version(),
         xla_flags=os.environ.get("XLA_FLAGS", ""),
-        argv=sys.argv,
+        argv=portable_argv(sys.argv, REPO),
     )
 

@@ -8,7 +8,9 @@ Without ``--latents``: :func:`magec_jax.supervision.diagnostics.linknet_consiste
 mapped w. With ``--latents`` (inversion ``.npz`` files or output folders; each latent's input image is found
 through its ``.json``): also :func:`~magec_jax.supervision.diagnostics.loss_balance` at those latents, with
 the weights of each phase of ``--protocol``. Prints a short readable summary (:func:`summary_lines`; ``--json``
-prints the whole report instead) and writes the JSON report to ``--out`` when given.
+prints the whole report instead) and writes the JSON report to ``--out`` when given; the report names the
+bundle and the latents relative to the working directory (``magec_jax.paths.portable_path``), never by an
+absolute path.
 Argparse rather than a config file, like ``python -m magec_jax.edit``.
 """
 
@@ -30,6 +32,7 @@ from magec_jax.errors import FileFormatError, MagecError
 from magec_jax.inversion.engine import Engine
 from magec_jax.inversion.job import JobConfig
 from magec_jax.inversion.protocols import PROTOCOLS, job_config
+from magec_jax.paths import portable_path
 from magec_jax.supervision.diagnostics import linknet_consistency, loss_balance
 
 
@@ -40,7 +43,7 @@ def diagnose(bundle_path: str, *, latents: list[str], protocol: str, alpha: floa
     settings = from_configdict(JobConfig, job_config(protocol)).settings
     if alpha is not None:
         settings = dataclasses.replace(settings, magec_alpha=alpha)
-    report = dict(bundle=str(bundle.path), protocol=protocol,
+    report = dict(bundle=portable_path(bundle.path), protocol=protocol,
                   linknet=linknet_consistency(bundle, alpha=settings.magec_alpha, num_samples=num_samples))
     paths = list_latents(latents) if latents else []
     if paths:
@@ -53,7 +56,7 @@ def diagnose(bundle_path: str, *, latents: list[str], protocol: str, alpha: floa
         w = np.stack([lat.w_LxD for lat in lats])
         images = np.stack([imio.load_image(lat.image, nets.resolution, min_size=1) for lat in lats])
         report["loss_balance"] = loss_balance(engine, w, images, settings.phases, batch_size=batch_size)
-        report["loss_balance"]["latents"] = [str(p) for p in paths]
+        report["loss_balance"]["latents"] = [portable_path(p) for p in paths]
     return report
 
 

@@ -70,15 +70,21 @@ def test_comparison_refuses_an_edit_defined_differently():
         compare(a, "wo", b, "chosen")
 
 
-def test_cli_writes_the_comparison_and_reports_bad_input_in_one_line(tmp_path, capsys):
+def test_cli_writes_the_comparison_and_reports_bad_input_in_one_line(tmp_path, capsys, monkeypatch):
     rng = np.random.default_rng(3)
-    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    (tmp_path / "runs").mkdir()
+    a, b = tmp_path / "a.json", tmp_path / "runs" / "b.json"
     a.write_text(json.dumps(_run("first", "wo", rng, ["p", "q", "r"], ["p", "q", "r"])))
     b.write_text(json.dumps(_run("second", "chosen", rng, ["p", "q", "r"], ["p", "q", "r"])))
     out = tmp_path / "c.json"
+    monkeypatch.chdir(tmp_path)
     assert main([f"{a}:wo", f"{b}:chosen", "--out", str(out)]) == 0
     saved = json.loads(out.read_text())
-    assert saved["other"]["file"] == str(b) and math.isfinite(saved["metrics"]["mse"]["p_value"])
+    assert math.isfinite(saved["metrics"]["mse"]["p_value"])
+    # Paths relative to the working directory, whatever was given: no folder of this machine is recorded.
+    assert (saved["reference"]["file"], saved["other"]["file"]) == ("a.json", "runs/b.json")
+    assert (saved["reference"]["bundle"], saved["other"]["bundle"]) == ("first", "second")  # "/somewhere/<name>"
+    assert str(tmp_path) not in out.read_text()
     assert "| mse | 3 |" in capsys.readouterr().out
     (tmp_path / "bad.json").write_text("{not json")
     (tmp_path / "other.json").write_text(json.dumps({"x": 1}))

@@ -15,6 +15,7 @@ from magec_jax.bundle import load_bundle
 from magec_jax.images import png_bytes
 from magec_jax.models.face_attributes import ATTRIBUTE_NAMES
 from magec_jax.models.linknet import LinkNetConfig
+from magec_jax.paths import portable_path
 from magec_jax.supervision.diagnostics import linknet_consistency
 from magec_jax.supervision.samples import mapped_ws
 from magec_jax.weights import Converted, save_converted
@@ -81,6 +82,9 @@ def test_cli_reports_loss_balance_at_latents(bundle_path, tmp_path, capsys):
     assert any(line.lstrip().startswith("phase 2 (mse 0.5") and "% of the weighted gradient" in line for line in printed)
     balance = report["loss_balance"]
     assert balance["num_images"] == 3 and len(balance["latents"]) == 3
+    # Paths as magec_jax.paths names them (the working directory is the checkout, the files are elsewhere).
+    assert report["bundle"] == portable_path(bundle_path) and balance["latents"][0] == "img0.npz"
+    assert str(tmp_path) not in out.read_text() and str(bundle_path) not in out.read_text()
     assert [p["weights"]["mse"] for p in balance["phases"]] == [1e-3, 0.5]
     for phase in balance["phases"]:
         norms = phase["weighted_grad_norm"]

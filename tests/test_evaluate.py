@@ -39,6 +39,7 @@ from magec_jax.metrics.realism import realism_scores
 from magec_jax.models import lpips as lpips_lib
 from magec_jax.models.resize import resize_images
 from magec_jax.models import stylegan2
+from magec_jax.paths import portable_path
 from ports.loss_nets import packaged_lpips
 
 CONFIG = REPO / "configs" / "eval_tiny.py"
@@ -400,8 +401,17 @@ def test_cli_reports_a_bad_config_in_one_line(tmp_path):
                                                    "build one with python -m magec_jax.bundle"
 
 
-def test_report_names_the_bundle_relative_to_the_working_directory(tmp_path, monkeypatch):
+def test_report_names_the_bundle_relative_to_the_working_directory(evaluation, tmp_path, monkeypatch):
+    """results.json and results.md name the bundle as ``magec_jax.paths.portable_path`` does, never by the
+    absolute path the run was given (the module's run was given one under a temporary folder)."""
+    out, results = evaluation["out"], evaluation["results"]
+    bundle = Path(evaluation["overrides"]["bundle"])
+    assert bundle.is_absolute() and not Path(results["bundle"]).is_absolute()
+    assert results["bundle"] == portable_path(bundle)
+    for name in ("results.json", "results.md"):
+        assert str(evaluation["root"]) not in (out / name).read_text(), name
+    assert f"bundle `{results['bundle']}`" in (out / "results.md").read_text()
+    # An older results.json with an absolute bundle is shown relative to the working directory.
     monkeypatch.chdir(tmp_path)
-    assert report._display_path(str(tmp_path / "demo" / "bundle")) == "demo/bundle"
-    outside = str(tmp_path.parent / "elsewhere")
-    assert report._display_path(outside) == outside
+    old = dict(results, bundle=str(tmp_path / "demo" / "bundle"))
+    assert "bundle `demo/bundle`" in report.markdown(old)

@@ -11,6 +11,11 @@ argument is the reference), with its 95% confidence interval and the smallest di
 when both runs scored realism with the same feature, k and references, realism. A run whose edit of the same
 name differs (kind, attribute, strength, target, ...) is refused; the two bundles are recorded, not checked
 (their paths need not match across machines).
+
+Paths in the comparison (each side's ``file`` and ``bundle``) are named relative to the working directory
+(``magec_jax.paths.portable_path``: ``../x`` beside it, the name alone elsewhere), so that a committed
+comparison names no folder of the machine it was made on; a run's bundle recorded as an absolute path by an
+older report is rewritten the same way.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from magec_jax.cli import error_status
 from magec_jax.errors import FileFormatError, MagecError
 from magec_jax.evaluation.stats import detectable_difference, paired_ttest
 from magec_jax.images import atomic_write_json
+from magec_jax.paths import portable_path
 
 _REALISM_KEYS = ("name", "k", "clamp_percentile", "reference_images")
 
@@ -84,8 +90,9 @@ def compare(reference: dict, reference_method: str, other: dict, other_method: s
 
 
 def _describe(run: dict, method: str) -> dict:
-    return dict(method=method, label=run["methods"][method].get("label", method), bundle=run.get("bundle"),
-                name=run.get("name"))
+    bundle = run.get("bundle")
+    return dict(method=method, label=run["methods"][method].get("label", method),
+                bundle=portable_path(bundle) if isinstance(bundle, str) else bundle, name=run.get("name"))
 
 
 def markdown(comparison: dict) -> str:
@@ -142,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             raise MagecError(f"{oth_path}: cannot be compared with {ref_path}: {e}") from None
     except MagecError as e:
         return error_status(e)
-    comparison["reference"]["file"], comparison["other"]["file"] = str(ref_path), str(oth_path)
+    comparison["reference"]["file"], comparison["other"]["file"] = portable_path(ref_path), portable_path(oth_path)
     print(markdown(comparison), end="")
     if args.out:
         atomic_write_json(args.out, comparison)

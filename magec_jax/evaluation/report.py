@@ -14,6 +14,9 @@
     latents            {means: {m: {w_spread, recovered/<e>, cycle_error/<e>}}, ecs_correlation: {e: {recovered,
                        cycle_error, n}}}: the cycle in latent space (``metrics.latent_cycle``, ``metrics.w_spread``)
                        and the Pearson correlation of ecs with it over every scored (method, image)
+    bundle             the bundle, named relative to the working directory (``magec_jax.paths.portable_path``:
+                       ``demo/bundle`` when run from the checkout, ``../other/bundle`` beside it, the name
+                       alone elsewhere), so that a committed report names no folder of the machine it ran on
     run_seconds        {total, methods: {m: seconds}}: wall time of the invocation that wrote the file,
                        compilation included (work found done by a resumed run costs almost nothing)
     skipped            [{image, reason}]: the images an inversion job skipped (unreadable, over the pixel limit,
@@ -30,7 +33,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +44,7 @@ from magec_jax.evaluation.stats import detectable_difference, paired_ttest, pear
 from magec_jax.evaluation.store import read_scores
 from magec_jax.inversion import job as job_lib
 from magec_jax.metrics.realism import realism_scores
+from magec_jax.paths import portable_path
 
 if TYPE_CHECKING:
     from magec_jax.evaluation.config import EditSpec, EvalConfig, MethodSpec
@@ -120,7 +123,7 @@ def build(ev: "Evaluator", real: "RealImages", reference: tuple[list[str], np.nd
     latents = _latent_summary(methods, cfg, common_rec, common_edits)
     return dict(
         name=cfg.name,
-        bundle=cfg.bundle,
+        bundle=portable_path(cfg.bundle),
         images=len(real.names),
         reference_method=reference_method,
         realism_features=dict(name=ev.extractor.name, description=ev.extractor.description,
@@ -237,7 +240,7 @@ def markdown(results: dict) -> str:
     keys = list(results["means"][methods[0]])
     feat = results["realism_features"]
     lines = [f"# Evaluation {results['name']}".rstrip(), ""]
-    lines.append(f"{results['images']} images; bundle `{_display_path(results['bundle'])}`; reference method "
+    lines.append(f"{results['images']} images; bundle `{portable_path(results['bundle'])}`; reference method "
                  f"`{results['reference_method']}`. Means over the images that every method inverted "
                  f"({len(results['common']['reconstruction'])}); ECS, realism and t over the images lacking each "
                  "edit's target attribute (by the descriptor F on the real image).")
@@ -298,12 +301,6 @@ def markdown(results: dict) -> str:
                  "G(e(w)) for " + ", ".join(results["edits"]) + "); `figures/ecs_<method>_<edit>.png` (best then "
                  "worst ecs: x | G(w) | x_edit | x_cyc).")
     return "\n".join(lines) + "\n"
-
-
-def _display_path(path: str) -> str:
-    """``path`` relative to the working directory when it lies under it (reports are committed), else as given."""
-    relative = os.path.relpath(path)
-    return path if relative.startswith("..") else relative
 
 
 def _latent_lines(results: dict) -> list[str]:
