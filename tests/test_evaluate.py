@@ -287,7 +287,7 @@ def test_evaluation_outputs_are_complete_and_consistent(evaluation):
     # ifg_male is scored on the images F calls female; gs_c0 (no target) on all.
     x = np.stack([imio.load_image(out.parent / "faces" / f"{n}.jpg", 32) for n in names])
     logits = np.asarray(jax.jit(nets.descriptor.apply)(nets.descriptor.variables, x))
-    female = [n for n, row in zip(names, logits) if row[0] <= 0]
+    female = [n for n, row in zip(names, logits, strict=True) if row[0] <= 0]
     assert female == ["069067"]
     assert results["common"]["edits"] == {"ifg_male": female, "gs_c0": names}
     assert not (out / "magec" / "edits" / "ifg_male__016387.png").exists()
