@@ -25,7 +25,7 @@ Runtime on the 2-core CPU, with two methods side by side (``--config.method_orde
 the same output folder; a run without it then assembles every method from the finished work): about 65
 minutes per 200-step method for the 48 faces (48 inversions, about 40 re-projections), 25-30 for the 16
 validation faces (16 and 17). Every stage resumes. The outputs go under ``runs/`` (git-ignored); the results
-and their reading are in the README, "Evaluation on held-out LFW people", and ``docs/eval_demo/``.
+and their reading are in docs/demo.md, "Evaluation on held-out LFW people", and ``docs/eval_demo/``.
 """
 
 from pathlib import Path

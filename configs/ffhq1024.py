@@ -5,11 +5,11 @@
 
 ARG is one of ``magec`` (default), ``wo_magec`` (200 steps), ``wo_magec300``, ``i2spp`` (Image2StyleGAN++:
 1000 w+ steps then 1000 noise steps). ``bundle`` is a model bundle built from the user's converted weights
-(`python -m magec_jax.bundle`, see README): StyleGAN2 FFHQ-1024, IR-SE50, a 40-attribute ResNet-50, LinkNet and
+(`python -m magec_jax.bundle`, see docs/weights.md): StyleGAN2 FFHQ-1024, IR-SE50, a 40-attribute ResNet-50, LinkNet and
 InterFaceGAN boundaries.
 
 Expected (paper, 1000 CelebA-HQ images): MAGEC MSE 0.0040, LPIPS 0.053; w/o MAGEC 0.0094 / 0.062;
-Image2StyleGAN++ 0.0012 / 0.018. Runtime: see README (benchmarks/invert.py); about 16 images fit a batch
+Image2StyleGAN++ 0.0012 / 0.018. Runtime: see docs/performance.md (benchmarks/invert.py); about 16 images fit a batch
 on a 78 GiB GPU at 1024 in float32.
 """
 

@@ -14,7 +14,7 @@ on every sample: 9-10 samples/s on the 2-core CPU (``benchmarks/supervision.py``
 of the thresholds, renders nothing.
 Plain and balanced validation accuracies are written to the bundle (linknet manifest ``extra`` and
 ``directions_fit.json``); tools/build_demo.py runs this as one of its steps, with the thresholds calibrated
-for generated samples (README, "The demo").
+for generated samples (docs/demo.md, "How the demo bundle was built").
 """
 
 from magec_jax.supervision.job import default_config

@@ -16,7 +16,7 @@ model file stays light):
   :func:`magec_term` builds the MAGEC term with another latent classifier or edit set;
 * :func:`magec_loss` -- the vectorised MAGEC loss of one latent, on its own.
 
-The README's "Python API" section shows each in use.
+``docs/python_api.md`` shows each in use.
 """
 
 from __future__ import annotations

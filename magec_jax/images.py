@@ -15,7 +15,7 @@ Every image a command reads comes through :func:`open_image` (the one safe opene
     grey (``I;16``, or ``I`` holding 0..65535) is scaled to 8 bits (``round(v / 257)``), never clipped;
     1-bit becomes grey. Float and other modes are refused.
 
-Input policy of the inversion (:func:`load_image`), documented in the README:
+Input policy of the inversion (:func:`load_image`), documented in docs/commands.md, "Input policy":
   * Accepted: RGB or grey (replicated to RGB) after the reading policy above; RGBA/LA/P only when every pixel
     is opaque. Transparent pixels are refused.
   * Too small: a shorter side under ``min_size`` pixels is refused (upsampling would invent detail).

@@ -1,5 +1,5 @@
-"""The README's job on real networks: a tiny StyleGAN2 bundle with real LPIPS, faceres identity and the
-faceres+emotion descriptor, run through `python -m magec_jax.invert` on real CelebA-HQ faces."""
+"""The inversion job (docs/commands.md) on real networks: a tiny StyleGAN2 bundle with real LPIPS, faceres
+identity and the faceres+emotion descriptor, run through `python -m magec_jax.invert` on real CelebA-HQ faces."""
 
 from __future__ import annotations
 
