@@ -3,18 +3,21 @@ isolation, no recompiles, the noise stage, and sharding over 8 simulated devices
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
 import engine_standins as standins
 from magec_jax.errors import ConfigError
 from magec_jax.inversion.engine import Engine, InversionSettings, NoisePhase, Phase
+from magec_jax.inversion.settings import ComputeOptions
 from magec_jax.inversion.terms import BUILTIN_TERMS
 
 SETTINGS = InversionSettings(
@@ -45,12 +48,29 @@ def test_loss_decreases_and_outputs_have_the_documented_shapes():
     assert engine.compiled_variants()["step"] == 1
 
 
-def test_phase_weights_switch_without_recompiling():
+@pytest.mark.parametrize("loop", ["dispatch", "scan"])
+def test_phase_weights_switch_without_recompiling(loop):
+    """Two phases with different weights (mse 1e-3, then 0.5) inverted in one run: the step compiles once for
+    the batch shape, across the phase switch. Dispatch runs every step, so the switch at step 6 is a call of
+    the same compiled step; the scan runs two chunks of 6 steps, one per phase."""
     assert SETTINGS.weighted_terms == ("id", "lpips", "magec", "mse")
     table = SETTINGS.weight_table(BUILTIN_TERMS)
     assert table.shape == (12, 4)
     np.testing.assert_allclose(table[5], [1e-3, 0.5, 3e-4, 3e-4])
     np.testing.assert_allclose(table[6], [0.5, 0.5, 3e-4, 3e-4])
+    settings = dataclasses.replace(SETTINGS, chunk_steps=6, compute=ComputeOptions(loop=loop))
+    engine = Engine(standins.networks(), settings)
+    seen = []
+    out = engine.invert(standins.targets(2), on_chunk=lambda done, total, st: seen.append(done))
+    assert seen == [6, 12]  # both phases ran
+    assert not np.any(np.asarray(out["failed"]))
+    # The weights really switched: the run differs from one that keeps the first phase's weights throughout.
+    first_only = dataclasses.replace(settings, phases=(dataclasses.replace(SETTINGS.phases[0], steps=12),))
+    same_phase = Engine(standins.networks(), first_only).invert(standins.targets(2))
+    assert np.abs(np.asarray(out["ws"]) - np.asarray(same_phase["ws"])).max() > 1e-4
+    variants = engine.compiled_variants()
+    assert variants["scan_chunk" if loop == "scan" else "step"] == 1, variants
+    assert variants["step" if loop == "scan" else "scan_chunk"] == 0, variants
 
 
 def test_step_level_api_is_the_inversion():
@@ -99,14 +119,47 @@ def test_batch_invariance():
 
 
 def test_nonfinite_image_is_frozen_and_reported_others_unaffected():
+    """A NaN in one target makes that image's loss non-finite from the first step: it is reported failed and its
+    latent never leaves its start (w_avg, the last finite latent it had); the other images get the latents
+    they get when inverted without it."""
     images = standins.targets(4)
     bad = images.copy()
     bad[2, 0, 0, 0] = np.nan
-    clean, broken = _invert(images), _invert(bad)
-    failed = np.asarray(broken["failed"])
-    assert failed.tolist() == [False, False, True, False]
-    for i in (0, 1, 3):
-        np.testing.assert_allclose(np.asarray(broken["ws"][i]), np.asarray(clean["ws"][i]), atol=1e-6)
+    engine = Engine(standins.networks(), SETTINGS)
+    broken = engine.invert(bad)
+    assert np.asarray(broken["failed"]).tolist() == [False, False, True, False]
+    ws, start = np.asarray(broken["ws"]), np.asarray(engine.init(4).latent)
+    np.testing.assert_array_equal(ws[2], start[2])  # frozen: not one step taken
+    assert np.abs(ws[[0, 1, 3]] - start[[0, 1, 3]]).max(axis=(1, 2)).min() > 1e-3  # the others were optimised
+    without = _invert(images[[0, 1, 3]])
+    # Batch invariance, as in test_batch_invariance: same latents up to float reduction order.
+    np.testing.assert_allclose(ws[[0, 1, 3]], np.asarray(without["ws"]), atol=1e-5)
+
+
+def test_an_image_failing_mid_run_keeps_its_last_finite_latent_and_state():
+    """Steps 0-3 on clean targets, 4-5 with a NaN in image 2's target, 6-11 clean again: image 2 keeps the latent
+    and Adam state it had after step 3 to the end (the failure is sticky, even once its loss is finite again);
+    the other images follow the run that never saw the NaN."""
+    images = standins.targets(4)
+    bad = images.copy()
+    bad[2, 0, 0, 0] = np.nan
+    engine = Engine(standins.networks(), dataclasses.replace(SETTINGS, compute=ComputeOptions(donate="off")))
+    clean_t, bad_t = engine.prepare(images), engine.prepare(bad)
+    state = engine.init(4)
+    for step in range(4):
+        state = engine.step(state, clean_t, step)
+    assert not np.any(np.asarray(state.failed))
+    last_finite = jax.tree.map(lambda a: np.array(a[2]), (state.latent, state.opt))
+    reference, broken = state, state
+    for step in range(4, 12):
+        reference = engine.step(reference, clean_t, step)
+        broken = engine.step(broken, bad_t if step in (4, 5) else clean_t, step)
+    assert np.asarray(broken.failed).tolist() == [False, False, True, False]
+    frozen = jax.tree.map(lambda a: np.asarray(a[2]), (broken.latent, broken.opt))
+    jax.tree.map(np.testing.assert_array_equal, frozen, last_finite)
+    assert np.abs(np.asarray(reference.latent[2]) - last_finite[0]).max() > 1e-4  # unfrozen, it would have moved
+    keep = [0, 1, 3]
+    np.testing.assert_array_equal(np.asarray(broken.latent)[keep], np.asarray(reference.latent)[keep])
 
 
 def test_w_space_and_noise_stage():
@@ -122,7 +175,6 @@ def test_w_space_and_noise_stage():
 
 def test_missing_networks_are_refused():
     nets = standins.networks()
-    import dataclasses
 
     with pytest.raises(ConfigError, match="'magec', which the networks given cannot compute"):
         Engine(dataclasses.replace(nets, linknet=None), SETTINGS)
