@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import require_shared
+from hlo_dtypes import assert_contractions_in
 from loss_net_helpers import load_fixture_state_dict
 
 from magec_jax.models import irse50
@@ -87,6 +88,9 @@ def test_rejects_wrong_input_size(variables):
 
 def test_bfloat16_option_is_close(cases, variables):
     x = _images(cases["x112_u8"][:2])
+    # bf16 really runs: every convolution and matrix product of the network multiplies bf16 operands.
+    for dtype, model in (("bf16", irse50.IRSE50(dtype=jnp.bfloat16)), ("f32", irse50.IRSE50())):
+        assert_contractions_in(dtype, model.apply, variables, x, ops=("convolution", "dot_general"))
     out = jax.jit(irse50.IRSE50(dtype=jnp.bfloat16).apply)(variables, x)
     assert out.embedding_BxE.dtype == jnp.float32
     cos = jnp.sum(out.embedding_BxE * cases["feat"][:2], axis=-1)

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import require_shared
+from hlo_dtypes import assert_contractions_in
 
 from magec_jax.models import lpips, resize
 from ports.loss_nets import packaged_lpips
@@ -161,6 +162,11 @@ def test_frozen_trunk_gives_the_same_distance_and_input_gradient(cases, variable
 def test_bfloat16_option_is_close(cases, variables):
     x = _images(cases, "rnd32f")
     pairs = cases["rnd32f_pairs"]
+    # bf16 really runs: every convolution of the VGG16 trunk multiplies bf16 operands; the five 1x1 heads
+    # (lin0-lin4) stay float32 as LPIPS documents.
+    assert_contractions_in("bf16", lpips.LPIPS(dtype=jnp.bfloat16).apply, variables, x[pairs[:, 0]], x[pairs[:, 1]],
+                           float32_kept={"convolution": 5})
+    assert_contractions_in("f32", lpips.LPIPS().apply, variables, x[pairs[:, 0]], x[pairs[:, 1]])
     out = jax.jit(lpips.LPIPS(dtype=jnp.bfloat16).apply)(variables, x[pairs[:, 0]], x[pairs[:, 1]])
     assert out.distance_B.dtype == jnp.float32
     np.testing.assert_allclose(out.distance_B, cases["rnd32f_lpips"], rtol=3e-2)

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import require_shared
+from hlo_dtypes import assert_contractions_in
 from loss_net_helpers import load_fixture_state_dict
 
 from magec_jax.models import resnet
@@ -67,6 +68,10 @@ def test_descriptor_rejects_name_count_mismatch(variables):
 def test_bfloat16_option_is_close(cases, variables):
     desc = resnet.resnet_descriptor(variables, dtype=jnp.bfloat16)
     x = jnp.asarray(cases["x224_u8"][:2].transpose(0, 2, 3, 1).astype(np.float32) / np.float32(127.5) - np.float32(1))
+    # bf16 really runs: every convolution and matrix product of the network multiplies bf16 operands.
+    assert_contractions_in("bf16", desc.apply, desc.variables, x, ops=("convolution", "dot_general"))
+    f32 = resnet.resnet_descriptor(variables)
+    assert_contractions_in("f32", f32.apply, f32.variables, x, ops=("convolution", "dot_general"))
     logits = jax.jit(desc.apply)(desc.variables, x)
     assert logits.dtype == jnp.float32
     np.testing.assert_allclose(logits, cases["logits"][:2], rtol=0, atol=0.05)  # measured 0.017

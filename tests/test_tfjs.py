@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from conftest import require_shared
+from hlo_dtypes import assert_contractions_in
 from magec_jax.errors import FileFormatError
 from magec_jax.models import emotion, faceres
 from magec_jax.weights import load_converted, save_converted
@@ -34,7 +35,7 @@ PROBS_TOL = {"rtol": 0.0, "atol": 1e-5}
 def _write_model(tmp: Path, *, manifest_weights: list[dict], shards: list[bytes], nodes=None) -> Path:
     """Writes ``tiny.json`` and shards ``tiny.bin``, ``tiny.2.bin``, ... into ``tmp``."""
     names = [f"tiny.{i}.bin" if i else "tiny.bin" for i in range(len(shards))]
-    for name, data in zip(names, shards):
+    for name, data in zip(names, shards, strict=True):
         (tmp / name).write_bytes(data)
     if nodes is None:
         nodes = [{"name": w["name"], "op": "Const", "attr": {}} for w in manifest_weights]
@@ -280,6 +281,13 @@ def test_preprocessing_matches_fixture_crops(cases):
 
 
 def test_bfloat16_option(faceres_conv, emotion_conv, cases):
+    # bf16 really runs: every convolution and dense layer of both networks multiplies bf16 operands; FaceRes's
+    # expected age (probabilities . bin ages, an output statistic, not a layer) stays float32.
+    face, emo_in = cases["faceres_input_u8"].astype(np.float32), cases["emotion_input"]
+    for dtype, option, kept in (("bf16", dict(dtype=jnp.bfloat16), {"dot_general": 1}), ("f32", {}, None)):
+        assert_contractions_in(dtype, functools.partial(faceres.apply, **option), faceres_conv.variables, face,
+                               ops=("convolution", "dot_general"), float32_kept=kept)
+        assert_contractions_in(dtype, functools.partial(emotion.apply, **option), emotion_conv.variables, emo_in)
     apply_bf16 = jax.jit(functools.partial(faceres.apply, dtype=jnp.bfloat16))
     out = apply_bf16(faceres_conv.variables, cases["faceres_input_u8"].astype(np.float32))
     assert out["descriptor"].dtype == jnp.float32
