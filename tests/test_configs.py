@@ -1,4 +1,6 @@
-"""Every shipped config (with each ARG it documents) loads and parses into its typed form."""
+"""Every shipped config loads and parses into its typed form: without ARG and with every variant its file
+declares in ``VARIANTS`` (read as ``--help`` reads them, ``magec_jax.cli.read_config_file``), so that no variant
+can go unparsed."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import importlib.util
 
 import pytest
 
+from magec_jax.cli import read_config_file
 from magec_jax.configdicts import from_configdict
 from magec_jax.evaluation.config import EvalConfig
 from magec_jax.inversion.job import JobConfig
@@ -14,20 +17,28 @@ from magec_jax.classifier.config import TrainConfig
 from magec_jax.training.config import TrainGANConfig
 from tests.conftest import REPO
 
-CASES = [
-    ("ffhq1024", arg, JobConfig) for arg in ("magec", "wo_magec", "wo_magec300", "i2spp")
-] + [
-    ("demo", arg, JobConfig) for arg in ("magec", "wo_magec", "i2spp")
-] + [
-    ("tiny", None, JobConfig),
-    ("eval_tiny", "", EvalConfig), ("eval_tiny", "ifg", EvalConfig),
-    ("eval_ffhq1024", None, EvalConfig), ("eval_demo", None, EvalConfig),
-    ("linknet_tiny", None, SupervisionConfig), ("linknet_demo", None, SupervisionConfig),
-    ("linknet_ffhq1024", None, SupervisionConfig),
-    ("classifier_tiny", None, TrainConfig), ("classifier_celeba", None, TrainConfig),
-    ("lfw_stylegan2", None, TrainGANConfig), ("lfw_stylegan2", "small", TrainGANConfig),
-    ("lfw_stylegan2", "tiny", TrainGANConfig),
-]
+# Each config file and the typed form it becomes.
+TYPED = {
+    "ffhq1024": JobConfig, "demo": JobConfig, "tiny": JobConfig,
+    "eval_tiny": EvalConfig, "eval_ffhq1024": EvalConfig, "eval_demo": EvalConfig,
+    "linknet_tiny": SupervisionConfig, "linknet_demo": SupervisionConfig, "linknet_ffhq1024": SupervisionConfig,
+    "classifier_tiny": TrainConfig, "classifier_celeba": TrainConfig,
+    "lfw_stylegan2": TrainGANConfig,
+}
+# A value for each free-text variant (``"<placeholder>"`` keys of VARIANTS).
+PLACEHOLDER_EXAMPLES = {"<attributes>": "Male,Smiling"}
+
+
+def _cases() -> list[tuple[str, str | None, type]]:
+    cases = []
+    for name, typed in TYPED.items():
+        variants = read_config_file(REPO / "configs" / f"{name}.py").variants
+        cases.append((name, None, typed))
+        cases += [(name, PLACEHOLDER_EXAMPLES.get(arg, arg), typed) for arg in variants]
+    return cases
+
+
+CASES = _cases()
 
 REQUIRED_PATHS = ("bundle", "images", "out_dir", "attributes")
 
@@ -39,8 +50,15 @@ def _get_config(name: str, arg: str | None):
     return module.get_config() if arg is None else module.get_config(arg)
 
 
-def test_every_config_file_is_covered():
-    assert {p.stem for p in (REPO / "configs").glob("*.py")} == {name for name, _, _ in CASES}
+def test_every_config_file_and_variant_is_covered():
+    assert {p.stem for p in (REPO / "configs").glob("*.py")} == set(TYPED)
+    for name in TYPED:
+        variants = read_config_file(REPO / "configs" / f"{name}.py").variants
+        for arg in variants:
+            if arg.startswith("<"):
+                assert arg in PLACEHOLDER_EXAMPLES, f"configs/{name}.py: give {arg} an example in PLACEHOLDER_EXAMPLES"
+            assert (name, PLACEHOLDER_EXAMPLES.get(arg, arg)) in {(n, a) for n, a, _ in CASES}
+    assert ("eval_demo", "val") in {(n, a) for n, a, _ in CASES}  # the variants this test once missed
 
 
 @pytest.mark.parametrize("name,arg,typed", CASES, ids=[f"{n}:{a}" if a else n for n, a, _ in CASES])
