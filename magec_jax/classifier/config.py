@@ -10,6 +10,7 @@ from typing import Literal
 import ml_collections
 
 from magec_jax.configdicts import to_configdict
+from magec_jax.images import MAX_IMAGE_PIXELS
 
 GROUPS = ("early", "late", "head")  # stem + layer1 + layer2 | layer3 + layer4 | fc
 
@@ -47,12 +48,14 @@ class TrainConfig:
     checkpoint_every: int = 1000
     keep_checkpoints: int = 2
     num_workers: int = 8  # image-decoding threads
+    max_image_pixels: int = MAX_IMAGE_PIXELS  # larger images are skipped unread (decompression bombs)
 
     def __post_init__(self):
         for name in ("images", "attributes", "out_dir"):
             if not getattr(self, name):
                 raise ValueError(f"{name} must be set (--config.{name}=...)")
-        for name in ("image_size", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "num_workers"):
+        for name in ("image_size", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "num_workers",
+                     "max_image_pixels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         for name in ("head_epochs", "full_epochs"):

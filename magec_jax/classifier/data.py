@@ -7,13 +7,15 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
+import threading
 from pathlib import Path
 
 import numpy as np
 
 from magec_jax.classifier.config import TrainConfig
-from magec_jax.errors import FileFormatError
-from magec_jax.images import load_image
+from magec_jax.errors import FileFormatError, MagecError
+from magec_jax.images import MAX_IMAGE_PIXELS, load_image
+from magec_jax.logs import Log
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,16 +73,64 @@ def epoch_batches(n_train: int, batch_size: int, seed: int, epoch: int) -> np.nd
 
 
 class Loader:
-    """Decodes batches of images on a thread pool, one batch ahead."""
+    """Decodes batches of images on a thread pool, one batch ahead.
 
-    def __init__(self, paths: tuple[Path, ...], image_size: int, num_workers: int):
-        self._paths, self._size = paths, image_size
+    An image that cannot be used (:func:`magec_jax.images.load_image`: over ``max_pixels``, several frames,
+    undecodable, truncated, transparent) is reported once in one line, remembered in :attr:`skipped`, and its
+    row of the batch is filled with the batch's first usable image (and that image's labels: see
+    :meth:`submit`), so batches keep their shape and a resumed run sees the same batches.
+    """
+
+    def __init__(self, paths: tuple[Path, ...], image_size: int, num_workers: int, *,
+                 max_pixels: int = MAX_IMAGE_PIXELS, log: Log = print):
+        self._paths, self._size, self._max_pixels, self._log = paths, image_size, max_pixels, log
         self._pool = concurrent.futures.ThreadPoolExecutor(max(1, num_workers))
+        self._lock = threading.Lock()
+        self.skipped: dict[int, str] = {}  # index into paths -> reason
+
+    def _load(self, i: int) -> np.ndarray | None:
+        try:
+            return load_image(self._paths[i], self._size, min_size=1, max_pixels=self._max_pixels)
+        except FileFormatError as e:
+            with self._lock:
+                first = i not in self.skipped
+                self.skipped[i] = e.problem
+            if first:
+                self._log(f"skipped {e}")
+            return None
+
+    def _assemble(self, indices: np.ndarray, futures: list) -> tuple[np.ndarray, np.ndarray]:
+        arrays = [f.result() for f in futures]
+        used = np.asarray(indices).copy()
+        usable = [k for k, a in enumerate(arrays) if a is not None]
+        if usable:
+            fill_index, fill = used[usable[0]], arrays[usable[0]]
+        else:  # a batch of unusable images only: the next usable image of the data set stands in
+            fill_index, fill = self._next_usable(int(indices[0]))
+        for k, a in enumerate(arrays):
+            if a is None:
+                arrays[k], used[k] = fill, fill_index
+        return np.stack(arrays), used
+
+    def _next_usable(self, start: int) -> tuple[int, np.ndarray]:
+        n = len(self._paths)
+        for j in (start + 1 + k for k in range(n)):
+            array = self._load(j % n)
+            if array is not None:
+                return j % n, array
+        raise MagecError(f"none of the {n} images can be used (see the lines above)")
 
     def submit(self, indices: np.ndarray) -> concurrent.futures.Future:
-        """Starts decoding ``paths[indices]``; the future gives ``[len(indices), S, S, 3]`` in [-1, 1]."""
-        futures = [self._pool.submit(load_image, self._paths[i], self._size, min_size=1) for i in indices]
-        return self._pool.submit(lambda: np.stack([f.result() for f in futures]))
+        """Starts decoding ``paths[indices]``; the future gives ``(images [len(indices), S, S, 3] in [-1, 1],
+        used [len(indices)])``: the index of the image each row holds (``indices``, with each unusable image's
+        replaced by the one standing in for it)."""
+        futures = [self._pool.submit(self._load, int(i)) for i in indices]
+        return self._pool.submit(self._assemble, indices, futures)
+
+    def skipped_images(self) -> list[dict]:
+        """The unusable images met so far, ``{image, reason}``, in data-set order."""
+        with self._lock:
+            return [dict(image=str(self._paths[i]), reason=r) for i, r in sorted(self.skipped.items())]
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -89,7 +139,8 @@ class Loader:
 def train_batches(
     loader: Loader, train: np.ndarray, labels_NxK: np.ndarray, cfg: TrainConfig, start: int, stop: int
 ):
-    """Yields ``(step, images, labels, flips)`` for steps ``start .. stop - 1``, decoding one batch ahead.
+    """Yields ``(step, images, labels, flips)`` for steps ``start .. stop - 1``, decoding one batch ahead (an
+    unusable image's row holds its stand-in's image and labels, see :class:`Loader`).
 
     The order is a function of (seed, epoch, step) only, so a resumed run sees the batches it would have seen.
     """
@@ -109,8 +160,8 @@ def train_batches(
     upcoming = loader.submit(plan(start)[0]) if start < stop else None
     for step in range(start, stop):
         indices, flips = plan(step)
-        images = upcoming.result()
+        images, used = upcoming.result()
         if step + 1 < stop:
             upcoming = loader.submit(plan(step + 1)[0])
-        yield step, images, labels_NxK[indices], flips
+        yield step, images, labels_NxK[used], flips
 

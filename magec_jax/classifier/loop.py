@@ -25,15 +25,18 @@ from magec_jax.weights import Converted, save_converted
 
 def evaluate(state: TrainState, loader: Loader, val: np.ndarray, labels_NxK: np.ndarray, setup: StepSetup,
              batch_size: int, put) -> np.ndarray:
-    """Per-attribute accuracy ``[K]`` on the validation indices (the last batch padded, padding ignored)."""
-    correct = np.zeros(labels_NxK.shape[1])
+    """Per-attribute accuracy ``[K]`` on the usable validation images (the last batch padded, padding and
+    unusable images' stand-ins ignored)."""
+    correct, counted = np.zeros(labels_NxK.shape[1]), 0
     for start in range(0, len(val), batch_size):
         idx = val[start : start + batch_size]
         padded = np.concatenate([idx, np.repeat(idx[-1:], batch_size - len(idx))])
-        images = put(loader.submit(padded).result())
-        logits = np.asarray(eval_step(state.params, state.batch_stats, images, setup=setup))
-        correct += np.sum((logits[: len(idx)] > 0) == (labels_NxK[idx] > 0.5), axis=0)
-    return correct / len(val)
+        images, used = loader.submit(padded).result()
+        logits = np.asarray(eval_step(state.params, state.batch_stats, put(images), setup=setup))
+        own = used[: len(idx)] == idx  # rows holding their own image
+        correct += np.sum(((logits[: len(idx)] > 0) == (labels_NxK[idx] > 0.5))[own], axis=0)
+        counted += int(own.sum())
+    return correct / max(counted, 1)
 
 
 def run(config: ml_collections.ConfigDict, *, max_steps: int | None = None) -> dict:
@@ -76,7 +79,7 @@ def run(config: ml_collections.ConfigDict, *, max_steps: int | None = None) -> d
         "attribute_names": list(data.attribute_names), "train_images": len(train), "val_images": len(val),
         "steps_per_epoch": steps_per_epoch, "total_steps": total,
     }
-    loader = Loader(data.paths, cfg.image_size, cfg.num_workers)
+    loader = Loader(data.paths, cfg.image_size, cfg.num_workers, max_pixels=cfg.max_image_pixels)
     with jax.default_matmul_precision(cfg.matmul_precision):
         state = init_state(setup, cfg.image_size, cfg.seed, Path(cfg.init_weights) if cfg.init_weights else None)
         resumed_from = manager.latest_step()
@@ -112,12 +115,14 @@ def run(config: ml_collections.ConfigDict, *, max_steps: int | None = None) -> d
                           + "  ".join(f"{n} {a:.3f}" for n, a in entry["val_accuracy"].items()))
                 history.append(entry)
                 losses = []
-                atomic_write_json(metrics_path, dict(summary, step=step, resumed_from=resumed_from, history=history))
+                atomic_write_json(metrics_path, dict(summary, step=step, resumed_from=resumed_from, history=history,
+                                                     skipped_images=loader.skipped_images()))
             manager.save(step, args=ocp.args.StandardSave(state._asdict()), force=step == stop)
         manager.wait_until_finished()
         loader.close()
 
-    summary.update(step=step, resumed_from=resumed_from, history=history, finished=step == total)
+    summary.update(step=step, resumed_from=resumed_from, history=history, finished=step == total,
+                   skipped_images=loader.skipped_images())
     if step == total:
         converted = Converted(
             kind=resnet.KIND,

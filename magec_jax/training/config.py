@@ -12,6 +12,7 @@ import functools
 import ml_collections
 
 from magec_jax.configdicts import to_configdict
+from magec_jax.images import MAX_IMAGE_PIXELS
 from magec_jax.models.discriminator import DiscriminatorConfig
 from magec_jax.models.stylegan2 import StyleGAN2Config
 from magec_jax.training.data import DEFAULT_CROP, DEFAULT_HELDOUT_FRACTION
@@ -49,6 +50,7 @@ class TrainGANConfig:
     resolution: int = 64
     crop: int = DEFAULT_CROP  # central box (px) cut from each source image before resizing
     max_images: int = 0  # the first N source paths in sorted order (0: all)
+    max_image_pixels: int = MAX_IMAGE_PIXELS  # larger source images are skipped unread (decompression bombs)
     heldout_fraction: float = DEFAULT_HELDOUT_FRACTION  # of the people, by name hash; never trained on
     xflip: bool = True
     seed: int = 0
@@ -87,7 +89,7 @@ class TrainGANConfig:
         for name in ("data", "out_dir"):
             if not getattr(self, name):
                 raise ValueError(f"{name} must be set (--config.{name}=...)")
-        for name in ("total_kimg", "checkpoint_kimg", "log_every", "batch_size"):
+        for name in ("total_kimg", "checkpoint_kimg", "log_every", "batch_size", "max_image_pixels"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         self.setup  # the networks and the batch must fit together (GANSetup's checks)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import os
 import tarfile
@@ -27,10 +26,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from magec_jax.errors import FileFormatError
-from magec_jax.images import IMAGE_SUFFIXES, atomic_save_npy, atomic_write_bytes
+from magec_jax.images import (IMAGE_SUFFIXES, MAX_IMAGE_PIXELS, atomic_save_npy, atomic_write_bytes, open_image,
+                              reading_settings)
+from magec_jax.logs import Log, to_stderr
 
 DEFAULT_HELDOUT_FRACTION = 0.1
 DEFAULT_CROP = 128
@@ -43,10 +44,12 @@ class FaceDataset:
     Attributes:
       images_NxHxWx3: uint8 pixels.
       paths: the image's path inside the source (``Person/Person_0001.jpg``), one per image.
+      skipped: the source's files that could not be used (``image``: the path inside the source, ``reason``).
     """
 
     images_NxHxWx3: np.ndarray
     paths: tuple[str, ...]
+    skipped: tuple[dict, ...] = ()  # the source's unreadable images: {image, reason}, not in ``paths``
 
     @property
     def people(self) -> tuple[str, ...]:
@@ -109,13 +112,13 @@ def preprocess(img: Image.Image, resolution: int, crop: int) -> np.ndarray:
     return np.asarray(img, np.uint8)
 
 
-def _decode(name: str, data: bytes, resolution: int, crop: int) -> np.ndarray:
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return preprocess(im, resolution, crop)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise FileFormatError(name, f"unreadable or corrupt image ({e.__class__.__name__}: {e})") from None
+def _decode(name: str, data: bytes, resolution: int, crop: int, max_pixels: int) -> np.ndarray:
+    """One file's bytes by the reading policy of ``magec_jax.images.open_image``, then :func:`preprocess`.
+
+    Raises:
+      BadImage: over the pixel limit, several frames, undecodable or truncated.
+    """
+    return preprocess(open_image(data, max_pixels=max_pixels, name=name), resolution, crop)
 
 
 def list_source(source: str | os.PathLike) -> list[str]:
@@ -136,21 +139,52 @@ def list_source(source: str | os.PathLike) -> list[str]:
     raise FileFormatError(source, "no such folder or tar file")
 
 
-def decode_source(
-    source: str | os.PathLike, paths: Sequence[str], resolution: int, crop: int
-) -> np.ndarray:
-    """Decodes ``paths`` (from :func:`list_source`) of a tar or folder: uint8 ``[len(paths), R, R, 3]``."""
-    source = Path(source)
-    out = np.empty((len(paths), resolution, resolution, 3), np.uint8)
+def _source_files(source: Path, paths: Sequence[str]) -> Iterable[tuple[str, bytes]]:
+    """``(name for messages, file bytes)`` of each of ``paths`` (from :func:`list_source`), in order."""
     if source.is_dir():
-        for i, p in enumerate(paths):
-            out[i] = _decode(str(source / p), (source / p).read_bytes(), resolution, crop)
-        return out
+        for p in paths:
+            yield str(source / p), (source / p).read_bytes()
+        return
     with tarfile.open(source) as tar:
         members = {m.name: m for m in tar.getmembers() if m.isfile()}
-        for i, p in enumerate(paths):
-            out[i] = _decode(f"{source}:{p}", tar.extractfile(members[p]).read(), resolution, crop)
+        for p in paths:
+            yield f"{source}:{p}", tar.extractfile(members[p]).read()
+
+
+def decode_source(
+    source: str | os.PathLike, paths: Sequence[str], resolution: int, crop: int, *,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+) -> np.ndarray:
+    """Decodes ``paths`` (from :func:`list_source`) of a tar or folder: uint8 ``[len(paths), R, R, 3]``.
+
+    Raises:
+      BadImage: one of them cannot be used (for chosen files; :func:`decode_readable` skips instead).
+    """
+    out = np.empty((len(paths), resolution, resolution, 3), np.uint8)
+    for i, (name, data) in enumerate(_source_files(Path(source), paths)):
+        out[i] = _decode(name, data, resolution, crop, max_pixels)
     return out
+
+
+def decode_readable(
+    source: str | os.PathLike, paths: Sequence[str], resolution: int, crop: int, *,
+    max_pixels: int = MAX_IMAGE_PIXELS, log: Log = to_stderr,
+) -> tuple[np.ndarray, list[str], list[dict]]:
+    """Decodes the usable ones of ``paths``: ``(uint8 [K, R, R, 3], their K paths, skipped)``; each file that
+    cannot be used (over ``max_pixels``, several frames, undecodable, truncated) is reported in one line and
+    listed in ``skipped`` (``image``: its path inside the source, ``reason``)."""
+    out = np.empty((len(paths), resolution, resolution, 3), np.uint8)
+    kept: list[str] = []
+    skipped: list[dict] = []
+    for p, (name, data) in zip(paths, _source_files(Path(source), paths)):
+        try:
+            out[len(kept)] = _decode(name, data, resolution, crop, max_pixels)
+        except FileFormatError as e:
+            log(f"skipped {e}")
+            skipped.append(dict(image=p, reason=e.problem))
+            continue
+        kept.append(p)
+    return out[: len(kept)], kept, skipped
 
 
 def cache_stem(source: str | os.PathLike, resolution: int, crop: int, max_images: int | None) -> str:
@@ -166,35 +200,66 @@ def load_faces(
     crop: int = DEFAULT_CROP,
     cache_dir: str | os.PathLike | None = None,
     max_images: int | None = None,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+    log: Log = to_stderr,
 ) -> FaceDataset:
-    """All images of ``source`` (or its first ``max_images`` paths in sorted order), preprocessed.
+    """All usable images of ``source`` (or of its first ``max_images`` paths in sorted order), preprocessed; a
+    file that cannot be used is reported in one line, skipped and listed in :attr:`FaceDataset.skipped`.
 
-    With ``cache_dir``, the decoded array is read from (or written to) the cache; a cache whose path list does
-    not match the source's is rebuilt.
+    With ``cache_dir``, the decoded array is read from (or written to) the cache; a cache made from another
+    path list, or under another reading policy or pixel limit, is rebuilt. The cache's ``.json`` lists the
+    skipped files with their reasons.
+
+    Raises:
+      FileFormatError: no images in ``source``, or none of them usable.
     """
     paths = list_source(source)
     if max_images:
         paths = paths[:max_images]
     if not paths:
         raise FileFormatError(source, "no images found")
-    if cache_dir is None:
-        return FaceDataset(decode_source(source, paths, resolution, crop), tuple(paths))
-    cache_dir = Path(cache_dir)
-    stem = cache_stem(source, resolution, crop, max_images)
-    array_path, list_path = cache_dir / f"{stem}.npy", cache_dir / f"{stem}.txt"
-    if array_path.exists() and list_path.exists() and list_path.read_text().splitlines() == paths:
-        images = np.load(array_path, mmap_mode=None, allow_pickle=False)
-        if images.shape == (len(paths), resolution, resolution, 3) and images.dtype == np.uint8:
-            return FaceDataset(images, tuple(paths))
-    images = decode_source(source, paths, resolution, crop)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    atomic_save_npy(array_path, images)
-    atomic_write_bytes(list_path, ("\n".join(paths) + "\n").encode())
-    atomic_write_bytes(
-        cache_dir / f"{stem}.json",
-        json.dumps({"source": str(source), "resolution": resolution, "crop": crop, "count": len(paths)}).encode(),
-    )
-    return FaceDataset(images, tuple(paths))
+    reading = reading_settings(max_pixels)
+    if cache_dir is not None:
+        cache_dir = Path(cache_dir)
+        stem = cache_stem(source, resolution, crop, max_images)
+        array_path, list_path, meta_path = (cache_dir / f"{stem}{ext}" for ext in (".npy", ".txt", ".json"))
+        cached = _cached(array_path, list_path, meta_path, paths, resolution, reading)
+        if cached is not None:
+            return cached
+    images, kept, skipped = decode_readable(source, paths, resolution, crop, max_pixels=max_pixels, log=log)
+    if not kept:
+        raise FileFormatError(source, f"none of its {len(paths)} images is usable")
+    if skipped:
+        log(f"data: {len(skipped)} of {len(paths)} images of {source} skipped (unusable)")
+    if cache_dir is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        atomic_save_npy(array_path, images)
+        atomic_write_bytes(list_path, ("\n".join(kept) + "\n").encode())
+        atomic_write_bytes(meta_path, json.dumps({
+            "source": str(source), "resolution": resolution, "crop": crop, "count": len(kept), "listed": len(paths),
+            "skipped": skipped, "reading": reading}).encode())
+    return FaceDataset(images, tuple(kept), tuple(skipped))
+
+
+def _cached(array_path: Path, list_path: Path, meta_path: Path, paths: list[str], resolution: int,
+            reading: dict) -> FaceDataset | None:
+    """The cached dataset when it was decoded from ``paths`` under ``reading``, else None."""
+    if not (array_path.exists() and list_path.exists() and meta_path.exists()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        skipped = tuple(meta["skipped"])
+        kept = list_path.read_text().splitlines()
+        skipped_paths = {e["image"] for e in skipped}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if meta.get("reading") != reading or kept != [p for p in paths if p not in skipped_paths] or \
+            not skipped_paths <= set(paths):
+        return None
+    images = np.load(array_path, mmap_mode=None, allow_pickle=False)
+    if images.shape != (len(kept), resolution, resolution, 3) or images.dtype != np.uint8:
+        return None
+    return FaceDataset(images, tuple(kept), skipped)
 
 
 def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:

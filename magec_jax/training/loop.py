@@ -148,7 +148,8 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
     Returns:
       ``{'step', 'kimg', 'resumed_from', 'generator', 'train_images', 'heldout_images', 'fd',
-      'fd_reference', 'metric'}`` (``fd`` is the last figure of this run, None if none was computed).
+      'fd_reference', 'metric', 'skipped_images'}`` (``fd`` is the last figure of this run, None if none was
+      computed; ``skipped_images``: the data's unusable files, ``{image, reason}``).
     """
     cfg = from_configdict(TrainGANConfig, config)
     setup = cfg.setup
@@ -157,14 +158,16 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     _check_config(run_dir, config, cfg)
 
     faces = data_lib.load_faces(cfg.data, cfg.resolution, crop=cfg.crop, cache_dir=run_dir / "data",
-                                max_images=cfg.max_images or None)
+                                max_images=cfg.max_images or None, max_pixels=cfg.max_image_pixels,
+                                log=lambda line: print(line, flush=True))
     train_idx, heldout_idx = data_lib.split_by_person(faces.paths, cfg.heldout_fraction)
     atomic_write_bytes(run_dir / "heldout_people.txt",
                        "".join(p + "\n" for p in data_lib.heldout_people(faces.paths, cfg.heldout_fraction)).encode())
     if len(train_idx) < setup.batch_size:
         raise MagecError(f"{cfg.data}: {len(train_idx)} training images do not fill one batch of {setup.batch_size}")
+    unusable = f", {len(faces.skipped)} unusable skipped (listed in data/*.json)" if faces.skipped else ""
     print(f"data: {len(faces.paths)} images, {len(train_idx)} for training, {len(heldout_idx)} held out "
-          f"({cfg.resolution}px from the central {cfg.crop}px)", flush=True)
+          f"({cfg.resolution}px from the central {cfg.crop}px){unusable}", flush=True)
 
     manager = ocp.CheckpointManager(
         (run_dir / "checkpoints").absolute(),
@@ -246,5 +249,5 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
         "step": step, "kimg": images / 1000, "resumed_from": resumed_from,
         "generator": str(run_dir / "generator"), "train_images": len(train_idx),
         "heldout_images": len(heldout_idx), "fd": fd_value, "fd_reference": fd_reference,
-        "metric": fd_lib.METRIC_NAME,
+        "metric": fd_lib.METRIC_NAME, "skipped_images": list(faces.skipped),
     }
