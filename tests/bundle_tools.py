@@ -47,7 +47,7 @@ def tiny_bundle(root: Path, seed: int = 0) -> Path:
         generator=gen,
         identity=("faceres", faceres),
         descriptor=dict(kind="face_attributes", faceres=faceres, emotion=emotion),
-        directions=dict(zip(ATTRIBUTE_NAMES, dirs)),
+        directions=dict(zip(ATTRIBUTE_NAMES, dirs, strict=True)),
         w_avg_samples=1000,
     )
     cfg = LinkNetConfig(num_ws=TINY.num_ws, w_dim=TINY.w_dim, num_outputs=len(ATTRIBUTE_NAMES))

@@ -261,7 +261,7 @@ def test_round_trip_returns_the_photograph(cases, key, output_size):
     photo = _smooth(photos["image/" + key])
     alignments = [align.Alignment.ffhq(_face(cases, f)[1], output_size) for f in faces if f.split("/")[0] == key]
     crops = [align.warp(photo, a, align.adaptive_transform_size(a)) for a in alignments]
-    back = paste.paste_back(photo, list(zip(crops, alignments)))
+    back = paste.paste_back(photo, list(zip(crops, alignments, strict=True)))
     diff = np.abs(back.astype(np.int32) - photo)
     assert diff.max() <= 2, (key, diff.max())
 

@@ -95,7 +95,8 @@ def run(detector, photos):
 
     @functools.lru_cache(maxsize=None)
     def go(config: DetectorConfig) -> dict[str, list[detect.Face]]:
-        return dict(zip(photos, dataclasses.replace(detector, config=config).detect(list(photos.values()))))
+        found = dataclasses.replace(detector, config=config).detect(list(photos.values()))
+        return dict(zip(photos, found, strict=True))
 
     return go
 

@@ -179,7 +179,7 @@ def test_fitted_template_reads_back_where_the_alignment_put_the_points(photos, d
     found = detector.detect([photos[n] for n in names])
     template = align.Template(128, (44.0, 52.0), (84.0, 53.0), (49.0, 92.0), (80.0, 92.5))
     alignments = [align.Alignment.to_template(f[0].points_4x2, template) for f in found]
-    crops = np.stack([align.warp(photos[n], a) for n, a in zip(names, alignments)])
+    crops = np.stack([align.warp(photos[n], a) for n, a in zip(names, alignments, strict=True)])
     fit = pipeline.fit_template_on_images(crops, detector)
     assert fit.found == fit.images == len(names) and fit.template.size == 128
     expected = np.mean([a.points_in_crop() for a in alignments], axis=0)
@@ -205,7 +205,7 @@ def test_bundle_framing_and_the_fit_template_cli(photos, detector, tmp_path):
                   for f in detector.detect([photos[n] for n in names])]
     train = tmp_path / "train"
     train.mkdir()
-    for name, a in zip(names, alignments):
+    for name, a in zip(names, alignments, strict=True):
         Image.fromarray(align.warp(photos[name], a)).save(train / f"{name}.png")
     assert align_cli.main(["--fit-template", str(bundle), "--images", str(train)]) == 0
     loaded = load_bundle(bundle)

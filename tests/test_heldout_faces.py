@@ -29,7 +29,7 @@ def test_validation_people_are_held_out_distinct_and_disjoint_from_the_evaluatio
     validation = heldout_faces.pick_portraits(PATHS, 16, exclude=excluded)
     people = [lfw.person_of(p) for p in validation]
     assert len(set(people)) == 16 and not set(people) & excluded
-    assert all(lfw.is_heldout(person) and p.endswith("_0001.jpg") for person, p in zip(people, validation))
+    assert all(lfw.is_heldout(person) and p.endswith("_0001.jpg") for person, p in zip(people, validation, strict=True))
     assert people == sorted(people)  # spread over the sorted remaining people, in order
     left = len(lfw.heldout_people(PATHS)) - 48
     with pytest.raises(MagecError, match=f"{left} are left"):

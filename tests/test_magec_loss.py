@@ -105,5 +105,5 @@ def test_batched_under_vmap_equals_per_image():
     ws = jnp.stack([w, w * 0.5, -w])
     ts = jnp.stack([targets, 1 - targets, targets])
     batched = jax.vmap(lambda a, t: magec_loss(a, variables, t, n))(ws, ts)
-    single = jnp.stack([magec_loss(a, variables, t, n) for a, t in zip(ws, ts)])
+    single = jnp.stack([magec_loss(a, variables, t, n) for a, t in zip(ws, ts, strict=True)])
     np.testing.assert_allclose(batched, single, rtol=1e-6)

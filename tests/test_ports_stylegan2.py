@@ -192,7 +192,8 @@ def test_tf_and_pytorch_pickles_convert_to_identical_weights():
     c = ports_sg2.convert_state_dict(folder / "ada32_G_ema_state_dict.pt")
     assert a.config == b.config == c.config
     leaves = jax.tree_util.tree_leaves_with_path
-    for (path_a, x), (path_b, y), (path_c, z) in zip(leaves(a.variables), leaves(b.variables), leaves(c.variables)):
+    triples = zip(leaves(a.variables), leaves(b.variables), leaves(c.variables), strict=True)
+    for (path_a, x), (path_b, y), (path_c, z) in triples:
         assert path_a == path_b == path_c
         np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path_a))  # the README: bit-identical
         np.testing.assert_array_equal(x, z, err_msg=jax.tree_util.keystr(path_a))

@@ -138,7 +138,7 @@ def test_r1_penalty_matches_finite_differences_and_grad_of_grad():
         return jnp.mean(jnp.sum(jnp.square(g), axis=(1, 2, 3))) * 1.5 * 16
 
     want = _jit(jax.grad(naive))(d_params)
-    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want)):
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6 * float(jnp.max(jnp.abs(b))))
     assert float(loss) > 0 and any(float(jnp.max(jnp.abs(g))) > 0 for g in jax.tree.leaves(grads))
 
@@ -146,7 +146,7 @@ def test_r1_penalty_matches_finite_differences_and_grad_of_grad():
 def test_path_length_gradient_equals_grad_of_grad():
     setup = _tiny_setup(style_mixing_prob=0.5)
     state = gan.init_state(setup, 0, fast_compile=True)
-    keys = dict(zip(("z", "z_mix", "mix", "noise", "pl_noise"), jax.random.split(jax.random.key(3), 5)))
+    keys = dict(zip(("z", "z_mix", "mix", "noise", "pl_noise"), jax.random.split(jax.random.key(3), 5), strict=True))
     pl_mean = jnp.float32(0.3)
     (loss, (new_mean, penalty, _)), grads = _jit(lambda p, k: gan.pl_loss(setup, p, state.g_buffers, pl_mean, k))(
         state.g_params, keys
@@ -163,7 +163,7 @@ def test_path_length_gradient_equals_grad_of_grad():
     want_loss, want = _jit(jax.value_and_grad(naive))(state.g_params)
     np.testing.assert_allclose(float(loss), float(want_loss), rtol=1e-5)
     np.testing.assert_allclose(float(loss), float(penalty) * 8, rtol=1e-6)
-    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want)):
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6 * float(jnp.max(jnp.abs(b))))
     assert float(new_mean) != 0.3
 
