@@ -274,10 +274,10 @@ def flow(
       divergence: the log-density change (no default: it changes the solve): ``"hutchinson"`` (the official
         estimator, with ``eps``), ``"exact"`` (the Jacobian's trace; D Jacobian-vector products per evaluation)
         or ``"none"`` (not integrated; an edit needs only z and w'). The official step control also sees the
-        log-density, so ``"none"`` takes fewer dopri5 steps at the same tolerance: on the fixture's prior 27
-        evaluations instead of 33-39, z 2.1e-4 from the exact solution instead of 3e-5 and a reverse solve
-        3.4e-4 from the official one (the README's bound for edited w is 1e-3); tighten ``rtol``/``atol``
-        for more.
+        log-density, so ``"none"`` takes fewer dopri5 steps at the same tolerance: on the fixture's prior 26
+        evaluations instead of 32-38, z 2.1e-4 from the float64 tight-tolerance reference instead of 5e-6 with
+        the Hutchinson log-density (the official float32 code: 2.5e-5), and a reverse solve 3.4e-4 from the
+        official one (the README's bound for edited w is 1e-3); tighten ``rtol``/``atol`` for more.
       solver: method, tolerances, step control (:class:`magec_jax.models.cnf.ODESolver`; default: the
         official dopri5 at 1e-5, per image).
     """
