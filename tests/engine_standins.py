@@ -16,6 +16,15 @@ from magec_jax.models.linknet import LinkNet, LinkNetConfig
 
 NUM_WS, W_DIM, RES, K = 4, 6, 8, 3
 
+# How far one image's latent may end from itself when the batch around it changes (its size, padding rows, the
+# devices or processes it is sharded over): only the float32 summation order of the batched kernels changes, so
+# its gradient differs by a relative delta of a few ulps (sums of at most RES * RES * 3 = 192 terms:
+# sqrt(192) * 6e-8, about 1e-6). Adam's update lr * m / sqrt(v) does not depend on the gradient's scale, so each
+# step moves a coordinate by at most lr * delta more: the tests' runs (at most 12 steps at lr <= 0.07) end within
+# 12 * 0.07 * 1e-6, about 1e-6, of each other. Bounded at 1e-5 for a tenfold margin; a mixed-up image or a shared
+# optimiser state is off by 1e-2 or more.
+BATCH_ATOL = 1e-5
+
 
 def _synthesize(variables, ws_BxLxD, noise):
     x = jnp.einsum("bld,ldp->bp", ws_BxLxD, variables["proj"])
