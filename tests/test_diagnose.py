@@ -38,6 +38,7 @@ def _aligned_linknet(path, directions_KxD, w_avg_D, scale):
                    overwrite=True)
 
 
+@pytest.mark.slow
 def test_linknet_consistency_of_an_aligned_linknet(bundle_path):
     bundle = load_bundle(bundle_path)
     dirs = np.stack([bundle.directions()[a] for a in ATTRIBUTE_NAMES]).astype(np.float64)
@@ -63,6 +64,7 @@ def test_linknet_consistency_of_an_aligned_linknet(bundle_path):
         np.testing.assert_allclose([row["sensitivity"][n] for n in ATTRIBUTE_NAMES], want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_cli_reports_loss_balance_at_latents(bundle_path, tmp_path, capsys):
     bundle = load_bundle(bundle_path)
     rng = np.random.default_rng(0)

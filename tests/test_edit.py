@@ -81,6 +81,7 @@ def _tile(grid: np.ndarray, row: int, col: int) -> np.ndarray:
     return grid[top: top + TINY.img_resolution, left: left + TINY.img_resolution].astype(np.int32)
 
 
+@pytest.mark.slow
 def test_edit_cli_end_to_end(setup, tmp_path):
     out = tmp_path / "edits"
     inv = setup["inv"]
@@ -130,6 +131,7 @@ def test_edit_cli_end_to_end(setup, tmp_path):
     assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow
 def test_edit_cli_reports_bad_input_in_one_line(setup, tmp_path):
     cmd = [sys.executable, "-m", "magec_jax.edit", str(setup["inv"]), "--bundle", str(setup["bundle"]),
            "--out", str(tmp_path), "--attribute", "Nope"]

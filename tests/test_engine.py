@@ -32,6 +32,7 @@ def _invert(images, settings=SETTINGS):
     return Engine(standins.networks(), settings).invert(images)
 
 
+@pytest.mark.slow
 def test_loss_decreases_and_outputs_have_the_documented_shapes():
     images = standins.targets(2)
     long = InversionSettings(phases=(Phase(60, mse=1.0, lpips=0.5, id=0.01, magec=0.01),), lr=0.05, chunk_steps=20)
@@ -184,6 +185,7 @@ def test_missing_networks_are_refused():
         Engine(nets, InversionSettings(phases=(Phase(2, mse=1.0, bogus=1.0),)))
 
 
+@pytest.mark.slow
 def test_eight_simulated_devices_give_the_same_latents(tmp_path):
     images = standins.targets(8)
     np.save(tmp_path / "images.npy", images)

@@ -113,6 +113,7 @@ def run(networks, targets):
 @pytest.mark.parametrize(
     "options", [dict(modulation="fused"), dict(loop="scan"), dict(donate="off"), dict(remat="on"), dict(precision="tf32")]
 )
+@pytest.mark.slow
 def test_float32_options_give_the_default_latents(networks, run, options):
     _, reference = run()
     engine, out = run(**options)
@@ -131,6 +132,7 @@ def _bf16_ops(lowered_text: str) -> tuple[int, int, int]:
     return len(convs), sum("bf16" in line for line in convs), sum("bf16" in line for line in dots)
 
 
+@pytest.mark.slow
 def test_bf16_stays_within_bfloat16_precision_of_float32(networks, run, targets):
     _, reference = run()
     engine32, _ = run()
@@ -172,6 +174,7 @@ def test_bf16_stays_within_bfloat16_precision_of_float32(networks, run, targets)
     np.testing.assert_array_less(last16 - last32, bound * (first - last32))
 
 
+@pytest.mark.slow
 def test_scan_runs_one_call_per_chunk(run):
     engine, _ = run(loop="scan")
     variants = engine.compiled_variants()
@@ -179,6 +182,7 @@ def test_scan_runs_one_call_per_chunk(run):
     assert variants["step"] == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("donate", ["on", "off"])
 def test_donation_reuses_the_state_buffers(targets, run, donate):
     engine, _ = run() if donate == "on" else run(donate="off")
@@ -200,6 +204,7 @@ def test_remat_checkpoints_every_synthesis_layer(networks):
     assert (checkpoints(False), checkpoints(True)) == (0, layers)
 
 
+@pytest.mark.slow
 def test_frozen_kernels_give_the_plain_images_and_gradients():
     variables = stylegan2.init_generator(CFG, jax.random.key(3))
     variables = jax.tree.map(lambda x: x + 0.05, variables)

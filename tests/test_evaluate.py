@@ -167,6 +167,7 @@ def test_pearson():
 # ---- realism features ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_substitute_features_are_the_mean_lpips_relu5_3_tap():
     lpips_vars = packaged_lpips()
     extractor = feats.substitute_extractor(lpips_vars)
@@ -277,6 +278,7 @@ def evaluation(tmp_path_factory):
     return dict(root=root, out=root / "out", nets=nets, results=results, logs=logs, overrides=overrides)
 
 
+@pytest.mark.slow
 def test_evaluation_outputs_are_complete_and_consistent(evaluation):
     out, nets, results = evaluation["out"], evaluation["nets"], evaluation["results"]
     names = sorted(Path(f).stem for f in FACES)
@@ -373,6 +375,7 @@ def test_evaluation_outputs_are_complete_and_consistent(evaluation):
         assert Image.open(out / "figures" / f"ecs_{m}_gs_c0.png").size == (2 + 4 * tile, 2 + 2 * tile)
 
 
+@pytest.mark.slow
 def test_evaluation_cli_resumes_without_recomputing(evaluation):
     out = evaluation["out"]
     work = [p for p in out.rglob("*") if p.is_file() and "figures" not in p.parts and p.suffix != ".md"
@@ -401,6 +404,7 @@ def test_cli_reports_a_bad_config_in_one_line(tmp_path):
                                                    "build one with python -m magec_jax.bundle"
 
 
+@pytest.mark.slow
 def test_report_names_the_bundle_relative_to_the_working_directory(evaluation, tmp_path, monkeypatch):
     """results.json and results.md name the bundle as ``magec_jax.paths.portable_path`` does, never by the
     absolute path the run was given (the module's run was given one under a temporary folder)."""

@@ -36,6 +36,7 @@ def celeba_256():
     return np.asarray(images_256), np.array([f.parent.name == "male" for f in files])
 
 
+@pytest.mark.slow
 def test_male_agrees_with_folder_labels(variables, celeba_256):
     images, is_male = celeba_256
     descriptor = face_attributes.face_attribute_descriptor(variables["faceres"], variables["emotion"])
@@ -60,6 +61,7 @@ def test_identity_embedding(variables, celeba_256):
     assert same.min() > 0.9 and same.min() > different.max(), (same, different)
 
 
+@pytest.mark.slow
 def test_logits_follow_their_definitions(variables, celeba_256):
     images = celeba_256[0][[0, 13]]
     thresholds = face_attributes.FaceAttributeThresholds(male_prob=0.6, age_threshold=30.0, age_scale=4.0,
@@ -95,6 +97,7 @@ def test_happy_log_odds_is_stable():
     assert np.isfinite(np.asarray(grad)).all()
 
 
+@pytest.mark.slow
 def test_descriptor_is_differentiable_at_generator_resolution(variables):
     """Gradients flow from the logits to 64x64 images through crop, resize and both networks, per image
     under vmap as the inversion engine calls it."""
@@ -110,6 +113,7 @@ def test_descriptor_is_differentiable_at_generator_resolution(variables):
     assert np.all(grads[:, :11] == 0) and np.abs(grads[:, 20:40, 20:40]).sum() > 0
 
 
+@pytest.mark.slow
 def test_face_box_option_and_scores():
     """The whole-image crop differs from the aligned-face box; the descriptor's logits are its thresholds applied
     to the threshold-free scores."""

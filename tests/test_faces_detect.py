@@ -159,6 +159,7 @@ def test_packaged_weights_are_the_documented_conversion(models_dir):
 # ------------------------------------------------------------------------------------------- networks alone
 
 
+@pytest.mark.slow
 def test_blazeface_parity(detector, cases):
     """The pipeline's jitted BlazeFace call; the fixture fed u8 / 127.5 - 0.5, i.e. pixels u8 + 63.75 here."""
     pixels = cases["blazeface_in_u8"].astype(np.float32) + 63.75
@@ -192,6 +193,7 @@ def test_anchors_and_model_layout():
 # --------------------------------------------------------------------------------------------- the pipeline
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rotate", [False, True])
 def test_pipeline_reproduces_human(run, cases, names, rotate):
     """With Human's settings: Human's faces found, landmarks within tolerance, crops of Human's size."""

@@ -79,6 +79,7 @@ def aligned(photos, tmp_path_factory):
     return src, out
 
 
+@pytest.mark.slow
 def test_align_cli_writes_each_face_and_its_record(aligned, photos):
     src, out = aligned
     faces = sorted(p.name for p in out.glob("*.png"))
@@ -103,6 +104,7 @@ def test_align_cli_writes_each_face_and_its_record(aligned, photos):
     assert np.abs(grey - grey[:, :, :1]).max() == 0
 
 
+@pytest.mark.slow
 def test_align_cli_summary_names_what_was_skipped_and_why(aligned):
     src, out = aligned
     summary = json.loads((out / "summary.json").read_text())
@@ -117,6 +119,7 @@ def test_align_cli_summary_names_what_was_skipped_and_why(aligned):
     assert 60 < side < 110 and "512 px crop" in small["reason"]  # the background face, about 90 px
 
 
+@pytest.mark.slow
 def test_align_cli_aligns_a_rotated_face_upright(aligned, photos, detector):
     _, out = aligned
     record = json.loads((out / "rotated25_celeba_female_030321__face0.json").read_text())
@@ -127,6 +130,7 @@ def test_align_cli_aligns_a_rotated_face_upright(aligned, photos, detector):
     assert found.points_4x2[2:, 1].mean() > found.points_4x2[:2, 1].mean()  # mouth below the eyes
 
 
+@pytest.mark.slow
 def test_align_cli_rerun_detects_nothing_and_rewrites_nothing(aligned, monkeypatch):
     src, out = aligned
     stamps = {p: p.stat().st_mtime_ns for p in out.iterdir() if p.name != "summary.json"}
@@ -171,6 +175,7 @@ def test_align_cli_missing_source_is_one_line(tmp_path, capsys):
 # ---- templates ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_fitted_template_reads_back_where_the_alignment_put_the_points(photos, detector):
     """Faces aligned to a template (least squares, so each face's points land near, not on, the template's),
     fitted again: the fit is the mean of where the alignments put each face's points in its crop."""
@@ -194,6 +199,7 @@ def test_template_fit_without_faces_is_one_line(photos, detector):
         pipeline.fit_template_on_images(squares, detector)
 
 
+@pytest.mark.slow
 def test_bundle_framing_and_the_fit_template_cli(photos, detector, tmp_path):
     bundle = build_bundle(tmp_path / "bundle", generator=tiny_generator(tmp_path / "gen"), w_avg_samples=100).path
     assert load_bundle(bundle).framing() == pipeline.Framing.ffhq(TINY.img_resolution)  # none recorded: FFHQ
@@ -311,6 +317,7 @@ def inverted_photos(photos, tmp_path_factory):
     return dict(root=root, bundle=bundle, photos=root / "photos", inv=root / "inv")
 
 
+@pytest.mark.slow
 def test_job_edit_stage_pastes_every_face_edited_alike(inverted_photos):
     inv, photos = inverted_photos["inv"], inverted_photos["photos"]
     item = json.loads((inv / "twofaces_500x250__face1.json").read_text())
@@ -332,6 +339,7 @@ def test_job_edit_stage_pastes_every_face_edited_alike(inverted_photos):
             assert np.abs(edited[region] - recon[region]).max() > 10
 
 
+@pytest.mark.slow
 def test_edit_cli_paste_back_renders_the_edit_into_the_photograph(inverted_photos, tmp_path):
     inv, bundle = inverted_photos["inv"], inverted_photos["bundle"]
     out = tmp_path / "edits"
@@ -355,6 +363,7 @@ def test_edit_cli_paste_back_renders_the_edit_into_the_photograph(inverted_photo
     assert edit_cli.main([str(plain / "x.npz")] + argv[1:]) == 2
 
 
+@pytest.mark.slow
 def test_bundle_with_an_unknown_framing_is_one_line(inverted_photos, tmp_path):
     import shutil
 

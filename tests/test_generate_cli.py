@@ -42,6 +42,7 @@ def _tiny(path, cfg=TINY):
     return save_converted(path, Converted(kind="stylegan2", config=cfg.to_dict(), variables=variables))
 
 
+@pytest.mark.slow
 def test_cli_subprocess_reproduces_fixture_images(ada32, tmp_path):
     gen, cases = ada32
     np.save(tmp_path / "z.npy", cases["z"])
@@ -77,6 +78,7 @@ def test_seeds_are_drawn_like_nvidia():
     assert z.dtype == np.float32
 
 
+@pytest.mark.slow
 def test_png_grid_and_random_noise(tmp_path):
     gen = _tiny(tmp_path / "g")
     png = tmp_path / "grid.png"

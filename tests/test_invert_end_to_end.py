@@ -46,6 +46,7 @@ def test_bundle_validation_names_the_missing_part(bundle, tmp_path):
         load_bundle(tmp_path)
 
 
+@pytest.mark.slow
 def test_invert_cli_on_real_faces(bundle, tmp_path):
     faces = require_shared("data", "celeba_hq")
     images = tmp_path / "faces"
@@ -78,6 +79,7 @@ def test_cli_reports_a_bad_bundle_in_one_line(tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path}: not a model bundle")
 
 
+@pytest.mark.slow
 def test_loss_decreases_on_the_real_tiny_generator(bundle):
     """MSE + LPIPS inversion of images the tiny generator made itself: the loss at least halves."""
     import dataclasses
@@ -101,6 +103,7 @@ def test_loss_decreases_on_the_real_tiny_generator(bundle):
     assert np.all(final < 0.5 * start), (start, final)
 
 
+@pytest.mark.slow
 def test_edit_grid_stage_after_inversion(bundle, tmp_path):
     from PIL import Image
 

@@ -138,6 +138,7 @@ def _script(images, out, **overrides):
                                          overrides=json.dumps(overrides)))
 
 
+@pytest.mark.slow
 def test_resume_after_kill_finishes_only_what_is_missing(tmp_path):
     folder, out = tmp_path / "in", tmp_path / "out"
     write_faces(folder, 8)
@@ -162,6 +163,7 @@ def test_resume_after_kill_finishes_only_what_is_missing(tmp_path):
         np.testing.assert_allclose(a, b, atol=standins.BATCH_ATOL)
 
 
+@pytest.mark.slow
 @pytest.mark.multiprocess
 def test_two_processes_match_one_and_split_the_work(tmp_path):
     folder = tmp_path / "in"

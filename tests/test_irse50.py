@@ -42,6 +42,7 @@ def _images(u8_NCHW: np.ndarray) -> jax.Array:
     return jnp.asarray(u8_NCHW.transpose(0, 2, 3, 1).astype(np.float32) / np.float32(127.5) - np.float32(1))
 
 
+@pytest.mark.slow
 def test_backbone_at_112(cases, variables):
     out = jax.jit(irse50.IRSE50().apply)(variables, _images(cases["x112_u8"]))
     np.testing.assert_allclose(out.embedding_BxE, cases["feat"], rtol=0, atol=EMB_ATOL)
@@ -66,6 +67,7 @@ def test_id_recipe_at_256(cases, variables):
     np.testing.assert_allclose(jnp.mean(per_pair), cases["id_loss"], rtol=0, atol=EMB_ATOL)
 
 
+@pytest.mark.slow
 def test_id_loss_function_and_other_sizes(cases, variables):
     """``id_loss`` on two fixture pairs, the second side given at 512 (pixel-repeated, area-averaged back)."""
     x256 = _images(cases["x256_u8"])
@@ -86,6 +88,7 @@ def test_rejects_wrong_input_size(variables):
         irse50.IRSE50().apply(variables, jnp.zeros((1, 128, 128, 3)))
 
 
+@pytest.mark.slow
 def test_bfloat16_option_is_close(cases, variables):
     x = _images(cases["x112_u8"][:2])
     # bf16 really runs: every convolution and matrix product of the network multiplies bf16 operands.

@@ -61,9 +61,11 @@ def test_mixed_sampler_draws_a_w_per_layer_and_single_repeats_one(generator_dir)
     np.testing.assert_array_equal(single, np.broadcast_to(single[:, :1], single.shape))
     row_gaps = np.abs(mixed[:, :, None] - mixed[:, None, :]).max(-1)  # [B, L, L]
     assert row_gaps[:, ~np.eye(TINY.num_ws, dtype=bool)].min() > 1e-3
-    # sample i depends on its index only, not on the batch it is drawn in
+    # sample i depends on its index only, not on the batch it is drawn in. Another batch size is another compiled
+    # program whose matrix products may sum in another order (per instruction set): a few float32 ulps per
+    # mapping layer, bounded at 1e-5 of the magnitude; another sample's latent differs by order 1.
     again = np.asarray(sample(variables, key, indices[2:], w_avg, 1.0, per_layer=True))
-    np.testing.assert_allclose(again, mixed[2:], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(again, mixed[2:], rtol=0, atol=1e-5 * np.abs(mixed).max())
     half = np.asarray(sample(variables, key, indices, w_avg + 1.0, 0.5, per_layer=False))
     np.testing.assert_allclose(half, 1.0 + 0.5 * (single - 1.0), rtol=1e-5, atol=1e-5)
 
@@ -116,6 +118,7 @@ def test_class_weights_equalise_the_classes_and_average_one():
         class_weights(np.ones((4, 2), np.float32), "bce")
 
 
+@pytest.mark.slow
 def test_class_balanced_loss_raises_balanced_accuracy_on_rare_labels():
     """A noisy linear labelling with a 6% positive class: the plain loss leans to the majority, the class-balanced
     one recovers the rare class (higher balanced accuracy, at some cost in plain accuracy)."""
@@ -139,6 +142,7 @@ def test_attribute_scores_rank_softmax_classes_by_log_odds():
     np.testing.assert_array_equal(sup_job.attribute_scores(logits, "bce"), logits)
 
 
+@pytest.mark.slow
 def test_end_to_end_linknet_boundaries_ganspace_and_cache(bundle_dir):
     config = _config("linknet_tiny")
     config.bundle = str(bundle_dir)

@@ -64,6 +64,7 @@ def _score(variables, taps, pairs, *, lpips_heads: bool = True, spatial_hw=None)
     return model.apply(variables, n0, n1, spatial_hw, method="compare")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("group", GROUPS)
 def test_lpips_layers_and_nolin(cases, variables, pool_taps, group):
     pairs = cases[f"{group}_pairs"]
@@ -94,6 +95,7 @@ def test_chanmean_debug_keys(cases, pool_taps):
         np.testing.assert_allclose(got, cases[f"dbg_r256_chanmean_l{k}"], **TOL)
 
 
+@pytest.mark.slow
 def test_spatial_maps(cases, variables, pool_taps):
     out = _score(variables, pool_taps["r64"], cases["r64_pairs"][:2], spatial_hw=(64, 64))
     np.testing.assert_allclose(out.spatial_layers_Bx5xHxW, cases["r64_spatial_layers"], rtol=0, atol=SPATIAL_ATOL)
@@ -112,6 +114,7 @@ def test_call_matches_fixture(cases, variables, group):
     assert out.spatial_layers_Bx5xHxW is None
 
 
+@pytest.mark.slow
 def test_lpips_distance_area_averages_large_images(cases, variables):
     """A 512x512 pair made by 2x pixel repetition area-averages back to the r256 pair exactly."""
     x = _images(cases, "r256")
@@ -124,6 +127,7 @@ def test_lpips_distance_area_averages_large_images(cases, variables):
     np.testing.assert_allclose(got_t, cases["r256_lpips"][:1], **TOL)
 
 
+@pytest.mark.slow
 def test_gradient_matches_finite_difference(cases, variables):
     """Central difference along the gradient's own direction (large enough to rise above float32 noise)."""
     x = _images(cases, "rnd32f")
@@ -137,6 +141,7 @@ def test_gradient_matches_finite_difference(cases, variables):
     np.testing.assert_allclose(numeric, norm, rtol=1e-2)
 
 
+@pytest.mark.slow
 def test_frozen_trunk_gives_the_same_distance_and_input_gradient(cases, variables):
     """``freeze_lpips``'s precomputed input-gradient kernels change neither the value nor the gradient wrt the
     image; the frozen kernels really are the ones the backward pass convolves with."""

@@ -49,6 +49,7 @@ def _naive_bce(variables, w, n, targets, alpha, mode):
     return lf(w, targets) + total / len(edits)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["flip", "add_remove"])
 def test_vectorised_equals_naive_loop(mode):
     variables, w, n, targets = _setup()
@@ -82,6 +83,7 @@ def test_softmax_flip_moves_towards_every_class():
         edit_set(targets, jnp.eye(3)[:, None, :], alpha=1.0, mode="add_remove", loss_kind="softmax_ce")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode,loss_kind", [("flip", "bce"), ("add_remove", "bce"), ("flip", "softmax_ce")])
 def test_gradient_matches_finite_differences(mode, loss_kind):
     with jax.enable_x64(True):

@@ -120,6 +120,7 @@ def test_inputs_and_nearest_resize_are_exact(cases):
 # Parity.
 
 
+@pytest.mark.slow
 def test_identity_is_moco_with_unit_features(identity, features):
     assert identity.name == "moco"
     for name, f in features.items():

@@ -118,6 +118,7 @@ def test_lpips_refuses_a_resnet(tmp_path, resnet_sd):
 # IR-SE50
 
 
+@pytest.mark.slow
 def test_irse50_state_dict_variants(irse_sd):
     base = loss_nets.convert_irse50_state_dict(irse_sd)
     assert base.kind == "irse50" and base.config["num_layers"] == 50

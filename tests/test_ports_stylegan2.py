@@ -69,6 +69,7 @@ NVIDIA_SOURCES = [
 NVIDIA_EXCLUDED = {"D_logits_img_const": "test_nvidia_discriminator_parity"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("src, converter, cases", NVIDIA_SOURCES)
 def test_nvidia_parity(src, converter, cases, tmp_path):
     folder = require_shared("fixtures", "stylegan2_nvidia")
@@ -133,6 +134,7 @@ def test_nvidia_discriminator_parity(src, converter, cases, tmp_path):
     _check(np.asarray(logits)[:, None], n["D_logits_img_const"], ATOL_IMG, "D_logits_img_const")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("src, cases", [("g32.pt", "cases_g32.npz"), ("g64_cm1.pt", "cases_g64_cm1.npz")])
 def test_rosinality_parity(src, cases, tmp_path):
     folder = require_shared("fixtures", "stylegan2_rosinality")

@@ -192,6 +192,7 @@ def _two(case, key):
     return case[key][:2]
 
 
+@pytest.mark.slow
 def test_rk4_three_eighths_forward_and_reverse(prior, case):
     rk4 = ODESolver("rk4", num_steps=32)
     fwd = _run(prior, rk4, _two(case, "w"), _two(case, "attr"), _two(case, "hutch_e_rk4_forward"), False)
@@ -224,6 +225,7 @@ def test_without_log_density_the_grid_solution_is_the_same(prior, case):
 # ---- adaptive dopri5 at the official tolerance ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_dopri5_per_image_forward_reverse_and_edits(prior, case):
     """Per-image step control, as the official UI solves each case alone (batch size 1)."""
     solver = ODESolver()

@@ -123,6 +123,7 @@ def test_conv_transpose2d_matches_scatter_add(k, groups):
     np.testing.assert_allclose(got, ref, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("up, demodulate", [(1, True), (2, True), (1, False)])
 def test_modulated_conv_fused_and_not_match_naive(up, demodulate):
     rng = np.random.default_rng(2)
@@ -191,6 +192,7 @@ def test_bias_act_and_dense():
     ],
     ids=["res4", "res8-odd", "res64-odd-grey-clamp"],
 )
+@pytest.mark.slow
 def test_shapes_on_tiny_configs(cfg):
     variables = _randomised(cfg)
     G = Generator(cfg)
@@ -213,6 +215,7 @@ def test_shapes_on_tiny_configs(cfg):
     assert len(noise_shapes(cfg)) == cfg.num_ws - 1
 
 
+@pytest.mark.slow
 def test_w_is_broadcast_to_every_layer():
     variables, G = _randomised(TINY), Generator(TINY)
     w = jax.random.normal(jax.random.key(4), (2, TINY.w_dim))
@@ -250,6 +253,7 @@ def test_class_conditioning():
         G.apply(variables, z, method="mapping")
 
 
+@pytest.mark.slow
 def test_noise_modes_and_explicit_noise():
     variables, G = _randomised(TINY), Generator(TINY)
     ws = _jit(G, "mapping")(variables, jax.random.normal(jax.random.key(7), (2, TINY.z_dim)))
@@ -279,6 +283,7 @@ def test_noise_modes_and_explicit_noise():
         synth(noise=per_sample[:2])
 
 
+@pytest.mark.slow
 def test_fused_equals_nonfused_and_bf16_is_close():
     cfg = TINY
     variables = _randomised(cfg)
@@ -292,6 +297,7 @@ def test_fused_equals_nonfused_and_bf16_is_close():
     assert 1e-4 < rel_rms < 0.05, rel_rms  # bf16 really ran (not float32), and stays close
 
 
+@pytest.mark.slow
 def test_vmap_jit_and_grad_wrt_wplus():
     cfg = TINY
     variables, G = _randomised(cfg), Generator(cfg)

@@ -280,6 +280,7 @@ def test_preprocessing_matches_fixture_crops(cases):
     assert np.abs(face_64 - cases["emotion_rgb_u8"]).max() <= 1.0
 
 
+@pytest.mark.slow
 def test_bfloat16_option(faceres_conv, emotion_conv, cases):
     # bf16 really runs: every convolution and dense layer of both networks multiplies bf16 operands; FaceRes's
     # expected age (probabilities . bin ages, an output statistic, not a layer) stays float32.

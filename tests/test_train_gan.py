@@ -57,6 +57,7 @@ def test_discriminator_names_and_shapes():
         jax.eval_shape(dm.Discriminator(cfg).apply, {"params": params}, jax.ShapeDtypeStruct((6, 16, 16, 3), jnp.float32))
 
 
+@pytest.mark.slow
 def test_down_conv_matches_blur_then_strided_reference():
     """conv1's path (FIR pad 2, stride-2 3x3) against a direct numpy evaluation of NVIDIA's conv2d_resample."""
     layer = dm.Conv2dLayer(5, 3, down=2)
@@ -111,6 +112,7 @@ def _jit(fn):
     return jax.jit(fn, compiler_options=gan.FAST_COMPILE_OPTIONS)
 
 
+@pytest.mark.slow
 def test_r1_penalty_matches_finite_differences_and_grad_of_grad():
     setup = _tiny_setup(r1_gamma=3.0)
     d_params = dm.init_discriminator(TINY_D, jax.random.key(0))["params"]
@@ -143,6 +145,7 @@ def test_r1_penalty_matches_finite_differences_and_grad_of_grad():
     assert float(loss) > 0 and any(float(jnp.max(jnp.abs(g))) > 0 for g in jax.tree.leaves(grads))
 
 
+@pytest.mark.slow
 def test_path_length_gradient_equals_grad_of_grad():
     setup = _tiny_setup(style_mixing_prob=0.5)
     state = gan.init_state(setup, 0, fast_compile=True)
@@ -199,6 +202,7 @@ def test_style_mixing_ema_and_lazy_adam_hyperparameters():
 # Data.
 
 
+@pytest.mark.slow
 def test_lfw_tar_pipeline_and_person_split(tmp_path):
     tar = require_shared(*LFW)
     paths = data_lib.list_source(tar)
@@ -263,6 +267,7 @@ def test_frechet_distance_zero_for_identical_sets_and_exact_for_a_shift():
 # End to end.
 
 
+@pytest.mark.slow
 def test_tiny_config_trains_checkpoints_resumes_and_exports(tmp_path):
     require_shared(*LFW)
     from magec_jax.train_gan import run
