@@ -39,6 +39,9 @@ def make_state_dict(spec: dict) -> dict[str, np.ndarray]:
             sd[name] = (kw["mean"] + kw["std"] * rng.standard_normal(shape, dtype=np.float64)).astype(np.float32)
         elif kind == "uniform":
             sd[name] = rng.uniform(kw["low"], kw["high"], size=shape).astype(np.float32)
+        elif kind == "normal_unit_columns":  # every column (e.g. one queued MoCo key) of unit L2 norm
+            q = rng.standard_normal(shape, dtype=np.float64)
+            sd[name] = (q / np.sqrt((q * q).sum(axis=0))).astype(np.float32)
         else:
             raise ValueError(rule)
     return sd

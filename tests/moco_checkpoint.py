@@ -2,7 +2,7 @@
 "Rebuilding the checkpoint in a test") and written as ``torch.save`` would, without torch.
 
 * backbone: ``resnet50_attr/state_dict_spec.json`` (``loss_net_helpers.make_state_dict``), without ``fc.*``;
-* MLP head and queue: :func:`make_head_and_queue` on ``head_and_queue_spec.json``;
+* MLP head and queue: ``head_and_queue_spec.json`` decoded by the same spec reader as the backbone;
 * ``state_dict``: the 646 entries of ``checkpoint_layout.json`` in order, each from its source (``spec:``,
   ``head_and_queue_spec:`` or ``same_as:``), every sha256 checked;
 * ``optimizer``: SGD's ``state`` (zero momentum buffers) and ``param_groups`` from the layout.
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -26,36 +25,11 @@ def _sha(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<")).tobytes()).hexdigest()
 
 
-def make_head_and_queue(spec: dict) -> dict[str, np.ndarray]:
-    """``head_and_queue_spec.json`` -> tensors: one seeded stream, drawn entry by entry in float64."""
-    rng = np.random.default_rng(spec["seed"])
-    out = {}
-    for name, shape, rule in spec["entries"]:
-        kind, _, args = rule.partition("(")
-        kw = {k: float(v) for k, v in (a.split("=") for a in args.rstrip(")").split(",") if a)}
-        shape = tuple(shape)
-        if kind == "zeros_int64":  # no draw
-            out[name] = np.zeros(shape, np.int64)
-        elif kind == "normal_fanin":
-            scale = kw["gain"] / math.sqrt(int(np.prod(shape[1:])))
-            out[name] = (rng.standard_normal(shape, dtype=np.float64) * scale).astype(np.float32)
-        elif kind == "normal":
-            out[name] = (kw["mean"] + kw["std"] * rng.standard_normal(shape, dtype=np.float64)).astype(np.float32)
-        elif kind == "normal_unit_columns":  # every column (one queued key) of unit L2 norm
-            q = rng.standard_normal(shape, dtype=np.float64)
-            out[name] = (q / np.sqrt((q * q).sum(axis=0))).astype(np.float32)
-        else:
-            raise ValueError(rule)
-    bad = [k for k, v in out.items() if _sha(v) != spec["sha256"][k]]
-    assert not bad, f"head/queue tensors differ from the spec's sha256: {bad}"
-    return out
-
-
 def build_checkpoint(fixture: Path, resnet_spec: Path) -> dict[str, Any]:
     """``{'epoch', 'arch', 'state_dict', 'optimizer'}`` with numpy arrays, as ``main_moco.py`` saves it."""
     layout = json.loads((fixture / "checkpoint_layout.json").read_text())
     _, backbone = load_fixture_state_dict(resnet_spec)
-    head_queue = make_head_and_queue(json.loads((fixture / "head_and_queue_spec.json").read_text()))
+    _, head_queue = load_fixture_state_dict(fixture / "head_and_queue_spec.json")
     state_dict: OrderedDict[str, np.ndarray] = OrderedDict()
     for key, shape, dtype, sha, source in layout["state_dict"]["entries"]:
         kind, _, name = source.partition(":")
