@@ -188,8 +188,10 @@ def test_donation_reuses_the_state_buffers(targets, run, donate):
     engine, _ = run() if donate == "on" else run(donate="off")
     prepared = engine.prepare(jnp.asarray(targets))
     state = engine.init(2)
-    engine.step(state, prepared, 0)
+    before = state.latent.unsafe_buffer_pointer()
+    after = engine.step(state, prepared, 0).latent.unsafe_buffer_pointer()
     assert state.latent.is_deleted() == (donate == "on")
+    assert (after == before) == (donate == "on")  # donated: the new latent is written into the old one's memory
 
 
 def test_remat_checkpoints_every_synthesis_layer(networks):

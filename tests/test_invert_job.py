@@ -116,6 +116,12 @@ def test_nonfinite_image_is_reported_and_the_batch_finishes(tmp_path):
     summary = job_lib.run(make_config(folder, tmp_path / "out"), networks=dataclasses.replace(nets, lpips=fragile_lpips))
     assert [Path(f["image"]).name for f in summary["failed"]] == ["white.png"]
     assert summary["done"] == 3 and not (tmp_path / "out" / "white.json").exists()
+    # The batch's other images are unaffected: they get the latents of a run without the failing image.
+    (folder / "white.png").unlink()
+    job_lib.run(make_config(folder, tmp_path / "clean"), networks=nets)
+    for i in range(3):
+        a, b = (np.load(tmp_path / d / f"img{i:02d}.npz")["w"] for d in ("out", "clean"))
+        np.testing.assert_allclose(a, b, atol=standins.BATCH_ATOL)
 
 
 SCRIPT = """
