@@ -219,12 +219,51 @@ def load_image(path: str | os.PathLike, resolution: int, *, min_size: int | None
     w, h = img.size
     if min(w, h) < min_size:
         raise FileFormatError(path, f"too small: {w}x{h}, the shorter side must be at least {min_size} px")
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    img = img.crop((left, top, left + side, top + side))
-    if side != resolution:
-        img = img.resize((resolution, resolution), Image.LANCZOS)
-    return np.asarray(img, np.float32) / np.float32(127.5) - np.float32(1.0)
+    pixels, _ = frame(img, resolution)
+    return pixels.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+
+
+FRAMINGS = ("square", "letterbox")
+
+
+def frame(img: Image.Image, resolution: int, framing: str = "square", *,
+          crop: int | None = None) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Frames an RGB image as a generator's training data was: uint8 ``[resolution, resolution, 3]`` and the
+    content box ``(left, top, right, bottom)`` in output pixels (where the picture is; the rest is black band).
+
+    Framings:
+      * ``"square"``: the largest centred square (at most ``crop`` px on a side when given), Lanczos-resized;
+        the content box is the whole frame.
+      * ``"letterbox"``: the whole image, its long side resized to ``resolution`` with the aspect ratio kept
+        (the short side rounded to the nearest pixel, at least 1), centred on black (NVIDIA's LSUN Car framing,
+        here with each image's own aspect ratio, so that no part of an object cut to its box is lost).
+    """
+    w, h = img.size
+    if framing == "square":
+        side = min(w, h) if crop is None else min(crop, w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        img = img.crop((left, top, left + side, top + side))
+        if side != resolution:
+            img = img.resize((resolution, resolution), Image.LANCZOS)
+        return np.asarray(img, np.uint8), (0, 0, resolution, resolution)
+    if framing == "letterbox":
+        scale = resolution / max(w, h)
+        cw, ch = (max(1, min(resolution, round(v * scale))) for v in (w, h))
+        if (cw, ch) != (w, h):
+            img = img.resize((cw, ch), Image.LANCZOS)
+        left, top = (resolution - cw) // 2, (resolution - ch) // 2
+        out = np.zeros((resolution, resolution, 3), np.uint8)
+        out[top: top + ch, left: left + cw] = np.asarray(img, np.uint8)
+        return out, (left, top, left + cw, top + ch)
+    raise ValueError(f"unknown framing {framing!r} (expected one of {', '.join(FRAMINGS)})")
+
+
+def content_mask(box: tuple[int, int, int, int], resolution: int) -> np.ndarray:
+    """float32 ``[resolution, resolution]``: 1 inside a :func:`frame` content box, 0 on its bands."""
+    left, top, right, bottom = box
+    mask = np.zeros((resolution, resolution), np.float32)
+    mask[top:bottom, left:right] = 1.0
+    return mask
 
 
 def to_uint8(img_HxWxC: np.ndarray) -> np.ndarray:

@@ -12,10 +12,10 @@ import functools
 import ml_collections
 
 from magec_jax.configdicts import to_configdict
-from magec_jax.images import MAX_IMAGE_PIXELS
+from magec_jax.images import FRAMINGS, MAX_IMAGE_PIXELS
 from magec_jax.models.discriminator import DiscriminatorConfig
 from magec_jax.models.stylegan2 import StyleGAN2Config
-from magec_jax.training.data import DEFAULT_CROP, DEFAULT_HELDOUT_FRACTION
+from magec_jax.training.data import DEFAULT_CROP, DEFAULT_HELDOUT_FRACTION, HELDOUT_UNITS
 from magec_jax.training.gan import GANSetup
 
 
@@ -48,10 +48,12 @@ class TrainGANConfig:
     data: str = ""  # tar or folder of <Person>/<image> files
     out_dir: str = ""  # checkpoints/, samples/, generator/, metrics.jsonl, data/ (the decoded-image cache)
     resolution: int = 64
-    crop: int = DEFAULT_CROP  # central box (px) cut from each source image before resizing
+    framing: str = "square"  # "square": the central `crop` box; "letterbox": the whole image on black
+    crop: int = DEFAULT_CROP  # central box (px) cut from each source image before resizing ("square" framing)
     max_images: int = 0  # the first N source paths in sorted order (0: all)
     max_image_pixels: int = MAX_IMAGE_PIXELS  # larger source images are skipped unread (decompression bombs)
     heldout_fraction: float = DEFAULT_HELDOUT_FRACTION  # of the people, by name hash; never trained on
+    heldout_by: str = "folder"  # held out together: "folder" (a person's images) or "file" (each image)
     xflip: bool = True
     seed: int = 0
 
@@ -92,6 +94,10 @@ class TrainGANConfig:
         for name in ("total_kimg", "checkpoint_kimg", "log_every", "batch_size", "max_image_pixels"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.framing not in FRAMINGS:
+            raise ValueError(f"framing must be one of {', '.join(FRAMINGS)}, got {self.framing!r}")
+        if self.heldout_by not in HELDOUT_UNITS:
+            raise ValueError(f"heldout_by must be one of {', '.join(HELDOUT_UNITS)}, got {self.heldout_by!r}")
         self.setup  # the networks and the batch must fit together (GANSetup's checks)
 
     @functools.cached_property

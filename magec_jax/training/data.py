@@ -29,8 +29,8 @@ import numpy as np
 from PIL import Image
 
 from magec_jax.errors import FileFormatError
-from magec_jax.images import (IMAGE_SUFFIXES, MAX_IMAGE_PIXELS, atomic_save_npy, atomic_write_bytes, open_image,
-                              reading_settings)
+from magec_jax.images import (IMAGE_SUFFIXES, MAX_IMAGE_PIXELS, atomic_save_npy, atomic_write_bytes, frame,
+                              open_image, reading_settings)
 from magec_jax.logs import Log, to_stderr
 
 DEFAULT_HELDOUT_FRACTION = 0.1
@@ -63,6 +63,19 @@ def person_of(path: str) -> str:
     return parts[-2] if len(parts) > 1 else ""
 
 
+HELDOUT_UNITS = ("folder", "file")
+
+
+def group_of(path: str, by: str = "folder") -> str:
+    """What is held out together: the image's person (``"folder"``, :func:`person_of`; LFW's layout) or the
+    image itself (``"file"``, its name; a data set with one folder, such as the Stanford Cars crops)."""
+    if by == "folder":
+        return person_of(path)
+    if by == "file":
+        return Path(path).name
+    raise ValueError(f"unknown held-out unit {by!r} (expected one of {', '.join(HELDOUT_UNITS)})")
+
+
 def is_heldout(person: str, fraction: float = DEFAULT_HELDOUT_FRACTION) -> bool:
     """Whether ``person`` belongs to the held-out set: ``sha256(person)[:8] / 2**64 < fraction``."""
     digest = hashlib.sha256(person.encode("utf-8")).digest()
@@ -70,16 +83,17 @@ def is_heldout(person: str, fraction: float = DEFAULT_HELDOUT_FRACTION) -> bool:
 
 
 def split_by_person(
-    paths: Sequence[str], fraction: float = DEFAULT_HELDOUT_FRACTION
+    paths: Sequence[str], fraction: float = DEFAULT_HELDOUT_FRACTION, by: str = "folder"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Indices ``(train, heldout)`` into ``paths``, sorted; an image is held out when its person is."""
-    heldout_N = np.asarray([is_heldout(person_of(p), fraction) for p in paths], bool)
+    """Indices ``(train, heldout)`` into ``paths``, sorted; an image is held out when its group
+    (:func:`group_of`: its person by default) is."""
+    heldout_N = np.asarray([is_heldout(group_of(p, by), fraction) for p in paths], bool)
     return np.flatnonzero(~heldout_N), np.flatnonzero(heldout_N)
 
 
-def heldout_people(paths: Iterable[str], fraction: float = DEFAULT_HELDOUT_FRACTION) -> list[str]:
-    """The sorted held-out people among those of ``paths``."""
-    return sorted({person_of(p) for p in paths if is_heldout(person_of(p), fraction)})
+def heldout_people(paths: Iterable[str], fraction: float = DEFAULT_HELDOUT_FRACTION, by: str = "folder") -> list[str]:
+    """The sorted held-out groups (people by default, see :func:`group_of`) among those of ``paths``."""
+    return sorted({group_of(p, by) for p in paths if is_heldout(group_of(p, by), fraction)})
 
 
 def heldout_portraits(
@@ -100,25 +114,19 @@ def heldout_portraits(
     return [first[people[i * len(people) // count]] for i in range(count)]
 
 
-def preprocess(img: Image.Image, resolution: int, crop: int) -> np.ndarray:
-    """Central ``crop`` box (clipped to the image), Lanczos resize to ``resolution``: uint8 ``[R, R, 3]``."""
-    img = img.convert("RGB")
-    w, h = img.size
-    side = min(crop, w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    img = img.crop((left, top, left + side, top + side))
-    if side != resolution:
-        img = img.resize((resolution, resolution), Image.LANCZOS)
-    return np.asarray(img, np.uint8)
+def preprocess(img: Image.Image, resolution: int, crop: int, framing: str = "square") -> np.ndarray:
+    """uint8 ``[R, R, 3]`` by :func:`magec_jax.images.frame`: ``"square"``, the central ``crop`` box (clipped to
+    the image) Lanczos-resized to ``resolution``; ``"letterbox"``, the whole image on black (``crop`` unused)."""
+    return frame(img.convert("RGB"), resolution, framing, crop=crop)[0]
 
 
-def _decode(name: str, data: bytes, resolution: int, crop: int, max_pixels: int) -> np.ndarray:
+def _decode(name: str, data: bytes, resolution: int, crop: int, max_pixels: int, framing: str) -> np.ndarray:
     """One file's bytes by the reading policy of ``magec_jax.images.open_image``, then :func:`preprocess`.
 
     Raises:
       BadImage: over the pixel limit, several frames, undecodable or truncated.
     """
-    return preprocess(open_image(data, max_pixels=max_pixels, name=name), resolution, crop)
+    return preprocess(open_image(data, max_pixels=max_pixels, name=name), resolution, crop, framing)
 
 
 def list_source(source: str | os.PathLike) -> list[str]:
@@ -153,7 +161,7 @@ def _source_files(source: Path, paths: Sequence[str]) -> Iterable[tuple[str, byt
 
 def decode_source(
     source: str | os.PathLike, paths: Sequence[str], resolution: int, crop: int, *,
-    max_pixels: int = MAX_IMAGE_PIXELS,
+    max_pixels: int = MAX_IMAGE_PIXELS, framing: str = "square",
 ) -> np.ndarray:
     """Decodes ``paths`` (from :func:`list_source`) of a tar or folder: uint8 ``[len(paths), R, R, 3]``.
 
@@ -162,13 +170,13 @@ def decode_source(
     """
     out = np.empty((len(paths), resolution, resolution, 3), np.uint8)
     for i, (name, data) in enumerate(_source_files(Path(source), paths)):
-        out[i] = _decode(name, data, resolution, crop, max_pixels)
+        out[i] = _decode(name, data, resolution, crop, max_pixels, framing)
     return out
 
 
 def decode_readable(
     source: str | os.PathLike, paths: Sequence[str], resolution: int, crop: int, *,
-    max_pixels: int = MAX_IMAGE_PIXELS, log: Log = to_stderr,
+    max_pixels: int = MAX_IMAGE_PIXELS, framing: str = "square", log: Log = to_stderr,
 ) -> tuple[np.ndarray, list[str], list[dict]]:
     """Decodes the usable ones of ``paths``: ``(uint8 [K, R, R, 3], their K paths, skipped)``; each file that
     cannot be used (over ``max_pixels``, several frames, undecodable, truncated) is reported in one line and
@@ -178,7 +186,7 @@ def decode_readable(
     skipped: list[dict] = []
     for p, (name, data) in zip(paths, _source_files(Path(source), paths)):
         try:
-            out[len(kept)] = _decode(name, data, resolution, crop, max_pixels)
+            out[len(kept)] = _decode(name, data, resolution, crop, max_pixels, framing)
         except FileFormatError as e:
             log(f"skipped {e}")
             skipped.append(dict(image=p, reason=e.problem))
@@ -187,10 +195,12 @@ def decode_readable(
     return out[: len(kept)], kept, skipped
 
 
-def cache_stem(source: str | os.PathLike, resolution: int, crop: int, max_images: int | None) -> str:
+def cache_stem(source: str | os.PathLike, resolution: int, crop: int, max_images: int | None,
+               framing: str = "square") -> str:
     """The cache file name (without suffix) for a source and preprocessing."""
     name = Path(source).name.split(".")[0]
-    return f"{name}_r{resolution}_c{crop}" + (f"_n{max_images}" if max_images else "")
+    frame_part = f"_c{crop}" if framing == "square" else f"_{framing}"
+    return f"{name}_r{resolution}{frame_part}" + (f"_n{max_images}" if max_images else "")
 
 
 def load_faces(
@@ -201,6 +211,7 @@ def load_faces(
     cache_dir: str | os.PathLike | None = None,
     max_images: int | None = None,
     max_pixels: int = MAX_IMAGE_PIXELS,
+    framing: str = "square",
     log: Log = to_stderr,
 ) -> FaceDataset:
     """All usable images of ``source`` (or of its first ``max_images`` paths in sorted order), preprocessed; a
@@ -221,12 +232,13 @@ def load_faces(
     reading = reading_settings(max_pixels)
     if cache_dir is not None:
         cache_dir = Path(cache_dir)
-        stem = cache_stem(source, resolution, crop, max_images)
+        stem = cache_stem(source, resolution, crop, max_images, framing)
         array_path, list_path, meta_path = (cache_dir / f"{stem}{ext}" for ext in (".npy", ".txt", ".json"))
         cached = _cached(array_path, list_path, meta_path, paths, resolution, reading)
         if cached is not None:
             return cached
-    images, kept, skipped = decode_readable(source, paths, resolution, crop, max_pixels=max_pixels, log=log)
+    images, kept, skipped = decode_readable(source, paths, resolution, crop, max_pixels=max_pixels, framing=framing,
+                                            log=log)
     if not kept:
         raise FileFormatError(source, f"none of its {len(paths)} images is usable")
     if skipped:
@@ -236,7 +248,8 @@ def load_faces(
         atomic_save_npy(array_path, images)
         atomic_write_bytes(list_path, ("\n".join(kept) + "\n").encode())
         atomic_write_bytes(meta_path, json.dumps({
-            "source": str(source), "resolution": resolution, "crop": crop, "count": len(kept), "listed": len(paths),
+            "source": str(source), "resolution": resolution, "crop": crop, "framing": framing, "count": len(kept),
+            "listed": len(paths),
             "skipped": skipped, "reading": reading}).encode())
     return FaceDataset(images, tuple(kept), tuple(skipped))
 

@@ -3,8 +3,8 @@
 Everything lives in ``out_dir`` (the run folder)::
 
     config.json            the config of the latest run (architecture checked on resume)
-    data/                  decoded-image cache (``<source>_r<R>_c<crop>.npy`` + path list)
-    heldout_people.txt     the people held out of training (``magec_jax.training.data.is_heldout``)
+    data/                  decoded-image cache (``<source>_r<R>_c<crop>.npy``, ``_letterbox`` + path list)
+    heldout_people.txt     the people (or files, ``heldout_by``) held out of training (``training.data.is_heldout``)
     checkpoints/<step>/    orbax: the whole GANState (G, D, G_ema, Adam states, step, images seen, RNG)
     samples/               reals.png; fakes_kimg<kimg>_psi{1.0,0.7}.png (G_ema, seeds 0..N-1, constant noise)
     generator/             the latest G_ema in the converted format (kind 'stylegan2')
@@ -34,7 +34,7 @@ from magec_jax.models import stylegan2
 from magec_jax.training import data as data_lib
 from magec_jax.training import fd as fd_lib
 from magec_jax.training import gan
-from magec_jax.training.config import TrainGANConfig
+from magec_jax.training.config import TrainGANConfig, default_config
 from magec_jax.weights import Converted, save_converted
 from ports.loss_nets import packaged_lpips
 
@@ -71,8 +71,9 @@ def _check_config(run_dir: Path, config: ml_collections.ConfigDict, cfg: TrainGA
     path = run_dir / "config.json"
     if path.exists() and (run_dir / "checkpoints").exists():
         old = json.loads(path.read_text())
-        for key in ("resolution", "crop", "g", "d"):
-            if old.get(key) != config.to_dict()[key]:
+        defaults = default_config().to_dict()  # a key the resumed run predates had its default then
+        for key in ("resolution", "crop", "framing", "heldout_by", "g", "d"):
+            if old.get(key, defaults[key]) != config.to_dict()[key]:
                 raise MagecError(
                     f"{run_dir}: config.{key} differs from the run being resumed "
                     f"({old.get(key)} != {config.to_dict()[key]}); use another out_dir"
@@ -87,7 +88,8 @@ def _export_generator(run_dir: Path, cfg: TrainGANConfig, state: gan.GANState, k
         config=cfg.setup.g.to_dict(),
         variables=variables,
         manifest={"extra": {"trainer": CONVERTER, "kimg": kimg, "step": int(state.step), "data": str(cfg.data),
-                            "crop": cfg.crop, "heldout_fraction": cfg.heldout_fraction}},
+                            "crop": cfg.crop, "framing": cfg.framing, "heldout_fraction": cfg.heldout_fraction,
+                            "heldout_by": cfg.heldout_by}},
     )
     return save_converted(run_dir / "generator", converted, converter=CONVERTER, overwrite=True)
 
@@ -159,15 +161,16 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
     faces = data_lib.load_faces(cfg.data, cfg.resolution, crop=cfg.crop, cache_dir=run_dir / "data",
                                 max_images=cfg.max_images or None, max_pixels=cfg.max_image_pixels,
-                                log=lambda line: print(line, flush=True))
-    train_idx, heldout_idx = data_lib.split_by_person(faces.paths, cfg.heldout_fraction)
-    atomic_write_bytes(run_dir / "heldout_people.txt",
-                       "".join(p + "\n" for p in data_lib.heldout_people(faces.paths, cfg.heldout_fraction)).encode())
+                                framing=cfg.framing, log=lambda line: print(line, flush=True))
+    train_idx, heldout_idx = data_lib.split_by_person(faces.paths, cfg.heldout_fraction, cfg.heldout_by)
+    heldout = data_lib.heldout_people(faces.paths, cfg.heldout_fraction, cfg.heldout_by)
+    atomic_write_bytes(run_dir / "heldout_people.txt", "".join(p + "\n" for p in heldout).encode())
     if len(train_idx) < setup.batch_size:
         raise MagecError(f"{cfg.data}: {len(train_idx)} training images do not fill one batch of {setup.batch_size}")
+    framing_text = f"from the central {cfg.crop}px" if cfg.framing == "square" else "letterboxed"
     unusable = f", {len(faces.skipped)} unusable skipped (listed in data/*.json)" if faces.skipped else ""
     print(f"data: {len(faces.paths)} images, {len(train_idx)} for training, {len(heldout_idx)} held out "
-          f"({cfg.resolution}px from the central {cfg.crop}px){unusable}", flush=True)
+          f"({cfg.resolution}px, {framing_text}){unusable}", flush=True)
 
     manager = ocp.CheckpointManager(
         (run_dir / "checkpoints").absolute(),
