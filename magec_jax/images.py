@@ -18,10 +18,12 @@ Every image a command reads comes through :func:`open_image` (the one safe opene
 Input policy of the inversion (:func:`load_image`), documented in docs/commands.md, "Input policy":
   * Accepted: RGB or grey (replicated to RGB) after the reading policy above; RGBA/LA/P only when every pixel
     is opaque. Transparent pixels are refused.
-  * Too small: a shorter side under ``min_size`` pixels is refused (upsampling would invent detail).
-  * Geometry: the largest centred square is cropped, then resized to the generator's resolution with
-    Lanczos (antialiased when shrinking). Aligned face crops (FFHQ/CelebA-HQ style) are already square, so
-    only the resize applies to them.
+  * Too small: the side resized to the resolution (the shorter one for the square framing, the longer one for
+    the letterbox) under ``min_size`` pixels is refused (upsampling would invent detail).
+  * Geometry (:func:`frame`): by default the largest centred square is cropped, then resized to the generator's
+    resolution with Lanczos (antialiased when shrinking). Aligned face crops (FFHQ/CelebA-HQ style) are already
+    square, so only the resize applies to them. ``framing="letterbox"`` keeps the whole image instead, its long
+    side resized to the resolution and centred on black, as a letterboxed generator's data was (the cars).
   * Values: uint8 0..255 -> float32 [-1, 1] as ``x / 127.5 - 1``.
 """
 
@@ -205,25 +207,30 @@ def opaque_rgb(label: str | os.PathLike, im: Image.Image) -> Image.Image:
     return im if im.mode == "RGB" else im.convert("RGB")
 
 
+FRAMINGS = ("square", "letterbox")
+
+
 def load_image(path: str | os.PathLike, resolution: int, *, min_size: int | None = None,
-               max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """Reads one image by the input policy of this module: ``[resolution, resolution, 3]`` float32 in [-1, 1].
+               max_pixels: int = MAX_IMAGE_PIXELS, framing: str = "square") -> np.ndarray:
+    """Reads one image by the input policy of this module: ``[resolution, resolution, 3]`` float32 in [-1, 1],
+    framed by :func:`frame` (``framing``: ``"square"`` or ``"letterbox"``).
 
     Raises:
       FileFormatError: missing, unreadable/corrupt (:class:`~magec_jax.errors.BadImage`), over ``max_pixels``,
         several frames, an unsupported mode, transparency, or too small.
+      ValueError: an unknown ``framing`` (before the file is read).
     """
+    if framing not in FRAMINGS:
+        raise ValueError(f"unknown framing {framing!r} (expected one of {', '.join(FRAMINGS)})")
     path = Path(path)
     min_size = resolution // 2 if min_size is None else min_size
     img = opaque_rgb(path, open_image(path, max_pixels=max_pixels))
     w, h = img.size
-    if min(w, h) < min_size:
-        raise FileFormatError(path, f"too small: {w}x{h}, the shorter side must be at least {min_size} px")
-    pixels, _ = frame(img, resolution)
+    side, which = (min(w, h), "shorter") if framing == "square" else (max(w, h), "longer")
+    if side < min_size:
+        raise FileFormatError(path, f"too small: {w}x{h}, the {which} side must be at least {min_size} px")
+    pixels, _ = frame(img, resolution, framing)
     return pixels.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
-
-
-FRAMINGS = ("square", "letterbox")
 
 
 def frame(img: Image.Image, resolution: int, framing: str = "square", *,

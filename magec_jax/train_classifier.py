@@ -5,8 +5,9 @@
 
 Data: ``attributes`` is a ``list_attr_celeba.txt``-style table (a count line, a header of attribute names,
 then ``<image path relative to images> v1 v2 ...`` with values 1 / -1); ``attribute_names`` picks columns
-(default: all). Images are read by the project's input policy (centre square, Lanczos to ``image_size``)
-and split once into train/validation by ``seed``.
+(default: all). Images are read by the project's input policy and framed by ``framing`` (``"square"``: the
+centred square; ``"letterbox"``: the whole image, long side to ``image_size``, centred on black; Lanczos) and
+split once into train/validation by ``seed``. Resuming with another ``image_size`` or ``framing`` is refused.
 
 Schedule (METHOD.md): ``head_epochs`` training only the last layer (body frozen, BatchNorm on its running
 statistics) at ``head_lr``, then ``full_epochs`` of all layers with discriminative learning rates spaced
@@ -14,8 +15,9 @@ geometrically from ``lr_min`` (stem, layer1, layer2) over the middle group (laye
 (fc), as fastai's ``slice(lr_min, lr_max)``; AdamW, one-cycle schedule per phase by default. BCE loss.
 
 Outputs in ``out_dir``: ``checkpoints/`` (orbax; a rerun of the same command resumes from the latest),
-``metrics.json`` (per-epoch loss and per-attribute validation accuracy), and ``resnet50/`` (the final
-weights in the converted format, kind ``resnet50``; load with ``magec_jax.models.resnet.resnet_descriptor``).
+``config.json`` (the run's config), ``metrics.json`` (per-epoch loss and per-attribute validation accuracy,
+the framing), and ``resnet50/`` (the final weights in the converted format, kind ``resnet50``, the framing in
+its manifest's ``extra``; load with ``magec_jax.models.resnet.resnet_descriptor``).
 The code is in ``magec_jax/classifier/``.
 """
 

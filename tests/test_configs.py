@@ -22,8 +22,8 @@ TYPED = {
     "ffhq1024": JobConfig, "demo": JobConfig, "tiny": JobConfig,
     "eval_tiny": EvalConfig, "eval_ffhq1024": EvalConfig, "eval_demo": EvalConfig,
     "linknet_tiny": SupervisionConfig, "linknet_demo": SupervisionConfig, "linknet_ffhq1024": SupervisionConfig,
-    "classifier_tiny": TrainConfig, "classifier_celeba": TrainConfig,
-    "lfw_stylegan2": TrainGANConfig,
+    "classifier_tiny": TrainConfig, "classifier_celeba": TrainConfig, "classifier_cars": TrainConfig,
+    "lfw_stylegan2": TrainGANConfig, "cars_stylegan2": TrainGANConfig,
 }
 # A value for each free-text variant (``"<placeholder>"`` keys of VARIANTS).
 PLACEHOLDER_EXAMPLES = {"<attributes>": "Male,Smiling"}

@@ -10,7 +10,7 @@ from typing import Literal
 import ml_collections
 
 from magec_jax.configdicts import to_configdict
-from magec_jax.images import MAX_IMAGE_PIXELS
+from magec_jax.images import FRAMINGS, MAX_IMAGE_PIXELS
 
 GROUPS = ("early", "late", "head")  # stem + layer1 + layer2 | layer3 + layer4 | fc
 
@@ -25,6 +25,9 @@ class TrainConfig:
     out_dir: str = ""  # checkpoints/, metrics.json, resnet50/ (final converted weights)
     init_weights: str = ""  # converted resnet50 directory (ImageNet) for every layer but fc; empty: random init
     image_size: int = 224
+    # How an image becomes image_size x image_size (magec_jax.images.frame): "square", the centred square;
+    # "letterbox", the whole image on black, as a letterboxed generator's data was (the cars).
+    framing: str = "square"
     batch_size: int = 64
     val_fraction: float = 0.1
     seed: int = 0
@@ -58,6 +61,8 @@ class TrainConfig:
                      "max_image_pixels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.framing not in FRAMINGS:
+            raise ValueError(f"framing must be one of {', '.join(FRAMINGS)}, got {self.framing!r}")
         for name in ("head_epochs", "full_epochs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {getattr(self, name)}")

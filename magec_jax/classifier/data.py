@@ -75,22 +75,25 @@ def epoch_batches(n_train: int, batch_size: int, seed: int, epoch: int) -> np.nd
 class Loader:
     """Decodes batches of images on a thread pool, one batch ahead.
 
-    An image that cannot be used (:func:`magec_jax.images.load_image`: over ``max_pixels``, several frames,
-    undecodable, truncated, transparent) is reported once in one line, remembered in :attr:`skipped`, and its
-    row of the batch is filled with the batch's first usable image (and that image's labels: see
-    :meth:`submit`), so batches keep their shape and a resumed run sees the same batches.
+    Each image is read and framed by :func:`magec_jax.images.load_image` with ``framing`` (``"square"``: the
+    centred square; ``"letterbox"``: the whole image on black). An image that cannot be used (over
+    ``max_pixels``, several frames, undecodable, truncated, transparent) is reported once in one line,
+    remembered in :attr:`skipped`, and its row of the batch is filled with the batch's first usable image (and
+    that image's labels: see :meth:`submit`), so batches keep their shape and a resumed run sees the same batches.
     """
 
     def __init__(self, paths: tuple[Path, ...], image_size: int, num_workers: int, *,
-                 max_pixels: int = MAX_IMAGE_PIXELS, log: Log = print):
+                 max_pixels: int = MAX_IMAGE_PIXELS, framing: str = "square", log: Log = print):
         self._paths, self._size, self._max_pixels, self._log = paths, image_size, max_pixels, log
+        self._framing = framing
         self._pool = concurrent.futures.ThreadPoolExecutor(max(1, num_workers))
         self._lock = threading.Lock()
         self.skipped: dict[int, str] = {}  # index into paths -> reason
 
     def _load(self, i: int) -> np.ndarray | None:
         try:
-            return load_image(self._paths[i], self._size, min_size=1, max_pixels=self._max_pixels)
+            return load_image(self._paths[i], self._size, min_size=1, max_pixels=self._max_pixels,
+                              framing=self._framing)
         except FileFormatError as e:
             with self._lock:
                 first = i not in self.skipped

@@ -14,10 +14,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from magec_jax.classifier.config import TrainConfig
+from magec_jax.classifier.config import TrainConfig, default_config
 from magec_jax.classifier.data import Loader, read_attribute_table, split, train_batches
 from magec_jax.classifier.steps import StepSetup, TrainState, eval_step, init_state, train_step
 from magec_jax.configdicts import from_configdict
+from magec_jax.errors import MagecError
 from magec_jax.images import atomic_write_json
 from magec_jax.models import resnet
 from magec_jax.weights import Converted, save_converted
@@ -37,6 +38,26 @@ def evaluate(state: TrainState, loader: Loader, val: np.ndarray, labels_NxK: np.
         correct += np.sum(((logits[: len(idx)] > 0) == (labels_NxK[idx] > 0.5))[own], axis=0)
         counted += int(own.sum())
     return correct / max(counted, 1)
+
+
+PREPROCESSING = ("image_size", "framing")  # what a resumed run must share with the run it resumes
+
+
+def check_resume(out_dir: Path, config: ml_collections.ConfigDict) -> None:
+    """Refuses to resume a run in ``out_dir`` with other preprocessing (``PREPROCESSING``); writes ``config.json``.
+
+    Raises:
+      MagecError: naming ``out_dir`` and the setting that differs.
+    """
+    path = out_dir / "config.json"
+    if path.exists() and (out_dir / "checkpoints").exists():
+        old, new = json.loads(path.read_text()), config.to_dict()
+        defaults = default_config().to_dict()  # a key the resumed run predates had its default then
+        for key in PREPROCESSING:
+            if old.get(key, defaults[key]) != new[key]:
+                raise MagecError(f"{out_dir}: config.{key} differs from the run being resumed "
+                                 f"({old.get(key, defaults[key])!r} != {new[key]!r}); use another out_dir")
+    atomic_write_json(path, config.to_dict())
 
 
 def run(config: ml_collections.ConfigDict, *, max_steps: int | None = None) -> dict:
@@ -67,6 +88,7 @@ def run(config: ml_collections.ConfigDict, *, max_steps: int | None = None) -> d
         return jax.device_put(x, batch_sharding)
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    check_resume(out_dir, config)
     manager = ocp.CheckpointManager(
         (out_dir / "checkpoints").absolute(),
         options=ocp.CheckpointManagerOptions(
@@ -77,9 +99,11 @@ def run(config: ml_collections.ConfigDict, *, max_steps: int | None = None) -> d
     metrics_path = out_dir / "metrics.json"
     summary = {
         "attribute_names": list(data.attribute_names), "train_images": len(train), "val_images": len(val),
-        "steps_per_epoch": steps_per_epoch, "total_steps": total,
+        "steps_per_epoch": steps_per_epoch, "total_steps": total, "image_size": cfg.image_size,
+        "framing": cfg.framing,
     }
-    loader = Loader(data.paths, cfg.image_size, cfg.num_workers, max_pixels=cfg.max_image_pixels)
+    loader = Loader(data.paths, cfg.image_size, cfg.num_workers, max_pixels=cfg.max_image_pixels,
+                    framing=cfg.framing)
     with jax.default_matmul_precision(cfg.matmul_precision):
         state = init_state(setup, cfg.image_size, cfg.seed, Path(cfg.init_weights) if cfg.init_weights else None)
         resumed_from = manager.latest_step()
@@ -128,7 +152,8 @@ def run(config: ml_collections.ConfigDict, *, max_steps: int | None = None) -> d
             kind=resnet.KIND,
             config=resnet.ResNetConfig(data.attribute_names, cfg.image_size).to_dict(),
             variables=jax.device_get({"params": state.params, "batch_stats": state.batch_stats}),
-            manifest={"extra": {"val_accuracy": history[-1].get("val_accuracy") if history else None}},
+            manifest={"extra": {"val_accuracy": history[-1].get("val_accuracy") if history else None,
+                                "framing": cfg.framing}},  # how its inputs were framed (images.frame)
         )
         summary["weights"] = str(save_converted(out_dir / "resnet50", converted,
                                                 converter="magec_jax.train_classifier/1", overwrite=True))
