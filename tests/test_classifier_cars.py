@@ -1,6 +1,7 @@
 """The cars descriptor F's data path: letterbox framing from the classifier config to its batches, resume refusing
 another framing, and ``tools/build_cars_data.py`` on a small synthetic tar and labels.csv (the table it writes,
-the held-out files it keeps out, hostile tar members refused whole, bad input reported in one line).
+the held-out files it keeps out, hostile tar members refused whole, bad input reported in one line), and the
+scores of ``tools/eval_cars_classifier.py``.
 
 None of these compiles a network: each runs in well under a second.
 """
@@ -27,6 +28,7 @@ from magec_jax.training.data import is_heldout
 
 sys.path.insert(0, str(REPO / "tools"))
 import build_cars_data  # noqa: E402  (tools/ is not a package)
+import eval_cars_classifier  # noqa: E402
 
 
 def _car(w: int, h: int, seed: int) -> Image.Image:
@@ -279,3 +281,17 @@ def test_examples_are_heldout_crops_spread_over_body_types(source, tmp_path):
     readme = (folder / "README.md").read_text()
     assert all(f"| `{n}` | {rows[n]['class_name']} | {rows[n]['body']} |" in readme for n in picked)
     assert sorted(p.name for p in folder.glob("*.jpg")) == sorted(picked)
+
+
+def test_eval_scores_count_what_they_say():
+    names = ("is_suv", "is_sedan")
+    labels_NxK = np.asarray([[1, 0], [1, 0], [0, 1], [0, 0], [0, 1]], np.float32)  # the 4th: another body type
+    logits_NxK = np.asarray([[2.0, -1.0], [-0.5, 0.3], [-1.0, 1.0], [0.2, -3.0], [1.0, 0.5]], np.float32)
+    got = eval_cars_classifier.scores(logits_NxK, labels_NxK, names)
+    suv, sedan = got["per_attribute"]["is_suv"], got["per_attribute"]["is_sedan"]
+    assert (suv["accuracy"], suv["majority_accuracy"], suv["positives"]) == (0.4, 0.6, 2)
+    assert (suv["recall"], suv["specificity"]) == (0.5, 1 / 3)
+    assert (sedan["accuracy"], sedan["recall"], sedan["specificity"]) == (0.8, 1.0, 2 / 3)
+    assert got["mean_accuracy"] == pytest.approx(0.6) and got["images"] == 5
+    # body: argmax over the 4 images of one listed type: right for the 1st and 3rd, wrong for the 2nd and 5th
+    assert (got["body_accuracy"], got["body_images"]) == (0.5, 4)
