@@ -291,7 +291,8 @@ def load_bundle(path: str | Path) -> Bundle:
 
 def _named_parts(manifest: dict) -> list[str]:
     parts = [manifest["generator"], manifest["w_avg"]]
-    parts += [manifest[k] for k in ("lpips", "linknet", "directions", "ganspace", "template") if manifest.get(k)]
+    parts += [manifest[k] for k in ("lpips", "linknet", "directions", "ganspace", "template", "styleflow")
+              if manifest.get(k)]
     if manifest.get("identity"):
         parts.append(manifest["identity"]["path"])
     desc = manifest.get("descriptor")

@@ -33,6 +33,7 @@ import numpy as np
 
 from magec_jax import images as imio
 from magec_jax.editing.directions import GanSpace, ganspace_edit, interfacegan_edit, interpolate, load_ganspace
+from magec_jax.editing.styleflow import Change, StyleFlowEditor, bundle_editor, read_context_file
 from magec_jax.errors import FileFormatError, MagecError
 from magec_jax.faces import pipeline as faces
 from magec_jax.faces.align import Alignment, AlignmentError
@@ -318,6 +319,12 @@ class EditJob:
       batch_size: images per compiled generator call.
       paste_back: also write each edit pasted back into the photograph (latents of aligned faces only).
       max_image_pixels: inputs and photographs larger than this (width x height) are refused before decoding.
+      styleflow: StyleFlow rows: each a sequence of ``(attribute, value)`` changes made one after another, a
+        column per change (``magec_jax.editing.styleflow``; ``A=1,A=2`` sweeps one attribute).
+      styleflow_prior: the converted prior (default: the bundle's ``styleflow`` entry).
+      styleflow_attributes: a JSON file ``{latent name: {context name: value}}`` giving each image's context;
+        without it, F's outputs on the reconstruction when the prior was trained on them, else the context that
+        maximises the prior's likelihood of the latent.
     """
 
     latents: tuple[str, ...]
@@ -329,22 +336,31 @@ class EditJob:
     batch_size: int = 8
     paste_back: bool = False
     max_image_pixels: int = imio.MAX_IMAGE_PIXELS
+    styleflow: tuple[tuple[Change, ...], ...] = ()
+    styleflow_prior: str = ""
+    styleflow_attributes: str = ""
 
 
-def run_edits(job: EditJob, bundle: Any, *,
-              log: Log = to_stderr) -> dict:
+def styleflow_label(changes: Sequence[Change]) -> str:
+    """The file-safe name of the latent after ``changes``, e.g. ``sf_expected_age=60_happy_log_odds=+2``."""
+    return _safe("sf_" + "_".join(f"{name}={value:g}" for name, value in changes))
+
+
+def run_edits(job: EditJob, bundle: Any, *, log: Log = to_stderr,
+              styleflow_contexts: Callable[[np.ndarray], np.ndarray] | None = None) -> dict:
     """Renders every edit of every latent; returns ``{name: record}`` (each also written as ``<name>.json``).
 
     ``bundle`` is a loaded model bundle (``magec_jax.bundle.load_bundle``): its generator renders, its
-    directions and ``ganspace`` entry edit.
+    directions and ``ganspace`` entry edit. ``styleflow_contexts`` (``images -> raw contexts``) gives StyleFlow
+    the images' contexts from their reconstructions (F, when the prior was trained on F's outputs).
 
     Per latent ``<name>``: ``<name>.png`` (grid), ``<name>/<label>.npz`` (edited latents, key ``w``
     ``[1, L, D]``), with ``paste_back`` ``<name>/<label>.png`` (the photograph with this face edited, at the
     photograph's size), and ``<name>.json`` (written last: its presence with the same rows marks the latent as
     done, so a rerun skips it).
     """
-    if not job.sweeps and not job.interpolate_to:
-        raise MagecError("nothing to do: give InterFaceGAN, GANSpace or interpolation edits")
+    if not job.sweeps and not job.interpolate_to and not job.styleflow:
+        raise MagecError("nothing to do: give InterFaceGAN, GANSpace, StyleFlow or interpolation edits")
     cfg, variables = bundle.generator
     pca, pca_source = load_pca(bundle, job.pca, cfg.w_dim)
     editor = Editor(cfg.num_ws, cfg.w_dim, bundle.directions(), pca, pca_source)
@@ -364,7 +380,13 @@ def run_edits(job: EditJob, bundle: Any, *,
                                       "--paste-back needs faces the inversion job aligned (config.align)")
             if not lat.photo.is_file():
                 raise FileFormatError(lat.photo, f"no such photograph (the source of {lat.path.name})")
+    flow = None
+    if job.styleflow:
+        flow = bundle_editor(bundle, job.styleflow_prior or None)
+        for line in dict.fromkeys(w for changes in job.styleflow for w in flow.check_changes(changes, cfg.num_ws)):
+            log(line)
     rows = [[e.label for e in sweep] for sweep in job.sweeps]
+    rows += [[styleflow_label(changes[: k + 1]) for k in range(len(changes))] for changes in job.styleflow]
     ts = np.linspace(0.0, 1.0, job.steps) if other is not None else np.zeros(0)
     if other is not None:
         rows.append([_safe(f"interp_{other.name}_{t:.3f}") for t in ts])
@@ -374,14 +396,18 @@ def run_edits(job: EditJob, bundle: Any, *,
     log(f"edit: {len(latents)} latents, {len(latents) - len(pending)} already done; "
         f"{sum(map(len, rows))} edits each in {len(rows)} rows")
     renderer = Renderer(synthesize_fn(cfg), variables, noise_buffers(cfg, variables), job.batch_size)
+    given = read_context_file(job.styleflow_attributes, flow, [lat.name for lat in pending]) \
+        if flow is not None and job.styleflow_attributes else None
     per_latent = 1 + sum(map(len, rows))
     group = max(1, job.batch_size // per_latent)
     results = {}
     for g in range(0, len(pending), group):
         chunk = pending[g: g + group]
+        flow_edits, flow_records = _styleflow_edits(flow, job.styleflow, chunk, renderer, given, styleflow_contexts)
         ws, noise = [], []
-        for lat in chunk:
+        for c, lat in enumerate(chunk):
             edited = [lat.w_LxD] + [editor.apply(e, lat.w_LxD) for sweep in job.sweeps for e in sweep]
+            edited += [rows_KxBxLxD[k, c] for rows_KxBxLxD in flow_edits for k in range(len(rows_KxBxLxD))]
             edited += [np.asarray(interpolate(lat.w_LxD, other.w_LxD, t)) for t in ts]
             ws += edited
             noise += [lat] * len(edited)
@@ -390,9 +416,29 @@ def run_edits(job: EditJob, bundle: Any, *,
             mine = images[i * per_latent: (i + 1) * per_latent]
             latents_i = ws[i * per_latent: (i + 1) * per_latent]
             results[lat.name] = _write_latent_edits(out, lat, rows, mine, latents_i, cfg.img_resolution, log,
-                                                    job.paste_back, job.max_image_pixels)
+                                                    job.paste_back, job.max_image_pixels,
+                                                    flow_records[i] if flow_records else None)
         log(f"edit: {min(g + group, len(pending))}/{len(pending)} latents rendered")
     return results
+
+
+def _styleflow_edits(flow: StyleFlowEditor | None, rows: Sequence[Sequence[Change]], chunk: Sequence[Latent],
+                     renderer: Renderer, given: Mapping[str, np.ndarray] | None,
+                     from_images: Callable[[np.ndarray], np.ndarray] | None) -> tuple[list[np.ndarray], list[dict]]:
+    """The StyleFlow rows' latents for a chunk (``[K, B, L, D]`` per row) and each latent's context record."""
+    if flow is None:
+        return [], []
+    ws = np.stack([lat.w_LxD for lat in chunk])
+    if given is not None:
+        ctx, source = np.stack([given[lat.name] for lat in chunk]), "file"
+    elif from_images is not None:
+        ctx, source = from_images(renderer(ws, renderer.noise_for(chunk))), "descriptor on G(w)"
+    else:
+        ctx, source = flow.estimate(ws), "maximum likelihood"
+    edits = [flow.edit_sequence(ws, ctx, changes) for changes in rows]
+    records = [dict(prior=flow.source, context_from=source,
+                    context={n: float(v) for n, v in zip(flow.context_names, c, strict=True)}) for c in ctx]
+    return edits, records
 
 
 def _edits_done(out: Path, lat: Latent, rows: list[list[str]], paste_back: bool) -> bool:
@@ -411,7 +457,8 @@ def _edits_done(out: Path, lat: Latent, rows: list[list[str]], paste_back: bool)
 
 def _write_latent_edits(out: Path, lat: Latent, rows: list[list[str]], images: np.ndarray,
                         ws: list[np.ndarray], resolution: int, log: Log,
-                        paste_back: bool = False, max_pixels: int = imio.MAX_IMAGE_PIXELS) -> dict:
+                        paste_back: bool = False, max_pixels: int = imio.MAX_IMAGE_PIXELS,
+                        styleflow: dict | None = None) -> dict:
     x = imio.to_uint8(load_input(lat.image, resolution, log, max_pixels))
     recon = imio.to_uint8(images[0])
     width = 2 + max(map(len, rows))
@@ -439,6 +486,8 @@ def _write_latent_edits(out: Path, lat: Latent, rows: list[list[str]], images: n
                   image=None if lat.image is None else str(lat.image), rows=rows,
                   columns="input | reconstruction | edits", edited_latents=f"{lat.name}/<label>.npz",
                   pasted=f"{lat.name}/<label>.png" if photo is not None else None)
+    if styleflow is not None:
+        record["styleflow"] = styleflow
     imio.atomic_write_json(out / f"{lat.name}.json", record)
     return record
 

@@ -194,12 +194,15 @@ class FlowOutput(NamedTuple):
       num_steps_B: ODE steps (accepted + rejected, all CNF blocks) per image; with one step size for the batch,
         the batch's count for every image.
       nfe_B: vector-field evaluations per image (see :meth:`ODESolver.nfe`).
+      input_moments: with ``input_moments=True``: BatchNorm name -> ``(mean_D, var_D)`` of that layer's input
+        over the batch and rows (``var`` unbiased, as ``torch.var``), what training's running statistics follow.
     """
 
     x_BxLxD: jax.Array
     logp_BxLx1: jax.Array | None
     num_steps_B: jax.Array
     nfe_B: jax.Array
+    input_moments: dict[str, tuple[jax.Array, jax.Array]] | None = None
 
 
 def _vector_field(config: StyleFlowConfig, odefunc_variables: dict, divergence: Divergence):
@@ -257,6 +260,7 @@ def flow(
     config: StyleFlowConfig,
     divergence: Divergence,
     solver: ODESolver = ODESolver(),
+    input_moments: bool = False,
 ) -> FlowOutput:
     """The prior: ``w -> z`` (forward) or ``z -> w`` (``reverse=True``), with the log-density change.
 
@@ -280,6 +284,7 @@ def flow(
         official one (the README's bound for edited w is 1e-3); tighten ``rtol``/``atol`` for more.
       solver: method, tolerances, step control (:class:`magec_jax.models.cnf.ODESolver`; default: the
         official dopri5 at 1e-5, per image).
+      input_moments: also return each BatchNorm's input moments (forward only; training uses them).
     """
     batch, rows, width = x_BxLxD.shape
     if width != config.w_dim or ctx_BxA.shape != (batch, config.context_dim):
@@ -290,13 +295,19 @@ def flow(
     if eps_BxLxD is not None and eps_BxLxD.ndim == 3:
         eps_BxLxD = jnp.broadcast_to(eps_BxLxD, (config.num_blocks,) + eps_BxLxD.shape)
     logp = jnp.zeros((batch, rows, 1), x_BxLxD.dtype) if logp_BxLx1 is None else logp_BxLx1
+    if input_moments and reverse is not False:
+        raise ValueError("input_moments is for the forward direction (reverse=False) only")
     reverse = jnp.asarray(reverse, bool)
+    moments = {} if input_moments else None
     params, stats = variables["params"], variables["batch_stats"]
     x, steps = x_BxLxD, jnp.zeros((batch,), jnp.int32)
     last = 2 * config.num_blocks
     for k in range(last + 1):  # position k of the chain forward, last - k in reverse
         names = (f"chain.{k}", f"chain.{last - k}")
         if k % 2 == 0:
+            if moments is not None:
+                rows_NxD = x.reshape(-1, config.w_dim)
+                moments[names[0]] = (jnp.mean(rows_NxD, axis=0), jnp.var(rows_NxD, axis=0, ddof=1))
             bn = MovingBatchNorm1d(config.w_dim, config.bn_eps)
             apply = lambda name, rev: bn.apply(
                 {"params": params[name], "batch_stats": stats[name]}, x, logp, reverse=rev)
@@ -310,7 +321,7 @@ def flow(
         logp = logp if logp_cnf is None else logp_cnf
         steps = steps + block_steps
     nfe = solver.nfe(steps) + (config.num_blocks - 1) * solver.nfe(0)
-    return FlowOutput(x, None if divergence == "none" else logp, steps, nfe)
+    return FlowOutput(x, None if divergence == "none" else logp, steps, nfe, moments)
 
 
 def keep_layers(w_BxLxD: jax.Array, edited_BxLxD: jax.Array, take_L: Any) -> jax.Array:
