@@ -33,7 +33,7 @@ RESULTS = REPO / "benchmarks" / "results" / "supervision.json"
 from harness import save_result, time_compiled  # noqa: E402
 
 from magec_jax.bundle import load_bundle  # noqa: E402
-from magec_jax.supervision.job import label_source  # noqa: E402
+from magec_jax.bundle import label_source  # noqa: E402
 from magec_jax.supervision.samples import labeller  # noqa: E402
 
 

@@ -47,9 +47,12 @@ from magec_jax import images as imio
 from magec_jax.errors import FileFormatError, MagecError
 from magec_jax.faces.align import AlignmentError, Template
 from magec_jax.faces.pipeline import Framing
+from magec_jax.editing.styleflow import load_editor
 from magec_jax.inversion.engine import NetworkCompute, Networks
+from magec_jax.inversion.networks import FlowSupervision
 from magec_jax.models import stylegan2
-from magec_jax.models.interfaces import Descriptor, IdentityEmbedder
+from magec_jax.models.face_attributes import SCORE_NAMES, FaceAttributeThresholds, logits_from_scores, scores_fn
+from magec_jax.models.interfaces import Descriptor, IdentityEmbedder, LabelSource
 from magec_jax.weights import load_converted, read_manifest
 
 FORMAT_NAME = "magec-bundle"
@@ -68,6 +71,7 @@ def stylegan2_networks(
     descriptor: Descriptor | None = None,
     linknet: Any = None,
     directions: Any = None,
+    styleflow: FlowSupervision | None = None,
 ) -> Networks:
     """The engine's networks for a StyleGAN2 generator and the LPIPS-VGG16 distance, computing as ``compute``
     says (generator options; the generator and the LPIPS trunk in ``compute.dtype``; identity and descriptor
@@ -93,10 +97,11 @@ def stylegan2_networks(
         descriptor=descriptor,
         linknet=linknet,
         directions=directions,
+        styleflow=styleflow,
         compute=compute,
         compute_variant=functools.partial(
             stylegan2_networks, cfg, generator, w_avg=w_avg, lpips_variables=lpips_variables, identity=identity,
-            descriptor=descriptor, linknet=linknet, directions=directions,
+            descriptor=descriptor, linknet=linknet, directions=directions, styleflow=styleflow,
         ),
     )
 
@@ -234,7 +239,38 @@ class Bundle:
             descriptor=descriptor,
             linknet=None if linknet is None else jax.tree.map(jnp.asarray, linknet),
             directions=directions,
+            styleflow=None if descriptor is None else self.flow_supervision(descriptor),
         )
+
+    def context_labels(self, descriptor: Descriptor, context_source: dict | None) -> LabelSource | None:
+        """The label source of this bundle's F when a StyleFlow prior's ``context_source`` is it (the prior
+        was trained on this F's outputs), else None."""
+        labels = label_source(self, descriptor)
+        return labels if context_source == json.loads(json.dumps(labels.spec, default=str)) else None
+
+    def flow_supervision(self, descriptor: Descriptor) -> FlowSupervision | None:
+        """The bundle's StyleFlow prior for the ``magec_styleflow`` term: None without one, or when it was not
+        trained on the outputs of this bundle's F (its context would not be F's)."""
+        if not self.manifest.get("styleflow"):
+            return None
+        cfg = self.generator[0]
+        editor = load_editor(self.part(self.manifest["styleflow"]), w_dim=cfg.w_dim, num_ws=cfg.num_ws)
+        labels = self.context_labels(descriptor, editor.context_source)
+        if labels is None or len(editor.context_names) != descriptor.num_outputs:
+            return None
+        layers = np.zeros((len(editor.context_names), cfg.num_ws), bool)
+        for k, name in enumerate(editor.context_names):
+            layers[k, list(editor.edit_layers[name])] = True
+        probe = np.repeat(editor.mean[None], 2 * len(editor.mean), axis=0)
+        for k, step in enumerate(editor.std):
+            probe[2 * k, k] -= step
+            probe[2 * k + 1, k] += step
+        logits = np.asarray(labels.to_logits(probe.astype(np.float32)))
+        signs = np.sign([logits[2 * k + 1, k] - logits[2 * k, k] for k in range(len(editor.mean))])
+        return FlowSupervision(
+            config=editor.config, variables=editor.variables, mean_M=jnp.asarray(editor.mean, jnp.float32),
+            std_M=jnp.asarray(editor.std, jnp.float32), layers_KxL=jnp.asarray(layers),
+            signs_K=jnp.asarray(signs, jnp.float32), context_apply=labels.apply, context_variables=labels.variables)
 
     def _stacked_directions(self, descriptor: Descriptor, cfg) -> jax.Array:
         found = self.directions()
@@ -264,6 +300,29 @@ def face_box(spec: dict) -> tuple[float, float, float, float] | None:
     if "face_box" not in spec:
         return FACE_BOX
     return None if spec["face_box"] is None else tuple(float(v) for v in spec["face_box"])
+
+
+def label_source(bundle: Bundle, descriptor: Descriptor) -> LabelSource:
+    """What the sample cache stores for the bundle's F: the faceres+emotion descriptor's threshold-free scores
+    (its thresholds applied on loading, so recalibrating them renders nothing again), else F's logits.
+
+    A face-attribute descriptor entry may hold ``generated_thresholds`` beside ``thresholds``: the thresholds
+    that give generated samples the label rates ``thresholds`` give real photographs (``tools/build_demo.py``);
+    the samples are labelled with them, real images (F's role in the inversion and the evaluation) with
+    ``thresholds``."""
+    spec = dict(bundle.manifest["descriptor"])
+    if spec["kind"] != "face_attributes":
+        return LabelSource(name=descriptor.name, apply=descriptor.apply, variables=descriptor.variables,
+                           spec=dict(spec, outputs="logits"), to_logits=np.asarray)
+    thresholds = FaceAttributeThresholds(**spec.pop("generated_thresholds", spec.get("thresholds", {})))
+    spec.pop("thresholds", None)
+    return LabelSource(name=descriptor.name, apply=scores_fn(face_box(spec)), variables=descriptor.variables,
+                       spec=dict(spec, face_box=face_box(spec), outputs=list(SCORE_NAMES)),
+                       to_logits=functools.partial(_face_logits, thresholds=thresholds))
+
+
+def _face_logits(scores_Nx3: np.ndarray, *, thresholds: FaceAttributeThresholds) -> np.ndarray:
+    return np.asarray(logits_from_scores(jnp.asarray(scores_Nx3), thresholds))
 
 
 def load_bundle(path: str | Path) -> Bundle:

@@ -13,6 +13,7 @@ from magec_jax.configdicts import from_configdict
 from magec_jax.evaluation.config import EvalConfig
 from magec_jax.inversion.job import JobConfig
 from magec_jax.supervision.job import SupervisionConfig
+from magec_jax.supervision.styleflow import StyleFlowJobConfig
 from magec_jax.classifier.config import TrainConfig
 from magec_jax.training.config import TrainGANConfig
 from tests.conftest import REPO
@@ -24,6 +25,7 @@ TYPED = {
     "linknet_tiny": SupervisionConfig, "linknet_demo": SupervisionConfig, "linknet_ffhq1024": SupervisionConfig,
     "classifier_tiny": TrainConfig, "classifier_celeba": TrainConfig, "classifier_cars": TrainConfig,
     "lfw_stylegan2": TrainGANConfig, "cars_stylegan2": TrainGANConfig,
+    "styleflow_tiny": StyleFlowJobConfig, "styleflow_demo": StyleFlowJobConfig,
 }
 # A value for each free-text variant (``"<placeholder>"`` keys of VARIANTS).
 PLACEHOLDER_EXAMPLES = {"<attributes>": "Male,Smiling"}

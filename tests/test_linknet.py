@@ -14,7 +14,7 @@ import pytest
 
 from bundle_tools import TINY, face_models, tiny_generator
 from conftest import REPO
-from magec_jax.bundle import build_bundle, load_bundle, update_manifest
+from magec_jax.bundle import build_bundle, label_source, load_bundle, update_manifest
 from magec_jax.configdicts import from_configdict
 from magec_jax.editing.directions import load_ganspace
 from magec_jax.errors import MagecError
@@ -198,7 +198,7 @@ def test_end_to_end_linknet_boundaries_ganspace_and_cache(bundle_dir):
                                   link.variables["params"]["fc"]["kernel"])
 
     # new descriptor thresholds relabel the cached scores: nothing is rendered, and the labels follow
-    cached = sup_job.label_source(bundle, bundle.descriptor())
+    cached = label_source(bundle, bundle.descriptor())
     scores = np.concatenate([np.load(p)["outputs"] for p in sorted(shards) if p.parent.name.startswith("mixed")])
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
     manifest["descriptor"]["thresholds"] = dict(male_prob=0.5, age_threshold=float(np.median(scores[:, 1])),
@@ -207,7 +207,7 @@ def test_end_to_end_linknet_boundaries_ganspace_and_cache(bundle_dir):
     relabelled = sup_job.run(config, log=lambda msg: None)
     assert relabelled["rendered"] == {"mixed": 0, "single": 0}
     assert relabelled["linknet"]["positive_rates"]["Young"] == pytest.approx(0.5, abs=0.02)
-    assert cached.spec == sup_job.label_source(load_bundle(bundle_dir), bundle.descriptor()).spec
+    assert cached.spec == label_source(load_bundle(bundle_dir), bundle.descriptor()).spec
 
     # an interrupted run resumes: only the missing shard is rendered
     missing = next(p for p in shards if p.parent.name.startswith("mixed"))

@@ -40,7 +40,6 @@ import os
 import shutil
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -202,9 +201,9 @@ def _calibration_report(real, single, mixed, face_box_single, real_thresholds, g
         f"real, {crop} px crop at {crop} px (native), whole frame": real["native"],
         f"real, {crop} px crop at {resolution} px (generator resolution), whole frame": real["g_res"],
         f"real, at {resolution} px, aligned-face box {faceres_model.FACE_BOX}": real["g_res_face_box"],
-        f"generated, single w, whole frame": single,
+        "generated, single w, whole frame": single,
         f"generated, single w, aligned-face box (first {len(face_box_single)})": face_box_single,
-        f"generated, per-layer-mixed w (LinkNet's), whole frame": mixed,
+        "generated, per-layer-mixed w (LinkNet's), whole frame": mixed,
     }
     return dict(
         description=("Label rates of the faceres+emotion descriptor (Male: P(male) > male_prob; Young: expected "

@@ -42,7 +42,7 @@ from magec_jax.models.stylegan2 import noise_buffers, synthesize_fn
 from magec_jax.faces import paste
 from magec_jax.weights import sha256_file
 
-EditKind = Literal["interfacegan", "ganspace"]
+EditKind = Literal["interfacegan", "ganspace", "styleflow"]
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.+-]")
 
 
@@ -131,10 +131,12 @@ class Edit:
 
     Attributes:
       kind: ``"interfacegan"`` (``w + strength * n_attribute`` on every layer, or per layer for a
-        ``[num_ws, w_dim]`` boundary) or ``"ganspace"`` (``w + strength * std_c * v_c`` on layers
-        ``[start, end)``).
-      strength: boundary units (InterFaceGAN) or standard deviations along the component (GANSpace).
-      attribute: InterFaceGAN: the direction's name in the bundle.
+        ``[num_ws, w_dim]`` boundary), ``"ganspace"`` (``w + strength * std_c * v_c`` on layers
+        ``[start, end)``) or ``"styleflow"`` (the image's context value ``attribute`` moved by ``strength``
+        standard deviations of the prior's training data, StyleFlow's edit rule).
+      strength: boundary units (InterFaceGAN) or standard deviations along the component (GANSpace) or of the
+        context value (StyleFlow).
+      attribute: InterFaceGAN: the direction's name in the bundle; StyleFlow: the context value's name.
       component: GANSpace: the principal component's index.
       layers: GANSpace: ``(start, end)`` layer range, end exclusive; None for every layer.
     """
@@ -154,6 +156,8 @@ class Edit:
         """A short file-safe name, e.g. ``ifg_Smiling_+3`` or ``gs_c46_l4-5_-20``."""
         if self.kind == "interfacegan":
             return _safe(f"ifg_{self.attribute}_{self.strength:+g}")
+        if self.kind == "styleflow":
+            return _safe(f"sf_{self.attribute}_{self.strength:+g}sd")
         span = "all" if self.layers is None else f"{self.layers[0]}-{self.layers[1]}"
         return _safe(f"gs_c{self.component}_l{span}_{self.strength:+g}")
 
@@ -171,6 +175,8 @@ class Editor:
       directions: InterFaceGAN boundaries by attribute name (``[w_dim]`` or ``[num_ws, w_dim]``).
       pca: the GANSpace PCA of W, or None.
       pca_source: where the PCA came from (for messages).
+      styleflow: a StyleFlow prior for ``"styleflow"`` edits, or None.
+      contexts: ``ws [N, num_ws, w_dim] -> raw contexts [N, M]``, the images' context for StyleFlow edits.
     """
 
     num_ws: int
@@ -178,6 +184,8 @@ class Editor:
     directions: Mapping[str, np.ndarray]
     pca: GanSpace | None = None
     pca_source: str = ""
+    styleflow: StyleFlowEditor | None = None
+    contexts: Callable[[np.ndarray], np.ndarray] | None = None
 
     def check(self, edit: Edit) -> None:
         """Raises :class:`MagecError` (one line) when ``edit`` cannot be applied to this generator."""
@@ -197,11 +205,21 @@ class Editor:
                                  f"0..{len(self.pca.std) - 1}")
             if edit.layers is not None and not 0 <= edit.layers[0] < edit.layers[1] <= self.num_ws:
                 raise MagecError(f"GANSpace layer range {edit.layers} outside 0..{self.num_ws}")
+        elif edit.kind == "styleflow":
+            if self.styleflow is None or self.contexts is None:
+                raise MagecError("a StyleFlow edit needs a prior trained on the bundle's F (python -m magec_jax.styleflow)")
+            self.styleflow.check_changes(((edit.attribute, 0.0),), self.num_ws)  # the name and its layer rule
         else:
-            raise MagecError(f"unknown edit kind {edit.kind!r} (interfacegan or ganspace)")
+            raise MagecError(f"unknown edit kind {edit.kind!r} (interfacegan, ganspace or styleflow)")
 
     def apply(self, edit: Edit, ws_xLxD: np.ndarray) -> np.ndarray:
         """``edit`` applied to latents ``[..., num_ws, w_dim]`` (float32 numpy)."""
+        if edit.kind == "styleflow":
+            ws = np.asarray(ws_xLxD, np.float32).reshape(-1, self.num_ws, self.w_dim)
+            ctx = self.contexts(ws)
+            k = self.styleflow.context_names.index(edit.attribute)
+            moved = ctx[:, k] + edit.strength * self.styleflow.std[k]
+            return self.styleflow.edit_sequence(ws, ctx, ((edit.attribute, moved),))[0].reshape(np.shape(ws_xLxD))
         ws = jnp.asarray(ws_xLxD, jnp.float32)
         if edit.kind == "interfacegan":
             out = interfacegan_edit(ws, jnp.asarray(self.directions[edit.attribute]), edit.strength)

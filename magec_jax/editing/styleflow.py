@@ -40,7 +40,7 @@ from magec_jax.models.cnf import ODESolver
 from magec_jax.weights import load_converted
 
 OFFICIAL_CONTEXT = tuple(f"light_{i}" for i in range(sf.NUM_LIGHTING)) + sf.ATTRIBUTE_NAMES
-Change = tuple[str, float]
+Change = tuple[str, Any]  # (context name, value: a float, or one per image)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +113,8 @@ class StyleFlowEditor:
 
     def edit_sequence(self, ws_BxLxD: np.ndarray, ctx_BxM: np.ndarray, changes: Sequence[Change]) -> np.ndarray:
         """The latents after each of ``changes`` made one after another: ``[K, B, L, D]`` for K changes
-        (StyleFlow's rule: one forward solve, then a reverse solve per change from the stored z)."""
+        (StyleFlow's rule: one forward solve, then a reverse solve per change from the stored z). A change's
+        value is one number, or one per image ``[B]``."""
         ws = np.asarray(ws_BxLxD, np.float32)
         target = np.array(ctx_BxM, np.float64)
         z = self.encode(ws, target)

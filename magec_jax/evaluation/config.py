@@ -15,6 +15,8 @@ Config fields::
     method_order                      the methods to run, in table order; the first is the reference of the
                                       paired t-tests
     edits.<name>                      kind "interfacegan": attribute, strength, target
+                                      kind "styleflow": attribute (a context value of the bundle's prior),
+                                      strength (its training standard deviations), target
                                       kind "ganspace": component, layers (start, end; end exclusive),
                                       strength, target
                                       target: F's attribute the edit adds; ECS, t and realism are scored on
@@ -48,24 +50,24 @@ _NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]|_(?!_))*")
 class EditFields:
     """``edits.<name>``: a latent edit and the attribute it adds (``target``, "" none)."""
 
-    kind: Literal["interfacegan", "ganspace"]
+    kind: Literal["interfacegan", "ganspace", "styleflow"]
     strength: float
-    attribute: str = ""  # interfacegan: the bundle's direction
+    attribute: str = ""  # interfacegan: the bundle's direction; styleflow: the prior's context value
     component: int = 0  # ganspace: the principal component
     layers: tuple[int, int] | None = None  # ganspace: (start, end), end exclusive
     target: str = ""
 
     def __post_init__(self):
-        if self.kind == "interfacegan" and not self.attribute:
-            raise ValueError("an interfacegan edit needs an attribute")
+        if self.kind in ("interfacegan", "styleflow") and not self.attribute:
+            raise ValueError(f"a {self.kind} edit needs an attribute")
         if self.kind == "ganspace" and self.layers is None:
             raise ValueError("layers must be (start, end) for a ganspace edit")
 
     @property
     def edit(self) -> Edit:
         """The latent edit (only the fields of its kind)."""
-        if self.kind == "interfacegan":
-            return Edit("interfacegan", self.strength, attribute=self.attribute)
+        if self.kind in ("interfacegan", "styleflow"):
+            return Edit(self.kind, self.strength, attribute=self.attribute)
         return Edit("ganspace", self.strength, component=self.component, layers=self.layers)
 
 

@@ -40,6 +40,7 @@ from magec_jax import images as imio
 from magec_jax.bundle import load_bundle
 from magec_jax.configdicts import from_configdict
 from magec_jax.editing.render import Editor, Latent, Renderer, load_latent, load_pca, map_batches
+from magec_jax.editing.styleflow import bundle_editor
 from magec_jax.errors import FileFormatError, MagecError
 from magec_jax.evaluation.config import EditSpec, EvalConfig, MethodSpec
 from magec_jax.evaluation.features import realism_extractor
@@ -50,6 +51,7 @@ from magec_jax.inversion import job as job_lib
 from magec_jax.inversion.engine import Engine, Networks
 from magec_jax.inversion.magec_loss import binarize
 from magec_jax.logs import Log, to_stderr
+from magec_jax.supervision.styleflow import descriptor_context_fn
 
 
 
@@ -68,14 +70,20 @@ class Evaluator:
         self.cfg, self.nets, self.log = cfg, nets, log
         self.out = Path(cfg.out_dir)
         pca, pca_source = load_pca(bundle, cfg.ganspace, nets.w_dim)
-        self.editor = Editor(nets.num_ws, nets.w_dim, bundle.directions(), pca, pca_source)
+        self.renderer = Renderer(nets.synthesize, nets.generator, nets.noise_init, cfg.batch_size)
+        flow, contexts = None, None
+        if any(spec.edit.kind == "styleflow" for spec in cfg.edit_specs):
+            flow = bundle_editor(bundle)
+            from_images = descriptor_context_fn(bundle, flow.context_source)
+            if from_images is not None:
+                contexts = lambda ws: from_images(self.renderer(ws))  # noqa: E731 -- F on G(w), constant noise
+        self.editor = Editor(nets.num_ws, nets.w_dim, bundle.directions(), pca, pca_source, flow, contexts)
         names = () if nets.descriptor is None else nets.descriptor.attribute_names
         for spec in cfg.edit_specs:
             self.editor.check(spec.edit)
             if spec.target and spec.target not in names:
                 raise MagecError(f"edit {spec.name!r}: target {spec.target!r} is not an output of the bundle's "
                                  f"descriptor ({', '.join(names) or 'the bundle has none'})")
-        self.renderer = Renderer(nets.synthesize, nets.generator, nets.noise_init, cfg.batch_size)
         self.extractor = realism_extractor(cfg.realism.vgg16_weights, nets.lpips_variables)
         self._lpips = jax.jit(nets.lpips)
         self._features = jax.jit(self.extractor.apply)

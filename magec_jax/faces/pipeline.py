@@ -31,7 +31,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import numpy as np

@@ -13,12 +13,45 @@ import jax
 
 from magec_jax.errors import MagecError
 from magec_jax.inversion.settings import NetworkCompute
+from magec_jax.models.cnf import ODESolver
 from magec_jax.models.interfaces import Descriptor, IdentityEmbedder
+from magec_jax.models.styleflow import StyleFlowConfig
 
 # (generator variables, ws_BxLxD, noise maps (tuple of [B, h, w]) or None) -> images_BxHxWxC
 SynthesizeFn = Callable[[Any, jax.Array, Any], jax.Array]
 # (variables, x_BxHxWxC, y_BxHxWxC) -> distances_B
 DistanceFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowSupervision:
+    """A StyleFlow prior trained on the outputs of the descriptor F, as the ``magec_styleflow`` term uses it.
+
+    Attributes:
+      config: the prior's architecture (static).
+      variables: its weights (traced).
+      mean_M, std_M: the context's standardisation (the prior sees ``(c - mean) / std``).
+      layers_KxL: bools, the W+ rows an edit of attribute k takes from the reverse solve (F's output order).
+      signs_K: +1 where raising context value k raises F's logit k, -1 where it lowers it.
+      context_apply: ``(variables, images_BxHxWxC) -> contexts_BxM``, F's threshold-free outputs (the values the
+        prior was trained on), with ``context_variables``.
+      solver: how the term integrates (static).
+    """
+
+    config: StyleFlowConfig
+    variables: Any
+    mean_M: Any
+    std_M: Any
+    layers_KxL: Any
+    signs_K: Any
+    context_apply: Callable[[Any, jax.Array], jax.Array]
+    context_variables: Any
+    solver: ODESolver = ODESolver()
+
+    def arrays(self) -> dict:
+        """The traced part."""
+        return dict(prior=self.variables, mean=self.mean_M, std=self.std_M, layers=self.layers_KxL, signs=self.signs_K,
+                    context=self.context_variables)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +73,7 @@ class Networks:
       identity, descriptor: optional ID network and attribute descriptor F.
       linknet: LinkNet variables (needed when the MAGEC term is used).
       directions: ``[K, w_dim]`` or ``[K, num_ws, w_dim]`` unit boundaries in F's output order.
+      styleflow: a StyleFlow prior trained on F's outputs (the ``magec_styleflow`` term), or None.
       compute: what the callables compute with.
       compute_variant: builds these networks for another :class:`NetworkCompute` (same weights); None when
         the callables are fixed (they then serve only ``compute``).
@@ -60,6 +94,7 @@ class Networks:
     descriptor: Descriptor | None = None
     linknet: Any = None
     directions: Any = None
+    styleflow: FlowSupervision | None = None
     compute: NetworkCompute = NetworkCompute()
     compute_variant: Callable[[NetworkCompute], Networks] | None = None
 
@@ -82,4 +117,5 @@ class Networks:
             descriptor=None if self.descriptor is None else self.descriptor.variables,
             linknet=self.linknet,
             directions=self.directions,
+            styleflow=None if self.styleflow is None else self.styleflow.arrays(),
         )

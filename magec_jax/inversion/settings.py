@@ -202,6 +202,8 @@ class InversionSettings:
     latent_space: str = "w+"  # "w+" (num_ws x w_dim) or "w" (one w_dim vector for every layer)
     magec_alpha: float = 3.0
     magec_mode: EditMode = "flip"
+    styleflow_alpha: float = 2.0  # magec_styleflow: context moved by this many training standard deviations
+    styleflow_steps: int = 8  # magec_styleflow: RK4 steps per solve (a fixed grid: one cost, one compile)
     noise_phase: NoisePhase | None = None
     chunk_steps: int = 25  # steps between progress reports (the only host reads of device values); scan length
     compute: ComputeOptions = ComputeOptions()

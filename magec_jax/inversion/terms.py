@@ -21,15 +21,18 @@ computes per-image constants of the targets once per batch (e.g. the ID embeddin
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from magec_jax.errors import ConfigError
-from magec_jax.inversion.magec_loss import EditMode, LinkNetApply, binarize, magec_loss
-from magec_jax.inversion.networks import Networks
+from magec_jax.inversion.magec_loss import EditMode, LinkNetApply, binarize, descriptor_loss, magec_loss
+from magec_jax.inversion.networks import FlowSupervision, Networks
 from magec_jax.inversion.settings import InversionSettings
+from magec_jax.models import styleflow as sf
+from magec_jax.models.cnf import ODESolver
 from magec_jax.models.interfaces import LossKind
 from magec_jax.models.linknet import linknet_apply
 
@@ -202,8 +205,59 @@ def _magec(nets: Networks, settings: InversionSettings) -> LossTerm | None:
     )
 
 
+def styleflow_edits(flow: FlowSupervision, variables: Any, w_LxD: jax.Array, context_M: jax.Array,
+                    targets_K: jax.Array, *, alpha: float, loss_kind: LossKind) -> tuple[jax.Array, jax.Array]:
+    """StyleFlow's edit of every attribute of one latent, as one solve: ``(edited_KxLxD, edit_targets_KxK)``.
+
+    One forward solve ``z = flow(w | c)``; then one reverse solve of K copies of ``z``, copy k with context
+    value k moved by ``alpha`` standard deviations towards the other side of F's decision (up where F says the
+    attribute is absent, for a bce F; towards class k for a softmax F), and StyleFlow's layer rule per
+    attribute. ``edit_targets[k]`` is the binarised F(x) with attribute k flipped (bce) or class k (softmax).
+    """
+    cfg = flow.config
+    ctx_M = (context_M - variables["mean"]) / variables["std"]
+    prior = variables["prior"]
+    run = functools.partial(sf.flow, prior, config=cfg, divergence="none", solver=flow.solver)
+    z_1xLxD = run(w_LxD[None], ctx_M[None]).x_BxLxD
+    num_k = targets_K.shape[0]
+    eye_KxK = jnp.eye(num_k, dtype=bool)
+    towards = jnp.ones_like(targets_K) if loss_kind == "softmax_ce" else 1.0 - 2.0 * targets_K
+    moved_KxM = ctx_M[None] + jnp.where(eye_KxK, alpha * towards * variables["signs"], 0.0)
+    w_rev_KxLxD = run(jnp.broadcast_to(z_1xLxD, (num_k,) + w_LxD.shape), moved_KxM, reverse=True).x_BxLxD
+    edited_KxLxD = jnp.where(variables["layers"][..., None], w_rev_KxLxD, w_LxD[None])
+    if loss_kind == "softmax_ce":
+        return edited_KxLxD, eye_KxK.astype(jnp.float32)
+    return edited_KxLxD, jnp.where(eye_KxK, 1.0 - targets_K[None, :], targets_K[None, :])
+
+
+def _magec_styleflow(nets: Networks, settings: InversionSettings) -> LossTerm | None:
+    """MAGEC supervised by StyleFlow: LinkNet must agree with F on ``w`` and on StyleFlow's edit of every
+    attribute of ``w`` (:func:`styleflow_edits`); the bundle's prior must have been trained on F's outputs."""
+    if None in (nets.descriptor, nets.linknet, nets.styleflow):
+        return None
+    flow = dataclasses.replace(nets.styleflow, solver=ODESolver("rk4", num_steps=settings.styleflow_steps))
+    descriptor, loss_kind = nets.descriptor, nets.descriptor.loss
+
+    def prepare(variables, targets_BxHxWxC):
+        logits = descriptor.apply(variables["descriptor"], targets_BxHxWxC)
+        return binarize(logits, loss_kind), flow.context_apply(variables["flow"]["context"], targets_BxHxWxC)
+
+    def loss(variables, x: TermInputs) -> jax.Array:
+        targets_K, context_M = x.prepared
+        edited, edit_targets = styleflow_edits(flow, variables["flow"], x.ws, context_M, targets_K,
+                                               alpha=settings.styleflow_alpha, loss_kind=loss_kind)
+        latents = jnp.concatenate([x.ws[None], edited])
+        losses = descriptor_loss(linknet_apply(variables["linknet"], latents),
+                                 jnp.concatenate([targets_K[None], edit_targets]), loss_kind)
+        return losses[0] + losses[1:].mean()
+
+    variables = dict(linknet=nets.linknet, descriptor=descriptor.variables, flow=flow.arrays())
+    return LossTerm(loss, variables=variables, prepare=prepare, renders=False)
+
+
 register_term("mse", _mse)
 register_term("lpips", _lpips)
 register_term("id", _identity)
 register_term("magec", _magec)
-BUILTIN_TERMS = ("mse", "lpips", "id", "magec")
+register_term("magec_styleflow", _magec_styleflow)
+BUILTIN_TERMS = ("mse", "lpips", "id", "magec", "magec_styleflow")

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -195,3 +195,9 @@ def thresholds_for_rates(
 
 def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
+
+
+@functools.lru_cache(maxsize=None)
+def scores_fn(box: faceres.Box | None) -> Callable[[Any, jax.Array], jax.Array]:
+    """``(variables, images_BxHxWx3) -> scores_Bx3`` for one face box; one function per box, so it compiles once."""
+    return functools.partial(attribute_scores, box=box)

@@ -15,6 +15,7 @@ import dataclasses
 from typing import Any, Callable, Literal
 
 import jax
+import numpy as np
 
 LossKind = Literal["bce", "softmax_ce"]
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
@@ -63,3 +64,22 @@ class IdentityEmbedder:
 
     def __call__(self, images_BxHxWxC: jax.Array) -> jax.Array:
         return self.apply(self.variables, images_BxHxWxC)
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelSource:
+    """What the cache stores about each rendered sample, and how it becomes F's logits.
+
+    Attributes:
+      name: F's name, for messages.
+      apply: ``(variables, images_BxHxWxC) -> outputs_BxM``, the stored outputs.
+      variables: its weights.
+      spec: JSON-able description of ``apply`` (which network, crop, ...), part of the cache fingerprint.
+      to_logits: ``outputs_NxM -> logits_NxK`` on the host, e.g. the descriptor's thresholds.
+    """
+
+    name: str
+    apply: Callable[[Any, jax.Array], jax.Array]
+    variables: Any
+    spec: dict
+    to_logits: Callable[[np.ndarray], np.ndarray]

@@ -15,8 +15,7 @@ gender logit, expected age, happy log-odds), and calibrates the thresholds by qu
 
 from __future__ import annotations
 
-import functools
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,14 +23,8 @@ import numpy as np
 
 from magec_jax.errors import MagecError
 from magec_jax.models import faceres, stylegan2
-from magec_jax.models.face_attributes import ATTRIBUTE_NAMES, FaceAttributeThresholds, attribute_scores, label_rates
+from magec_jax.models.face_attributes import ATTRIBUTE_NAMES, FaceAttributeThresholds, label_rates, scores_fn
 from magec_jax.supervision.samples import draw
-
-
-@functools.lru_cache(maxsize=None)
-def scores_fn(box: faceres.Box | None) -> Callable[[Any, jax.Array], jax.Array]:
-    """``(variables, images_BxHxWx3) -> scores_Bx3`` for one face box; one function per box, so it compiles once."""
-    return functools.partial(attribute_scores, box=box)
 
 
 def photo_scores(variables: Any, photos_NxHxWx3: np.ndarray, *, box: faceres.Box | None,

@@ -21,7 +21,6 @@ so a rerun, or a run that was stopped, renders only what is missing.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -32,17 +31,15 @@ import ml_collections
 import numpy as np
 
 from magec_jax import images as imio
-from magec_jax.bundle import Bundle, face_box, load_bundle, update_manifest
+from magec_jax.bundle import Bundle, label_source, load_bundle, update_manifest
 from magec_jax.configdicts import from_configdict, to_configdict
 from magec_jax.editing.directions import fit_boundary, fit_ganspace, save_ganspace
 from magec_jax.errors import MagecError
 from magec_jax.inversion.magec_loss import binarize
 from magec_jax.logs import Log, to_stderr
-from magec_jax.models.face_attributes import SCORE_NAMES, FaceAttributeThresholds, logits_from_scores
 from magec_jax.models.interfaces import Descriptor, LossKind
 from magec_jax.models.linknet import LinkNetConfig
-from magec_jax.supervision.calibration import scores_fn
-from magec_jax.supervision.samples import (LabelSource, SampleSettings, Samples, fingerprint, load_or_render, mapped_ws,
+from magec_jax.supervision.samples import (SampleSettings, Samples, fingerprint, load_or_render, mapped_ws,
                                            weight_hashes)
 from magec_jax.supervision.train import TrainSettings, train_linknet
 from magec_jax.weights import Converted, save_converted
@@ -154,29 +151,6 @@ def run(config: ml_collections.ConfigDict, *, log: Log = to_stderr) -> dict[str,
         if job.ganspace.enabled:
             summary["ganspace"] = fit_bundle_ganspace(bundle, bundle.w_avg(), job, streams["ganspace"], log)
     return summary
-
-
-def label_source(bundle: Bundle, descriptor: Descriptor) -> LabelSource:
-    """What the sample cache stores for the bundle's F: the faceres+emotion descriptor's threshold-free scores
-    (its thresholds applied on loading, so recalibrating them renders nothing again), else F's logits.
-
-    A face-attribute descriptor entry may hold ``generated_thresholds`` beside ``thresholds``: the thresholds
-    that give generated samples the label rates ``thresholds`` give real photographs (``tools/build_demo.py``);
-    the samples are labelled with them, real images (F's role in the inversion and the evaluation) with
-    ``thresholds``."""
-    spec = dict(bundle.manifest["descriptor"])
-    if spec["kind"] != "face_attributes":
-        return LabelSource(name=descriptor.name, apply=descriptor.apply, variables=descriptor.variables,
-                           spec=dict(spec, outputs="logits"), to_logits=np.asarray)
-    thresholds = FaceAttributeThresholds(**spec.pop("generated_thresholds", spec.get("thresholds", {})))
-    spec.pop("thresholds", None)
-    return LabelSource(name=descriptor.name, apply=scores_fn(face_box(spec)), variables=descriptor.variables,
-                       spec=dict(spec, face_box=face_box(spec), outputs=list(SCORE_NAMES)),
-                       to_logits=functools.partial(_face_logits, thresholds=thresholds))
-
-
-def _face_logits(scores_Nx3: np.ndarray, *, thresholds: FaceAttributeThresholds) -> np.ndarray:
-    return np.asarray(logits_from_scores(jnp.asarray(scores_Nx3), thresholds))
 
 
 def _recorded_path(bundle: Bundle, path: Path) -> str:

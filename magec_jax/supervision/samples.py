@@ -32,7 +32,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Callable, Literal
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +41,7 @@ import numpy as np
 from magec_jax import images as imio
 from magec_jax.errors import MagecError
 from magec_jax.models import stylegan2
+from magec_jax.models.interfaces import LabelSource
 
 Variant = Literal["mixed", "single"]
 VARIANTS = ("mixed", "single")
@@ -61,25 +62,6 @@ class SampleSettings:
     batch_size: int
     shard_size: int
     truncation_psi: float = 1.0
-
-
-@dataclasses.dataclass(frozen=True)
-class LabelSource:
-    """What the cache stores about each rendered sample, and how it becomes F's logits.
-
-    Attributes:
-      name: F's name, for messages.
-      apply: ``(variables, images_BxHxWxC) -> outputs_BxM``, the stored outputs.
-      variables: its weights.
-      spec: JSON-able description of ``apply`` (which network, crop, ...), part of the cache fingerprint.
-      to_logits: ``outputs_NxM -> logits_NxK`` on the host, e.g. the descriptor's thresholds.
-    """
-
-    name: str
-    apply: Callable[[Any, jax.Array], jax.Array]
-    variables: Any
-    spec: dict
-    to_logits: Callable[[np.ndarray], np.ndarray]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -50,14 +50,15 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from magec_jax.bundle import Bundle, load_bundle, update_manifest
+from magec_jax.bundle import Bundle, label_source, load_bundle, update_manifest
 from magec_jax.configdicts import from_configdict, to_configdict
+from magec_jax.editing.styleflow import StyleFlowEditor
 from magec_jax.errors import MagecError
 from magec_jax.images import atomic_write_json
 from magec_jax.logs import Log, to_stderr
 from magec_jax.models import styleflow as sf
 from magec_jax.models.cnf import ODESolver
-from magec_jax.supervision.job import BoundarySettings, SupervisionConfig, label_source, load_samples
+from magec_jax.supervision.job import BoundarySettings, SupervisionConfig, load_samples
 from magec_jax.supervision.samples import SampleSettings
 from magec_jax.weights import Converted, save_converted
 
@@ -80,6 +81,8 @@ class FlowSettings:
     atol: float = 1e-5
     max_steps: int = 1000  # dopri5 steps per solve; reaching it is an error
     eval_batch: int = 64
+    estimate_samples: int = 64  # held-out samples whose context is estimated by maximum likelihood (0: none)
+    estimate_steps: int = 100
 
     @property
     def widths(self) -> tuple[int, ...]:
@@ -204,6 +207,22 @@ def heldout_nll(config: sf.StyleFlowConfig, variables: dict, w_NxLxD: np.ndarray
     return np.concatenate(out)
 
 
+def estimate_recovery(config: sf.StyleFlowConfig, variables: dict, w_NxLxD: np.ndarray, true_NxM: np.ndarray,
+                      mean: np.ndarray, std: np.ndarray, names: tuple[str, ...], solver: ODESolver,
+                      steps: int) -> dict[str, dict[str, float]]:
+    """How well maximum likelihood over the context (:meth:`StyleFlowEditor.estimate`) recovers the known context
+    of generated samples: per value, Pearson's r, the mean absolute error in training standard deviations, and
+    the same error of always guessing the training mean."""
+    editor = StyleFlowEditor(config, variables, names, names, mean, std, None, None, {}, None, "trained prior", solver)
+    est = editor.estimate(w_NxLxD, steps=steps)
+    out = {}
+    for k, name in enumerate(names):
+        r = np.corrcoef(est[:, k], true_NxM[:, k])[0, 1] if len(est) > 1 else float("nan")
+        out[name] = {"pearson_r": float(r), "mae_std": float(np.mean(np.abs(est[:, k] - true_NxM[:, k])) / std[k]),
+                     "mean_guess_mae_std": float(np.mean(np.abs(mean[k] - true_NxM[:, k])) / std[k])}
+    return out
+
+
 def _split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     order = np.random.default_rng([seed, 11]).permutation(n)
     num_val = max(1, round(n * val_fraction))
@@ -294,6 +313,12 @@ def run(config: ml_collections.ConfigDict, *, log: Log = to_stderr) -> dict[str,
               "heldout_nll_per_dim": float(nll_val.mean() / fcfg.w_dim),
               "heldout_nll_sem": float(nll_val.std(ddof=1) / math.sqrt(len(nll_val))) if len(nll_val) > 1 else None,
               "num_heldout": len(val_idx), "eval_seconds": time.perf_counter() - t_eval}
+    if job.flow.estimate_samples:
+        result["estimate"] = estimate_recovery(
+            fcfg, trained, w_NxLxD[val_idx[: job.flow.estimate_samples]], outputs[val_idx[: job.flow.estimate_samples]],
+            mean, std, names, job.eval_solver, job.flow.estimate_steps)
+        log("styleflow: contexts estimated by maximum likelihood on held-out samples: " + ", ".join(
+            f"{n} r={e['pearson_r']:.2f}" for n, e in result["estimate"].items()))
     _append(metrics_path, result)
     log(f"styleflow: held-out NLL {result['heldout_nll']:.2f} nats per sample ({result['heldout_nll_per_dim']:.3f} "
         f"per dimension) on {len(val_idx)} samples, exact divergence")
@@ -301,7 +326,7 @@ def run(config: ml_collections.ConfigDict, *, log: Log = to_stderr) -> dict[str,
         "context_names": list(names), "context_mean": mean.tolist(), "context_std": std.tolist(),
         "context_min": outputs[train_idx].min(0).tolist(), "context_max": outputs[train_idx].max(0).tolist(),
         "edit_layers": default_edit_layers(gen_cfg.num_ws, names),
-        "context_source": _jsonable(label_source(bundle, bundle.descriptor()).spec),
+        "context_source": json.loads(json.dumps(label_source(bundle, bundle.descriptor()).spec, default=str)),
     }
     extra = {"editing": editing, "trainer": CONVERTER, "steps": step, "num_train": len(train_idx),
              "heldout_nll": result["heldout_nll"], "heldout_nll_per_dim": result["heldout_nll_per_dim"],
@@ -313,11 +338,6 @@ def run(config: ml_collections.ConfigDict, *, log: Log = to_stderr) -> dict[str,
     log(f"styleflow: saved {bundle.path / 'styleflow'} and named it in the manifest")
     return {**result, "steps": step, "resumed_from": resumed_from, "train_seconds": train_seconds,
             "rendered": samples.rendered, "context_names": list(names)}
-
-
-def _jsonable(spec: dict) -> dict:
-    """A label source's description as it reads back from JSON (tuples as lists, paths as text)."""
-    return json.loads(json.dumps(spec, default=str))
 
 
 def _append(path: Path, entry: dict) -> None:
@@ -342,12 +362,10 @@ def _check_resume(run_dir: Path, config: ml_collections.ConfigDict) -> None:
 
 def descriptor_context_fn(bundle: Bundle, context_source: dict | None) -> Callable[[np.ndarray], np.ndarray] | None:
     """``images [N, H, W, 3] -> raw contexts [N, M]``: the bundle's F, as the prior's training data saw it, when
-    the prior was trained on that F's outputs (``context_source`` equals the bundle's label source); else None."""
+    the prior was trained on that F's outputs (``context_source`` is the bundle's label source); else None."""
     descriptor = bundle.descriptor()
-    if context_source is None or descriptor is None:
-        return None
-    labels = label_source(bundle, descriptor)
-    if _jsonable(labels.spec) != context_source:
+    labels = None if descriptor is None else bundle.context_labels(descriptor, context_source)
+    if labels is None:
         return None
     apply = jax.jit(labels.apply)
 
