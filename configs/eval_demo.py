@@ -16,7 +16,11 @@ from 3e-4 to 1e-2 in both phases. ``magec_1e-3`` (l_magec 1e-3) is the setting c
 people: of the MAGEC settings tried there, the only one with a lower mean ECS than w/o MAGEC on both edits.
 ``:full`` adds ``i2spp``, Image2StyleGAN++'s MSE + LPIPS W+ then noise optimisation shortened 4x to 250 + 250
 steps (its schedule scaled with it). ``:val`` runs on the validation people and adds the other settings tried:
-MAGEC at alpha 1.5 and 6 (the loss's edit strength; the evaluated edits stay at 3). Edits: InterFaceGAN "to
+MAGEC at alpha 1.5 and 6 (the loss's edit strength; the evaluated edits stay at 3). ``:sf_val`` runs on the
+validation people w/o MAGEC, the chosen MAGEC, MAGEC supervised by StyleFlow (the ``magec_styleflow`` term with
+the bundle's prior, at the chosen weight 1e-3, alone and beside the chosen MAGEC term), scored on the two
+InterFaceGAN edits and on two StyleFlow edits of the same attributes (``gender_logit`` and ``happy_log_odds``
+moved by 2 training standard deviations). Edits: InterFaceGAN "to
 male" and "to smiling" at strength 3 (the paper's MAGEC alpha), each scored on the faces F says lack the
 attribute. The realism column uses the substitute feature (no full VGG16 offline) against the evaluated faces
 as references, so it is coarse here.
@@ -50,10 +54,19 @@ VALIDATION = (
     ("magec_alpha1p5", "magec", "MAGEC, alpha 1.5", 1.0, {"magec_alpha": 1.5}),
     ("magec_alpha6", "magec", "MAGEC, alpha 6", 1.0, {"magec_alpha": 6.0}),
 )
+# MAGEC supervised by StyleFlow edits (the magec_styleflow term, the bundle's prior), alone and beside the chosen
+# InterFaceGAN term, at the chosen weight; w/o MAGEC and the chosen MAGEC as references
+STYLEFLOW = (
+    ("wo_magec", "wo_magec", "w/o MAGEC", 1.0, {}),
+    ("magec_1e-3", "magec", "MAGEC, l_magec 1e-3", 1.0, {"magec": 1e-3}),
+    ("magec_sf_1e-3", "magec", "MAGEC-StyleFlow, l 1e-3", 1.0, {"magec": 0.0, "magec_styleflow": 1e-3}),
+    ("magec_both_1e-3", "magec", "MAGEC + MAGEC-StyleFlow, l 1e-3", 1.0, {"magec": 1e-3, "magec_styleflow": 1e-3}),
+)
 VARIANTS = {
     "eval": "the 48 evaluation people: MAGEC, w/o MAGEC, the l_magec 1e-2 ablation, l_magec 1e-3 (chosen on :val)",
     "full": "the same and Image2StyleGAN++ (500 steps)",
     "val": "the 16 validation people: the four methods and MAGEC at alpha 1.5 and alpha 6",
+    "sf_val": "the 16 validation people: the StyleFlow-supervised MAGEC terms, InterFaceGAN and StyleFlow edits",
 }
 
 
@@ -61,10 +74,11 @@ def get_config(arg: str = "eval"):
     arg = arg or "eval"
     if arg not in VARIANTS:
         raise ValueError(f"configs/eval_demo.py: unknown variant {arg!r}; expected one of {sorted(VARIANTS)}")
-    validation = arg == "val"
-    methods = PAPER + CHOSEN + (I2SPP if arg == "full" else ()) + (VALIDATION if validation else ())
+    validation = arg in ("val", "sf_val")
+    methods = PAPER + CHOSEN + (I2SPP if arg == "full" else ()) + (VALIDATION if arg == "val" else ())
+    methods = STYLEFLOW if arg == "sf_val" else methods
     config = ml_collections.ConfigDict()
-    config.name = "eval_demo_val16" if validation else "eval_demo48"
+    config.name = {"val": "eval_demo_val16", "sf_val": "eval_demo_sf_val16"}.get(arg, "eval_demo48")
     config.bundle = str(REPO / "demo" / "bundle")
     config.images = str(REPO / "runs" / ("lfw_heldout_val16" if validation else "lfw_heldout48"))
     config.out_dir = str(REPO / "runs" / config.name)
@@ -76,8 +90,9 @@ def get_config(arg: str = "eval"):
     for name, protocol, label, steps_scale, overrides in methods:
         job = job_config(protocol)
         job.steps_scale = steps_scale
-        if "magec" in overrides:
-            job.inversion.phases = tuple(dict(phase, magec=overrides["magec"]) for phase in job.inversion.phases)
+        for term in ("magec", "magec_styleflow"):
+            if term in overrides:
+                job.inversion.phases = tuple(dict(phase, **{term: overrides[term]}) for phase in job.inversion.phases)
         if "magec_alpha" in overrides:
             job.inversion.magec_alpha = overrides["magec_alpha"]
         job.batch_size = 16
@@ -89,6 +104,10 @@ def get_config(arg: str = "eval"):
     config.edits.ifg_male = dict(kind="interfacegan", attribute="Male", strength=3.0, target="Male")
     config.edits.ifg_smile = dict(kind="interfacegan", attribute="Smiling", strength=3.0, target="Smiling")
     config.edit_order = ("ifg_male", "ifg_smile")
+    if arg == "sf_val":  # StyleFlow edits of the same attributes: the image's own score moved 2 training sd
+        config.edits.sf_male = dict(kind="styleflow", attribute="gender_logit", strength=2.0, target="Male")
+        config.edits.sf_smile = dict(kind="styleflow", attribute="happy_log_odds", strength=2.0, target="Smiling")
+        config.edit_order = ("ifg_male", "ifg_smile", "sf_male", "sf_smile")
     config.realism = ml_collections.ConfigDict(
         dict(k=3, clamp_percentile=50.0, reference_images="", vgg16_weights="")
     )

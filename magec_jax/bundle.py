@@ -47,7 +47,7 @@ from magec_jax import images as imio
 from magec_jax.errors import FileFormatError, MagecError
 from magec_jax.faces.align import AlignmentError, Template
 from magec_jax.faces.pipeline import Framing
-from magec_jax.editing.styleflow import load_editor
+from magec_jax.models.styleflow_editor import load_editor
 from magec_jax.inversion.engine import NetworkCompute, Networks
 from magec_jax.inversion.networks import FlowSupervision
 from magec_jax.models import stylegan2

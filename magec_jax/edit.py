@@ -18,9 +18,10 @@ lists the valid ones; a value outside the range seen in training is a warning.
 Per latent ``<name>`` it writes ``OUT/<name>.png`` (rows: input | reconstruction | edits; the input is found
 through the inversion's ``<name>.json``), ``OUT/<name>/<label>.npz`` (edited latents, key ``w``
 ``[1, num_ws, w_dim]``) and ``OUT/<name>.json``. A rerun skips latents already done with the same edits.
-``--paste-back`` (for faces the inversion job aligned from photographs, ``config.align``: their ``<name>.json``
-records the photograph and the alignment) also writes ``OUT/<name>/<label>.png``, the whole photograph at its
-own size with the edited face pasted back.
+``OUT/grid.png`` has every latent's grid in one sheet, each row labelled with its edits. ``--paste-back`` (for
+faces the inversion job aligned from photographs, ``config.align``: their ``<name>.json`` records the photograph
+and the alignment) also writes ``OUT/<name>/<label>.png``, the whole photograph at its own size with the edited
+face pasted back.
 Argparse rather than a config file: this is an interactive tool whose arguments change every call (like
 ``python -m ports.convert``); the library call is :func:`magec_jax.editing.render.run_edits` with a loaded bundle
 (:func:`run` does both).

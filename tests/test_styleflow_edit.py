@@ -23,7 +23,8 @@ from magec_jax.bundle import load_bundle
 from magec_jax.edit import main as edit_main
 from magec_jax.editing.render import Edit, Editor, Renderer
 from magec_jax.evaluation.config import EditFields
-from magec_jax.editing.styleflow import StyleFlowEditor, bundle_editor, load_editor, parse_changes
+from magec_jax.editing.styleflow import bundle_editor, parse_changes
+from magec_jax.models.styleflow_editor import StyleFlowEditor, load_editor
 from magec_jax.errors import FileFormatError, MagecError
 from magec_jax.inversion.engine import invert_arrays
 from magec_jax.inversion.networks import FlowSupervision

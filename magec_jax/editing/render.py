@@ -33,12 +33,13 @@ import numpy as np
 
 from magec_jax import images as imio
 from magec_jax.editing.directions import GanSpace, ganspace_edit, interfacegan_edit, interpolate, load_ganspace
-from magec_jax.editing.styleflow import Change, StyleFlowEditor, bundle_editor, read_context_file
+from magec_jax.editing.styleflow import bundle_editor, read_context_file
 from magec_jax.errors import FileFormatError, MagecError
 from magec_jax.faces import pipeline as faces
 from magec_jax.faces.align import Alignment, AlignmentError
 from magec_jax.logs import Log, to_stderr
 from magec_jax.models.stylegan2 import noise_buffers, synthesize_fn
+from magec_jax.models.styleflow_editor import Change, StyleFlowEditor
 from magec_jax.faces import paste
 from magec_jax.weights import sha256_file
 
@@ -375,7 +376,8 @@ def run_edits(job: EditJob, bundle: Any, *, log: Log = to_stderr,
     Per latent ``<name>``: ``<name>.png`` (grid), ``<name>/<label>.npz`` (edited latents, key ``w``
     ``[1, L, D]``), with ``paste_back`` ``<name>/<label>.png`` (the photograph with this face edited, at the
     photograph's size), and ``<name>.json`` (written last: its presence with the same rows marks the latent as
-    done, so a rerun skips it).
+    done, so a rerun skips it). ``grid.png``: every latent's grid in one sheet, each row labelled with its
+    edits (columns: input, G(w), then the row's edits in order).
     """
     if not job.sweeps and not job.interpolate_to and not job.styleflow:
         raise MagecError("nothing to do: give InterFaceGAN, GANSpace, StyleFlow or interpolation edits")
@@ -437,7 +439,24 @@ def run_edits(job: EditJob, bundle: Any, *, log: Log = to_stderr,
                                                     job.paste_back, job.max_image_pixels,
                                                     flow_records[i] if flow_records else None)
         log(f"edit: {min(g + group, len(pending))}/{len(pending)} latents rendered")
+    if not pending and (out / "grid.png").is_file():
+        return results  # nothing new: the sheet of the previous run stands
+    descriptions = [_sweep_description(sweep) for sweep in job.sweeps]
+    descriptions += ["StyleFlow " + ", then ".join(f"{n}={v:g}" for n, v in changes) for changes in job.styleflow]
+    descriptions += [f"to {other.name}, t = 0..1" for _ in ts[:1]]
+    sheet = labelled_sheet([(lat.name, list(zip(descriptions, grid_tiles(
+        faces.read_rgb(out / f"{lat.name}.png"), len(rows), 2 + max(map(len, rows)), cfg.img_resolution))))
+        for lat in latents], ["input", "G(w)"] + [str(i) for i in range(1, 1 + max(map(len, rows)))])
+    imio.atomic_write_bytes(out / "grid.png", imio.png_bytes(sheet))
     return results
+
+
+def _sweep_description(sweep: Sequence[Edit]) -> str:
+    """A grid row's label: what is edited and at which strengths, e.g. ``Smiling -3, 0, +3``."""
+    edit = sweep[0]
+    what = {"interfacegan": edit.attribute, "styleflow": f"StyleFlow {edit.attribute} (sd)",
+            "ganspace": f"GANSpace c{edit.component}" + ("" if edit.layers is None else f" l{edit.layers[0]}-{edit.layers[1]}")}
+    return f"{what[edit.kind]} " + ", ".join(f"{e.strength:+g}" if e.strength else "0" for e in sweep)
 
 
 def _styleflow_edits(flow: StyleFlowEditor | None, rows: Sequence[Sequence[Change]], chunk: Sequence[Latent],

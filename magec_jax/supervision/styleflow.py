@@ -52,7 +52,7 @@ import orbax.checkpoint as ocp
 
 from magec_jax.bundle import Bundle, label_source, load_bundle, update_manifest
 from magec_jax.configdicts import from_configdict, to_configdict
-from magec_jax.editing.styleflow import StyleFlowEditor
+from magec_jax.models.styleflow_editor import StyleFlowEditor
 from magec_jax.errors import MagecError
 from magec_jax.images import atomic_write_json
 from magec_jax.logs import Log, to_stderr
@@ -207,6 +207,18 @@ def heldout_nll(config: sf.StyleFlowConfig, variables: dict, w_NxLxD: np.ndarray
     return np.concatenate(out)
 
 
+def gaussian_nll(train_NxD: np.ndarray, heldout_NxD: np.ndarray) -> float:
+    """The held-out NLL (nats per sample) of a full-covariance Gaussian fitted to the training latents, without
+    the context: the figure a flow must beat to have learnt more than the latents' mean and covariance."""
+    x = train_NxD.astype(np.float64)
+    mean = x.mean(0)
+    cov = np.cov(x, rowvar=False) + 1e-6 * np.eye(x.shape[1])
+    _, logdet = np.linalg.slogdet(cov)
+    d = heldout_NxD.astype(np.float64) - mean
+    maha = np.einsum("nd,nd->n", d @ np.linalg.inv(cov), d)
+    return float(np.mean(0.5 * (maha + logdet + x.shape[1] * LOG_2PI)))
+
+
 def estimate_recovery(config: sf.StyleFlowConfig, variables: dict, w_NxLxD: np.ndarray, true_NxM: np.ndarray,
                       mean: np.ndarray, std: np.ndarray, names: tuple[str, ...], solver: ODESolver,
                       steps: int) -> dict[str, dict[str, float]]:
@@ -308,12 +320,16 @@ def run(config: ml_collections.ConfigDict, *, log: Log = to_stderr) -> dict[str,
         train_seconds = time.perf_counter() - t_start
         trained = {"params": params, "batch_stats": stats}
         t_eval = time.perf_counter()
+        log(f"styleflow: held-out NLL of {len(val_idx)} samples (exact divergence, each its own dopri5 steps)")
         nll_val = heldout_nll(fcfg, trained, w_NxLxD[val_idx], ctx_NxM[val_idx], job.eval_solver, job.flow.eval_batch)
     result = {"kind": "heldout", "step": step, "heldout_nll": float(nll_val.mean()),
+              "gaussian_baseline_nll": gaussian_nll(w_NxLxD[train_idx, 0], w_NxLxD[val_idx, 0]),
               "heldout_nll_per_dim": float(nll_val.mean() / fcfg.w_dim),
               "heldout_nll_sem": float(nll_val.std(ddof=1) / math.sqrt(len(nll_val))) if len(nll_val) > 1 else None,
               "num_heldout": len(val_idx), "eval_seconds": time.perf_counter() - t_eval}
     if job.flow.estimate_samples:
+        log(f"styleflow: estimating the context of {min(job.flow.estimate_samples, len(val_idx))} held-out samples "
+            "by maximum likelihood")
         result["estimate"] = estimate_recovery(
             fcfg, trained, w_NxLxD[val_idx[: job.flow.estimate_samples]], outputs[val_idx[: job.flow.estimate_samples]],
             mean, std, names, job.eval_solver, job.flow.estimate_steps)
@@ -321,7 +337,8 @@ def run(config: ml_collections.ConfigDict, *, log: Log = to_stderr) -> dict[str,
             f"{n} r={e['pearson_r']:.2f}" for n, e in result["estimate"].items()))
     _append(metrics_path, result)
     log(f"styleflow: held-out NLL {result['heldout_nll']:.2f} nats per sample ({result['heldout_nll_per_dim']:.3f} "
-        f"per dimension) on {len(val_idx)} samples, exact divergence")
+        f"per dimension) on {len(val_idx)} samples, exact divergence; a Gaussian fitted to the training latents "
+        f"gives {result['gaussian_baseline_nll']:.2f}")
     editing = {
         "context_names": list(names), "context_mean": mean.tolist(), "context_std": std.tolist(),
         "context_min": outputs[train_idx].min(0).tolist(), "context_max": outputs[train_idx].max(0).tolist(),
@@ -330,7 +347,8 @@ def run(config: ml_collections.ConfigDict, *, log: Log = to_stderr) -> dict[str,
     }
     extra = {"editing": editing, "trainer": CONVERTER, "steps": step, "num_train": len(train_idx),
              "heldout_nll": result["heldout_nll"], "heldout_nll_per_dim": result["heldout_nll_per_dim"],
-             "train_seconds_this_run": train_seconds, "settings": dataclasses.asdict(job.flow)}
+             "gaussian_baseline_nll": result["gaussian_baseline_nll"], "estimate": result.get("estimate"),
+             "train_seconds": _logged_seconds(metrics_path, step), "settings": dataclasses.asdict(job.flow)}
     converted = Converted(kind=sf.KIND, config=fcfg.to_dict(), variables=jax.tree.map(np.asarray, jax.device_get(trained)),
                           manifest={"extra": extra})
     save_converted(bundle.path / "styleflow", converted, converter=CONVERTER, overwrite=True)
@@ -338,6 +356,17 @@ def run(config: ml_collections.ConfigDict, *, log: Log = to_stderr) -> dict[str,
     log(f"styleflow: saved {bundle.path / 'styleflow'} and named it in the manifest")
     return {**result, "steps": step, "resumed_from": resumed_from, "train_seconds": train_seconds,
             "rendered": samples.rendered, "context_names": list(names)}
+
+
+def _logged_seconds(path: Path, last_step: int) -> float:
+    """Training seconds over every run of this folder, from the logged windows up to ``last_step``."""
+    seconds, previous = 0.0, 0
+    for line in path.read_text().splitlines():
+        entry = json.loads(line)
+        if entry["kind"] == "train" and previous < entry["step"] <= last_step:
+            seconds += entry["seconds_per_step"] * (entry["step"] - previous)
+            previous = entry["step"]
+    return seconds
 
 
 def _append(path: Path, entry: dict) -> None:
