@@ -293,5 +293,10 @@ def test_eval_scores_count_what_they_say():
     assert (suv["recall"], suv["specificity"]) == (0.5, 1 / 3)
     assert (sedan["accuracy"], sedan["recall"], sedan["specificity"]) == (0.8, 1.0, 2 / 3)
     assert got["mean_accuracy"] == pytest.approx(0.6) and got["images"] == 5
-    # body: argmax over the 4 images of one listed type: right for the 1st and 3rd, wrong for the 2nd and 5th
-    assert (got["body_accuracy"], got["body_images"]) == (0.5, 4)
+    # AUC: suv positives 2.0, -0.5 against negatives -1.0, 0.2, 1.0: 2.0 beats 3, -0.5 beats 1 -> 4 of 6 pairs;
+    # sedan positives 1.0, 0.5 beat every negative (-1.0, 0.3, -3.0)
+    assert suv["auc"] == pytest.approx(4 / 6) and sedan["auc"] == 1.0
+    assert eval_cars_classifier.auc(np.asarray([1.0, 1.0]), np.asarray([True, False])) == 0.5  # a tie is half
+    # body: argmax over the 4 images of one listed type: right for the 1st and 3rd, wrong for the 2nd and 5th;
+    # 2 suvs and 2 sedans, so always naming one type is right half the time
+    assert (got["body_accuracy"], got["body_majority_accuracy"], got["body_images"]) == (0.5, 0.5, 4)

@@ -12,8 +12,10 @@ logit is above 0. The validation split is the trainer's own (``magec_jax.classif
 ``DATA/heldout_attributes.txt`` from ``tools/build_cars_data.py``.
 
 Per attribute and set: ``accuracy``, ``majority_accuracy`` (that of always answering "absent": the bar F must
-clear), ``positives``, ``recall`` (positives found) and ``specificity`` (negatives found); and ``body_accuracy``:
-how often the highest of the four logits names the image's body type, over the images of those four types.
+clear), ``positives``, ``recall`` (positives found), ``specificity`` (negatives found) and ``auc`` (the chance that
+a positive's logit is above a negative's, ties counting half: whether F ranks the images right, whatever its
+threshold; 0.5 is chance); and ``body_accuracy``: how often the highest of the four logits names the image's body
+type, over the images of those four types, with ``body_majority_accuracy``, that of always naming the commonest.
 """
 
 from __future__ import annotations
@@ -38,8 +40,18 @@ from magec_jax.weights import load_converted
 REPO = Path(__file__).resolve().parents[1]
 
 
+def auc(scores_N: np.ndarray, positive_N: np.ndarray) -> float | None:
+    """Mann-Whitney AUC: P(a positive's score > a negative's), ties counting half; None without both classes."""
+    pos, neg = scores_N[positive_N], scores_N[~positive_N]
+    if not (len(pos) and len(neg)):
+        return None
+    above = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(above / (len(pos) * len(neg)))
+
+
 def scores(logits_NxK: np.ndarray, labels_NxK: np.ndarray, names: Sequence[str]) -> dict:
-    """Per-attribute accuracy, majority accuracy, positives, recall and specificity; mean accuracy; body accuracy."""
+    """Per-attribute accuracy, majority accuracy, positives, recall, specificity and AUC; mean accuracy and AUC;
+    body accuracy with its majority bar."""
     predicted, truth = logits_NxK > 0, labels_NxK > 0.5
     per = {}
     for k, name in enumerate(names):
@@ -48,14 +60,19 @@ def scores(logits_NxK: np.ndarray, labels_NxK: np.ndarray, names: Sequence[str])
             accuracy=float(np.mean(predicted[:, k] == pos)), majority_accuracy=float(np.mean(neg)),
             positives=int(pos.sum()), recall=float(predicted[pos, k].mean()) if pos.any() else None,
             specificity=float((~predicted[neg, k]).mean()) if neg.any() else None,
+            auc=auc(logits_NxK[:, k], pos),
         )
     one_type = truth.sum(axis=1) == 1  # the images of one of these body types (the types exclude each other)
-    body = float(np.mean(np.argmax(logits_NxK[one_type], 1) == np.argmax(truth[one_type], 1))) if one_type.any() \
-        else None
+    body = body_majority = None
+    if one_type.any():
+        body = float(np.mean(np.argmax(logits_NxK[one_type], 1) == np.argmax(truth[one_type], 1)))
+        body_majority = float(truth[one_type].sum(axis=0).max() / one_type.sum())
+    aucs = [v["auc"] for v in per.values() if v["auc"] is not None]
     return dict(images=len(labels_NxK), per_attribute=per,
                 mean_accuracy=float(np.mean([v["accuracy"] for v in per.values()])),
                 mean_majority_accuracy=float(np.mean([v["majority_accuracy"] for v in per.values()])),
-                body_accuracy=body, body_images=int(one_type.sum()))
+                mean_auc=float(np.mean(aucs)) if aucs else None,
+                body_accuracy=body, body_majority_accuracy=body_majority, body_images=int(one_type.sum()))
 
 
 def logits(descriptor, paths: Sequence[Path], image_size: int, framing: str, batch_size: int) -> np.ndarray:
@@ -122,8 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for key in ("validation", "gan_heldout"):
         r = result[key]
         print(f"{key}: {r['images']} images, mean accuracy {r['mean_accuracy']:.3f} (majority "
-              f"{r['mean_majority_accuracy']:.3f}), body {r['body_accuracy']:.3f}  "
-              + "  ".join(f"{n} {v['accuracy']:.3f}" for n, v in r["per_attribute"].items()))
+              f"{r['mean_majority_accuracy']:.3f}), mean AUC {r['mean_auc']:.3f}, body {r['body_accuracy']:.3f} "
+              f"(majority {r['body_majority_accuracy']:.3f})  "
+              + "  ".join(f"{n} {v['accuracy']:.3f}/{v['auc']:.3f}" for n, v in r["per_attribute"].items()))
     print(f"wrote {args.out}")
     return 0
 
