@@ -2,8 +2,9 @@
 
     python -m magec_jax.invert --config configs/demo.py
 
-Finds the faces in the held-out LFW photographs in ``examples/`` (people the generator never saw: 8 portrait
-crops and 2 whole photographs, one with two people), aligns each to the bundle's template (``align``), and
+Finds the faces in the held-out LFW photographs of ``examples/`` that ``examples/faces.txt`` lists (people the
+generator never saw: 8 portrait crops and 2 whole photographs, one with two people; ``examples/cars/`` is the
+cars demo's), aligns each to the bundle's template (``align``), and
 inverts them with the full MAGEC protocol (100 + 100 steps) using ``demo/bundle``: a 64x64 StyleGAN2 trained
 by this project on LFW, the faceres identity network, and the faceres+emotion Male/Young/Smiling descriptor
 with its LinkNet and boundaries. Writes ``out/demo/`` (per face ``<photo>__face<j>``: latent,
@@ -36,7 +37,7 @@ def get_config(arg: str = "magec"):
     config = job_config(protocol)
     config.name = f"demo_{protocol}"
     config.bundle = str(REPO / "demo" / "bundle")
-    config.images = str(REPO / "examples")
+    config.images = str(REPO / "examples" / "faces.txt")
     config.out_dir = str(REPO / "out" / ("demo" if protocol == "magec" else f"demo_{protocol}"))
     config.batch_size = 8
     config.inversion.compute.loop = "scan"  # 1.9x faster at 64x64 on CPU (see above)

@@ -156,6 +156,9 @@ def main() -> None:
     # 8. whole photographs, and the framing photographs are aligned to
     photos = write_photographs(args.lfw, args.examples)
     print(f"photographs: {', '.join(p.name for p in photos)}", flush=True)
+    names = sorted([f"{Path(p).stem}.png" for p in chosen] + [p.name for p in photos])
+    (args.examples / "faces.txt").write_text(
+        "# the face demo's photographs (configs/demo.py); written by tools/build_demo.py\n" + "".join(f"{n}\n" for n in names))
     fit = fit_generator_template(*load_bundle(args.out / "bundle").generator)
     set_template(args.out / "bundle", fit.template)
     print(f"template from {fit.found} of {fit.images} samples (spread {fit.spread:.2f} px): {fit.template}", flush=True)

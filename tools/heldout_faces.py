@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import tarfile
 from pathlib import Path
 
@@ -57,13 +56,13 @@ def people_in(folder: Path) -> frozenset[str]:
 
 def write_portraits(source: Path, out_dir: Path, count: int, *, crop: int = lfw.DEFAULT_CROP,
                     fraction: float = lfw.DEFAULT_HELDOUT_FRACTION, exclude: frozenset[str] = frozenset()) -> list[str]:
-    """Replaces ``out_dir`` with ``count`` held-out portraits of ``source`` (none of the ``exclude`` people);
-    returns their source paths."""
+    """Replaces the portraits (top-level ``*.png``) of ``out_dir`` with ``count`` held-out portraits of ``source``
+    (none of the ``exclude`` people); sub-folders and other files stay. Returns their source paths."""
     chosen = pick_portraits(lfw.list_source(source), count, fraction=fraction, exclude=exclude)
     crops = lfw.decode_source(source, chosen, crop, crop)  # the training crop, at its native size
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("*.png"):
+        old.unlink()
     for path, img in zip(chosen, crops):
         (out_dir / f"{Path(path).stem}.png").write_bytes(png_bytes(img))
     return chosen
