@@ -8,7 +8,9 @@ Writes, from the run's own outputs (nothing is rendered again, so the figures sh
 * ``docs/demo_edit_grid_first4.png``: the first four faces of the run's edit grid (its order: sorted by
   name), one row per attribute of ``configs/demo.py``'s edit grid, columns input | G(w) | each strength;
 * ``docs/pasted_example.png``: for each whole photograph of ``examples/`` (``PHOTOGRAPHS``), the photograph,
-  its pasted reconstruction (``pasted/<photo>.png``) and one pasted edit (``pasted/<photo>__<label>.png``).
+  its pasted reconstruction (``pasted/<photo>.png``) and one pasted edit (``pasted/<photo>__<label>.png``);
+* with ``--styleflow-edits DIR`` (an edit run with ``--styleflow`` rows on the demo's latents, ``STYLEFLOW_EDITS``
+  gives the command), ``docs/demo_styleflow_edits.png``: that run's labelled ``grid.png`` as it wrote it.
 
 ``--out DIR`` writes them elsewhere. Takes a few seconds; needs no network.
 """
@@ -33,6 +35,13 @@ PHOTOGRAPHS = (
     ("Rob_Schneider_0001", ("Smiling", -3.0), "two faces, both inverted and edited"),
     ("Maria_Wetterstrand_0001", ("Male", 3.0), "tilted head"),
 )
+
+
+# the edit run behind docs/demo_styleflow_edits.png (the first four faces of the demo run, by name)
+STYLEFLOW_EDITS = ("python -m magec_jax.edit out/demo/Aaron_Sorkin_0001__face0.npz out/demo/Billy_Edelin_0001__face0.npz "
+                   "out/demo/Deb_Santos_0001__face0.npz out/demo/Goran_Zivkovic_0001__face0.npz --bundle demo/bundle "
+                   "--out out/demo_styleflow --styleflow expected_age=25,expected_age=55 "
+                   "--styleflow gender_logit=-2,gender_logit=4 --styleflow happy_log_odds=-4,happy_log_odds=4")
 
 
 def demo_edit_grid() -> tuple[tuple[str, ...], tuple[float, ...]]:
@@ -84,10 +93,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run", type=Path, help="the demo's out_dir (out/demo)")
     parser.add_argument("--out", type=Path, default=REPO / "docs", help="where the figures go")
     parser.add_argument("--faces", type=int, default=4, help="faces in the edit-grid figure")
+    parser.add_argument("--styleflow-edits", type=Path, default=None, help="an edit run with StyleFlow rows "
+                        "(STYLEFLOW_EDITS): its grid.png becomes docs/demo_styleflow_edits.png")
     args = parser.parse_args(argv)
     attributes, strengths = demo_edit_grid()
-    for name, figure in (("demo_edit_grid_first4.png", edit_grid_figure(args.run, attributes, strengths, args.faces)),
-                         ("pasted_example.png", pasted_figure(args.run))):
+    figures = [("demo_edit_grid_first4.png", edit_grid_figure(args.run, attributes, strengths, args.faces)),
+               ("pasted_example.png", pasted_figure(args.run))]
+    if args.styleflow_edits is not None:
+        figures.append(("demo_styleflow_edits.png", read_rgb(args.styleflow_edits / "grid.png")))
+    for name, figure in figures:
         path = imio.atomic_write_bytes(args.out / name, imio.png_bytes(figure))
         print(f"{name}: {figure.shape[1]}x{figure.shape[0]} -> {path}")
     return 0
