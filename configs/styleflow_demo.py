@@ -16,7 +16,8 @@ Prior: the official architecture scaled to the 128-d latent: ``cnf(128, '256-256
 from magec_jax.supervision.styleflow import default_config
 
 
-def get_config():
+def get_config(arg: str = ""):
+    del arg
     config = default_config()
     config.bundle = "demo/bundle"
     config.out_dir = "runs/styleflow_demo"

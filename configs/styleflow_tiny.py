@@ -9,7 +9,8 @@ checks the mechanics (samples, training, checkpoints, resume, held-out NLL, the 
 from magec_jax.supervision.styleflow import default_config
 
 
-def get_config():
+def get_config(arg: str = ""):
+    del arg
     config = default_config()
     config.out_dir = "runs/styleflow_tiny"
     config.sampling.num_samples = 64
