@@ -242,7 +242,7 @@ def test_config_errors_are_one_line():
     c.edits.bad__name.kind = "stylegan"
     c.edits.fine = c.edits.bad__name
     c.edit_order = ("fine",)
-    with pytest.raises(MagecError, match="kind must be 'interfacegan' or 'ganspace'"):
+    with pytest.raises(MagecError, match="kind must be one of 'interfacegan', 'ganspace', 'styleflow'"):
         from_configdict(EvalConfig, c)
 
 
