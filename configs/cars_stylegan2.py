@@ -26,7 +26,7 @@ ARG ``tiny``: a 16x16 network on the first 300 crops for tests and smoke runs (4
 import os
 from pathlib import Path
 
-from magec_jax.training.config import default_config
+from magec_jax.training.config import default_config, small_cpu_run, tiny_run
 
 VARIANTS = {"tiny": "16x16 on 300 crops, 4 iterations: tests and smoke runs"}
 
@@ -42,41 +42,15 @@ def get_config(arg: str | None = None):
     config.resolution = 64
     config.framing = "letterbox"
     config.heldout_by = "file"
-    config.g.z_dim = 128
-    config.g.w_dim = 128
-    config.g.mapping_layers = 2
-    config.g.channel_base = 2048
-    config.g.channel_max = 128
-    config.d.channel_base = 2048
-    config.d.channel_max = 128
     config.batch_size = 32
     config.r1_gamma = 0.05
-    config.pl_weight = 0.0
     config.ema_kimg = 10.0
     config.ema_rampup = 0.05
     config.total_kimg = 2000.0
     config.log_every = 20
-    config.checkpoint_kimg = 4.0
-    config.metric_kimg = 20.0
+    small_cpu_run(config)
     if arg == "tiny":
-        config.resolution = 16
-        config.max_images = 300
-        config.g.z_dim = 32
-        config.g.w_dim = 32
-        config.g.channel_base = 256
-        config.g.channel_max = 32
-        config.d.channel_base = 256
-        config.d.channel_max = 32
-        config.batch_size = 4
-        config.total_kimg = 0.016
-        config.log_every = 2
-        config.checkpoint_kimg = 0.008
-        config.keep_checkpoints = 2
-        config.sample_seeds = 8
-        config.metric_kimg = 0.016
-        config.metric_num_images = 16
-        config.metric_batch = 8
-        config.fast_compile = True
+        tiny_run(config)
     elif arg:
         raise ValueError(f"unknown variant {arg!r} (expected none or 'tiny')")
     return config

@@ -38,7 +38,7 @@ checkpoint every 2, the FD on 16 images; about a minute (57 s at load average ~5
 import os
 from pathlib import Path
 
-from magec_jax.training.config import default_config
+from magec_jax.training.config import default_config, networks, small_cpu_run, tiny_run
 
 VARIANTS = {
     "small": "5x faster for CPU runs: z, w 128-d, 2 mapping layers, channels up to 128 (the demo generator)",
@@ -56,13 +56,7 @@ def get_config(arg: str | None = None):
     config.data = str(_shared() / "data" / "lfw" / "lfw-deepfunneled.tar")
     config.resolution = 64
     config.crop = 128
-    config.g.z_dim = 256
-    config.g.w_dim = 256
-    config.g.mapping_layers = 4
-    config.g.channel_base = 4096
-    config.g.channel_max = 256
-    config.d.channel_base = 4096
-    config.d.channel_max = 256
+    networks(config, z_dim=256, mapping_layers=4, channel_base=4096, channel_max=256)
     config.batch_size = 32
     config.r1_gamma = 0.05
     config.ema_kimg = 10.0
@@ -72,36 +66,9 @@ def get_config(arg: str | None = None):
     config.checkpoint_kimg = 5.0
     config.metric_kimg = 25.0
     if arg == "small":
-        config.g.z_dim = 128
-        config.g.w_dim = 128
-        config.g.mapping_layers = 2
-        config.g.channel_base = 2048
-        config.g.channel_max = 128
-        config.d.channel_base = 2048
-        config.d.channel_max = 128
-        config.pl_weight = 0.0
-        config.checkpoint_kimg = 4.0
-        config.metric_kimg = 20.0
+        small_cpu_run(config)
     elif arg == "tiny":
-        config.resolution = 16
-        config.max_images = 300
-        config.g.z_dim = 32
-        config.g.w_dim = 32
-        config.g.mapping_layers = 2
-        config.g.channel_base = 256
-        config.g.channel_max = 32
-        config.d.channel_base = 256
-        config.d.channel_max = 32
-        config.batch_size = 4
-        config.total_kimg = 0.016
-        config.log_every = 2
-        config.checkpoint_kimg = 0.008
-        config.keep_checkpoints = 2
-        config.sample_seeds = 8
-        config.metric_kimg = 0.016
-        config.metric_num_images = 16
-        config.metric_batch = 8
-        config.fast_compile = True
+        tiny_run(config)
     elif arg:
         raise ValueError(f"unknown variant {arg!r} (expected none, 'small' or 'tiny')")
     return config

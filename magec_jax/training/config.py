@@ -129,3 +129,41 @@ class TrainGANConfig:
 def default_config() -> ml_collections.ConfigDict:
     """The defaults of :class:`TrainGANConfig` (its paths unset) as the ConfigDict config files start from."""
     return to_configdict(TrainGANConfig)
+
+
+def networks(config: ml_collections.ConfigDict, *, z_dim: int, mapping_layers: int, channel_base: int,
+             channel_max: int) -> None:
+    """Sets both networks' sizes on ``config`` (z and w of ``z_dim``; G and D with the same channels)."""
+    config.g.z_dim = config.g.w_dim = z_dim
+    config.g.mapping_layers = mapping_layers
+    config.g.channel_base = config.d.channel_base = channel_base
+    config.g.channel_max = config.d.channel_max = channel_max
+
+
+def small_cpu_run(config: ml_collections.ConfigDict) -> None:
+    """The demo generators' CPU recipe (``configs/lfw_stylegan2.py:small``, ``configs/cars_stylegan2.py``): z, w
+    128-d, 2 mapping layers, channels min(2048 / R, 128), no path-length regularisation, a checkpoint every
+    4 kimg and the FD every 20 kimg."""
+    networks(config, z_dim=128, mapping_layers=2, channel_base=2048, channel_max=128)
+    config.pl_weight = 0.0
+    config.checkpoint_kimg = 4.0
+    config.metric_kimg = 20.0
+
+
+def tiny_run(config: ml_collections.ConfigDict) -> None:
+    """A 16x16 run on the first 300 images for tests and smoke runs: 4 iterations of batch 4, a checkpoint
+    every 2, the FD on 16 images, fast compilation."""
+    config.resolution = 16
+    config.max_images = 300
+    networks(config, z_dim=32, mapping_layers=2, channel_base=256, channel_max=32)
+    config.batch_size = 4
+    config.total_kimg = 0.016
+    config.log_every = 2
+    config.checkpoint_kimg = 0.008
+    config.keep_checkpoints = 2
+    config.sample_seeds = 8
+    config.metric_kimg = 0.016
+    config.metric_num_images = 16
+    config.metric_batch = 8
+    config.fast_compile = True
+
