@@ -29,7 +29,7 @@ from magec_jax.errors import FileFormatError, MagecError
 from magec_jax.inversion.engine import invert_arrays
 from magec_jax.inversion.networks import FlowSupervision
 from magec_jax.inversion.settings import InversionSettings, Phase
-from magec_jax.inversion.terms import styleflow_edits
+from magec_jax.inversion.terms import bind_terms, styleflow_edits
 from magec_jax.models import styleflow as sf
 from magec_jax.models.cnf import ODESolver
 from magec_jax.styleflow import main as styleflow_main
@@ -280,6 +280,7 @@ def test_magec_styleflow_term_inverts_with_the_bundle_prior(flow_bundle):
     bundle_path, _, _ = flow_bundle
     nets = load_bundle(bundle_path).networks()
     assert nets.styleflow is not None and nets.styleflow.layers_KxL.shape == (3, 8)
+    assert "magec_styleflow" not in bind_terms(nets, InversionSettings())  # bound only where a phase weights it
     np.testing.assert_array_equal(nets.styleflow.signs_K, [1.0, -1.0, 1.0])  # Young falls as the age rises
     settings = InversionSettings(phases=(Phase(3, dict(mse=1.0, magec=1e-2, magec_styleflow=1e-2)),),
                                  styleflow_steps=2, chunk_steps=3)

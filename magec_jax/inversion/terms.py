@@ -232,8 +232,11 @@ def styleflow_edits(flow: FlowSupervision, variables: Any, w_LxD: jax.Array, con
 
 def _magec_styleflow(nets: Networks, settings: InversionSettings) -> LossTerm | None:
     """MAGEC supervised by StyleFlow: LinkNet must agree with F on ``w`` and on StyleFlow's edit of every
-    attribute of ``w`` (:func:`styleflow_edits`); the bundle's prior must have been trained on F's outputs."""
-    if None in (nets.descriptor, nets.linknet, nets.styleflow):
+    attribute of ``w`` (:func:`styleflow_edits`); the bundle's prior must have been trained on F's outputs.
+
+    Bound only when a phase weights it: its two solves per latent (and F's second pass over the targets for the
+    context) would otherwise be paid by every inversion with such a bundle just to report it."""
+    if None in (nets.descriptor, nets.linknet, nets.styleflow) or not settings.uses("magec_styleflow"):
         return None
     flow = dataclasses.replace(nets.styleflow, solver=ODESolver("rk4", num_steps=settings.styleflow_steps))
     descriptor, loss_kind = nets.descriptor, nets.descriptor.loss
