@@ -21,7 +21,8 @@ through the inversion's ``<name>.json``), ``OUT/<name>/<label>.npz`` (edited lat
 ``OUT/grid.png`` has every latent's grid in one sheet, each row labelled with its edits. ``--paste-back`` (for
 faces the inversion job aligned from photographs, ``config.align``: their ``<name>.json`` records the photograph
 and the alignment) also writes ``OUT/<name>/<label>.png``, the whole photograph at its own size with the edited
-face pasted back.
+face pasted back. ``--delta`` renders each latent (reconstruction and edits) with its generator tuned by pivotal
+tuning (the job's ``pti/`` folder with ``config.pti``, or one delta file for one latent).
 Argparse rather than a config file: this is an interactive tool whose arguments change every call (like
 ``python -m ports.convert``); the library call is :func:`magec_jax.editing.render.run_edits` with a loaded bundle
 (:func:`run` does both).
@@ -65,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[str, EditJob]:
     parser.add_argument("--interpolate-to", default="", help="second latent: add an interpolation row")
     parser.add_argument("--steps", type=int, default=5, help="interpolation points, t = 0..1")
     parser.add_argument("--batch-size", type=int, default=8, help="images per generator call")
+    parser.add_argument("--delta", default="", help="pivotal tuning's weight deltas: a folder of <latent name>.npz "
+                        "(the job's pti/) or one file for one latent; each latent is rendered by its tuned generator")
     parser.add_argument("--paste-back", action="store_true", help="also paste each edited face back into its "
                         "photograph (faces inverted with config.align)")
     parser.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS, help="refuse (unread) input "
@@ -87,7 +90,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[str, EditJob]:
         latents=tuple(args.latents), out_dir=args.out, sweeps=tuple(sweeps), interpolate_to=args.interpolate_to,
         steps=args.steps, pca=args.pca, batch_size=args.batch_size, paste_back=args.paste_back,
         max_image_pixels=args.max_image_pixels, styleflow=tuple(parse_changes(t) for t in args.styleflow),
-        styleflow_prior=args.styleflow_prior, styleflow_attributes=args.styleflow_attributes)
+        styleflow_prior=args.styleflow_prior, styleflow_attributes=args.styleflow_attributes, deltas=args.delta)
 
 
 def _attach_negative_values(argv: list[str]) -> list[str]:

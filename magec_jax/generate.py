@@ -16,7 +16,9 @@ Latents come from exactly one of:
 ``--out`` writes a PNG grid, ``ceil(sqrt(B))`` images wide, with no gaps (pixels rounded as NVIDIA does, by
 :func:`magec_jax.images.to_uint8`); ``--out-npy`` writes the
 raw float32 images ``[B, H, W, C]`` (about [-1, 1], not clamped). ``--noise-mode random`` draws the noise
-from ``--noise-seed``. Class-conditional networks need ``--class``.
+from ``--noise-seed``. Class-conditional networks need ``--class``. ``--delta FILE`` renders with a generator
+tuned by pivotal tuning (``python -m magec_jax.invert`` with ``config.pti``: ``pti/<name>.npz``), e.g. the
+tuned reconstruction of an image: ``--w-file out/<name>.npz --delta out/pti/<name>.npz``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import numpy as np
 from magec_jax import images as imio
 from magec_jax.cli import DefaultsHelpFormatter, error_status
 from magec_jax.errors import FileFormatError, MagecError
+from magec_jax.models.deltas import tuned_variables
 from magec_jax.models.stylegan2 import (
     Generator, StyleGAN2Config, config_from_dict, load_generator, seed_latents, truncate,
 )
@@ -103,13 +106,18 @@ def run(
     fused_modconv: bool = False,
     out: str | os.PathLike | None = None,
     out_npy: str | os.PathLike | None = None,
+    delta: str | os.PathLike | None = None,
 ) -> np.ndarray:
     """Renders ``z`` ``[B, z_dim]`` or ``ws`` (``[B, w_dim]`` / ``[B, num_ws, w_dim]``); returns ``[B, H, W, C]``.
 
     Batches of ``batch_size`` (the last one padded) run through one compiled function. Writes a PNG grid to
-    ``out`` and/or the raw float32 images to ``out_npy``, atomically.
+    ``out`` and/or the raw float32 images to ``out_npy``, atomically. ``delta``: a pivotal-tuning weight delta
+    (``magec_jax.models.deltas``) applied to the synthesis network; one for another generator is refused in one
+    line naming both.
     """
     cfg, variables = load_generator(generator)
+    if delta is not None:
+        variables = tuned_variables(variables, delta, str(generator))
     if (z is None) == (ws is None):
         raise MagecError("give exactly one of z and ws")
     if cfg.c_dim and class_idx is None and z is not None:
@@ -166,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--class", dest="class_idx", type=int, default=None, help="class index (conditional nets)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per compiled call")
     parser.add_argument("--fused-modconv", action="store_true", help="NVIDIA's grouped-conv modulation")
+    parser.add_argument("--delta", type=Path, default=None, help="a pivotal-tuning weight delta (the inversion "
+                        "job's pti/<name>.npz) applied to the synthesis network")
     parser.add_argument("--out", type=Path, help="PNG grid")
     parser.add_argument("--out-npy", type=Path, help="raw float32 images [B, H, W, C]")
     args = parser.parse_args(argv)
@@ -193,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             fused_modconv=args.fused_modconv,
             out=args.out,
             out_npy=args.out_npy,
+            delta=args.delta,
         )
     except MagecError as e:
         return error_status(e)

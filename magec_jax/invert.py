@@ -8,11 +8,14 @@
 Outputs (per image ``<name>``: ``.npz`` latent, ``.png`` reconstruction, ``.json`` losses and fingerprint; plus
 ``summary.json`` with every run's record) are described in ``magec_jax.inversion.job``; with an ``edit_grid``
 block, ``edits/`` and ``edit_grid.png`` (and, for photographs, ``pasted/<photo>__<label>.png``) are described in
-``magec_jax.editing.render``. Re-running the same command resumes; results computed with other settings are
+``magec_jax.editing.render``; with ``config.pti.enabled``, pivotal tuning after the inversion writes ``pti/``
+(``magec_jax.inversion.pti_job``: per image a weight delta, the tuned reconstruction and its record, and the
+edit grid rendered by each tuned generator). Re-running the same command resumes; results computed with other settings are
 refused in one line unless ``--config.on_mismatch=recompute``. ``--config.steps_scale`` shortens any protocol.
 """
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -23,6 +26,7 @@ from magec_jax.cli import config_main
 from magec_jax.configdicts import from_configdict
 from magec_jax.editing.render import edit_grid, paste_edit_grid
 from magec_jax.inversion import job as job_lib
+from magec_jax.inversion import pti_job
 from magec_jax.logs import Log, to_stderr
 
 __all__ = ["main", "run"]
@@ -35,13 +39,18 @@ def run(config: ml_collections.ConfigDict, *, log: Log = to_stderr) -> dict[str,
     job = from_configdict(job_lib.JobConfig, config)
     bundle = load_bundle(job.bundle)
     record = job_lib.run(job, bundle=bundle, log=log)
+    tuned = pti_job.run(job, bundle=bundle, log=log)
     grid = job.edit_grid
     if grid.attributes and jax.process_index() == 0:
-        edit_grid(bundle, job.out_dir, grid.attributes, grid.strengths, max_image_pixels=job.max_image_pixels,
-                  log=log)
-        if job.align:
-            paste_edit_grid(job.out_dir, grid.attributes, grid.strengths, max_image_pixels=job.max_image_pixels,
-                            log=log)
+        # the pivots' edits by the bundle's generator; with PTI, also by each image's tuned generator (pti/)
+        for deltas_dir in [None] + ([Path(job.out_dir) / pti_job.PTI_DIR] if tuned is not None else []):
+            edit_grid(bundle, job.out_dir, grid.attributes, grid.strengths, max_image_pixels=job.max_image_pixels,
+                      log=log, deltas_dir=deltas_dir)
+            if job.align:
+                paste_edit_grid(job.out_dir, grid.attributes, grid.strengths,
+                                max_image_pixels=job.max_image_pixels, log=log, deltas_dir=deltas_dir)
+    if tuned is not None:
+        record["pti"] = tuned
     return record
 
 

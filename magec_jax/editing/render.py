@@ -38,6 +38,7 @@ from magec_jax.errors import FileFormatError, MagecError
 from magec_jax.faces import pipeline as faces
 from magec_jax.faces.align import Alignment, AlignmentError
 from magec_jax.logs import Log, to_stderr
+from magec_jax.models import deltas as deltas_lib
 from magec_jax.models.stylegan2 import noise_buffers, synthesize_fn
 from magec_jax.models.styleflow_editor import Change, StyleFlowEditor
 from magec_jax.faces import paste
@@ -294,14 +295,17 @@ class Renderer:
         return tuple(np.stack([const if lat.noise is None else lat.noise[i] for lat in latents])
                      for i, const in enumerate(self.noise_const))
 
-    def __call__(self, ws_NxLxD: np.ndarray, noise: tuple[np.ndarray, ...] | None = None) -> np.ndarray:
+    def __call__(self, ws_NxLxD: np.ndarray, noise: tuple[np.ndarray, ...] | None = None, *,
+                 variables: Any = None) -> np.ndarray:
         """Images ``[N, R, R, 3]`` (float32, [-1, 1] nominal, not clamped); ``noise`` per layer ``[N, h, w]``
-        (default: the constant buffers)."""
+        (default: the constant buffers); ``variables``: another generator of the same shapes (an image's tuned
+        generator, ``magec_jax.models.deltas.tuned_variables``; the same compiled call)."""
         ws = np.asarray(ws_NxLxD, np.float32)
         if noise is None:
             noise = tuple(np.broadcast_to(n, (ws.shape[0], *n.shape)) for n in self.noise_const)
+        variables = self.variables if variables is None else variables
         return map_batches(
-            lambda w, nz: self._synthesize(self.variables, w, nz), ws, tuple(noise), batch_size=self.batch_size
+            lambda w, nz: self._synthesize(variables, w, nz), ws, tuple(noise), batch_size=self.batch_size
         )
 
 
@@ -344,6 +348,9 @@ class EditJob:
       styleflow_attributes: a JSON file ``{latent name: {context name: value}}`` giving each image's context;
         without it, F's outputs on the reconstruction when the prior was trained on them, else the context that
         maximises the prior's likelihood of the latent.
+      deltas: pivotal tuning's weight deltas (``magec_jax.inversion.pti_job``): one ``.npz`` file (one latent), or
+        a folder of ``<latent name>.npz`` (the job's ``pti/``); each latent is then rendered, reconstruction and
+        edits, by its own tuned generator. Empty: the bundle's generator.
     """
 
     latents: tuple[str, ...]
@@ -358,6 +365,7 @@ class EditJob:
     styleflow: tuple[tuple[Change, ...], ...] = ()
     styleflow_prior: str = ""
     styleflow_attributes: str = ""
+    deltas: str = ""
 
 
 def styleflow_label(changes: Sequence[Change]) -> str:
@@ -400,6 +408,7 @@ def run_edits(job: EditJob, bundle: Any, *, log: Log = to_stderr,
                                       "--paste-back needs faces the inversion job aligned (config.align)")
             if not lat.photo.is_file():
                 raise FileFormatError(lat.photo, f"no such photograph (the source of {lat.path.name})")
+    delta_paths = _delta_paths(job.deltas, latents)
     flow = None
     if job.styleflow:
         flow = bundle_editor(bundle, job.styleflow_prior or None)
@@ -412,18 +421,24 @@ def run_edits(job: EditJob, bundle: Any, *, log: Log = to_stderr,
         rows.append([_safe(f"interp_{other.name}_{t:.3f}") for t in ts])
     out = Path(job.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    pending = [lat for lat in latents if not _edits_done(out, lat, rows, job.paste_back)]
+    pending = [lat for lat in latents if not _edits_done(out, lat, rows, job.paste_back, delta_paths.get(lat.name))]
     log(f"edit: {len(latents)} latents, {len(latents) - len(pending)} already done; "
         f"{sum(map(len, rows))} edits each in {len(rows)} rows")
     renderer = Renderer(synthesize_fn(cfg), variables, noise_buffers(cfg, variables), job.batch_size)
     given = read_context_file(job.styleflow_attributes, flow, [lat.name for lat in pending]) \
         if flow is not None and job.styleflow_attributes else None
     per_latent = 1 + sum(map(len, rows))
-    group = max(1, job.batch_size // per_latent)
+    group = 1 if delta_paths else max(1, job.batch_size // per_latent)  # a tuned generator renders one latent
+    fingerprint = deltas_lib.generator_fingerprint(variables) if delta_paths else None
     results = {}
     for g in range(0, len(pending), group):
         chunk = pending[g: g + group]
-        flow_edits, flow_records = _styleflow_edits(flow, job.styleflow, chunk, renderer, given, styleflow_contexts)
+        tuned = None
+        if delta_paths:
+            tuned = deltas_lib.tuned_variables(variables, delta_paths[chunk[0].name], bundle_source(bundle),
+                                               fingerprint)
+        flow_edits, flow_records = _styleflow_edits(flow, job.styleflow, chunk, renderer, given, styleflow_contexts,
+                                                    tuned)
         ws, noise = [], []
         for c, lat in enumerate(chunk):
             edited = [lat.w_LxD] + [editor.apply(e, lat.w_LxD) for sweep in job.sweeps for e in sweep]
@@ -431,13 +446,14 @@ def run_edits(job: EditJob, bundle: Any, *, log: Log = to_stderr,
             edited += [np.asarray(interpolate(lat.w_LxD, other.w_LxD, t)) for t in ts]
             ws += edited
             noise += [lat] * len(edited)
-        images = renderer(np.stack(ws), renderer.noise_for(noise))
+        images = renderer(np.stack(ws), renderer.noise_for(noise), variables=tuned)
         for i, lat in enumerate(chunk):
             mine = images[i * per_latent: (i + 1) * per_latent]
             latents_i = ws[i * per_latent: (i + 1) * per_latent]
             results[lat.name] = _write_latent_edits(out, lat, rows, mine, latents_i, cfg.img_resolution, log,
                                                     job.paste_back, job.max_image_pixels,
-                                                    flow_records[i] if flow_records else None)
+                                                    flow_records[i] if flow_records else None,
+                                                    delta_paths.get(lat.name))
         log(f"edit: {min(g + group, len(pending))}/{len(pending)} latents rendered")
     if not pending and (out / "grid.png").is_file():
         return results  # nothing new: the sheet of the previous run stands
@@ -461,15 +477,17 @@ def _sweep_description(sweep: Sequence[Edit]) -> str:
 
 def _styleflow_edits(flow: StyleFlowEditor | None, rows: Sequence[Sequence[Change]], chunk: Sequence[Latent],
                      renderer: Renderer, given: Mapping[str, np.ndarray] | None,
-                     from_images: Callable[[np.ndarray], np.ndarray] | None) -> tuple[list[np.ndarray], list[dict]]:
-    """The StyleFlow rows' latents for a chunk (``[K, B, L, D]`` per row) and each latent's context record."""
+                     from_images: Callable[[np.ndarray], np.ndarray] | None,
+                     variables: Any = None) -> tuple[list[np.ndarray], list[dict]]:
+    """The StyleFlow rows' latents for a chunk (``[K, B, L, D]`` per row) and each latent's context record
+    (``variables``: the chunk's tuned generator, whose reconstruction F reads)."""
     if flow is None:
         return [], []
     ws = np.stack([lat.w_LxD for lat in chunk])
     if given is not None:
         ctx, source = np.stack([given[lat.name] for lat in chunk]), "file"
     elif from_images is not None:
-        ctx, source = from_images(renderer(ws, renderer.noise_for(chunk))), "descriptor on G(w)"
+        ctx, source = from_images(renderer(ws, renderer.noise_for(chunk), variables=variables)), "descriptor on G(w)"
     else:
         ctx, source = flow.estimate(ws), "maximum likelihood"
     edits = [flow.edit_sequence(ws, ctx, changes) for changes in rows]
@@ -478,9 +496,34 @@ def _styleflow_edits(flow: StyleFlowEditor | None, rows: Sequence[Sequence[Chang
     return edits, records
 
 
-def _edits_done(out: Path, lat: Latent, rows: list[list[str]], paste_back: bool) -> bool:
+def _delta_paths(deltas: str, latents: Sequence[Latent]) -> dict[str, Path]:
+    """``{latent name: its delta file}`` for ``EditJob.deltas`` (empty when not given); a missing delta is one
+    line naming it."""
+    if not deltas:
+        return {}
+    root = Path(deltas)
+    if root.is_dir():
+        paths = {lat.name: root / f"{lat.name}.npz" for lat in latents}
+    elif len(latents) == 1:
+        paths = {latents[0].name: root}
+    else:
+        raise FileFormatError(root, f"one weight delta for {len(latents)} latents: give a folder of "
+                                    "<latent name>.npz deltas (the inversion job's pti/)")
+    for name, path in paths.items():
+        if not path.is_file():
+            raise FileFormatError(path, f"no weight delta for the latent {name} (was it tuned? see pti/summary.json)")
+    return paths
+
+
+def bundle_source(bundle: Any) -> str:
+    """How a delta's error message names the bundle's generator."""
+    return str(getattr(bundle, "path", "")) or "the generator given"
+
+
+def _edits_done(out: Path, lat: Latent, rows: list[list[str]], paste_back: bool, delta: Path | None = None) -> bool:
     """Done: the record and grid exist, with the same rows and pasted photographs (when asked for), rendered
-    from the same latent file (a latent that was recomputed since gets its edits rendered again)."""
+    from the same latent file and weight delta (a latent or delta recomputed since gets its edits rendered
+    again)."""
     record = out / f"{lat.name}.json"
     if not record.is_file() or not (out / f"{lat.name}.png").is_file():
         return False
@@ -489,13 +532,14 @@ def _edits_done(out: Path, lat: Latent, rows: list[list[str]], paste_back: bool)
     except (OSError, ValueError):
         return False
     return (done.get("rows") == rows and done.get("latent_sha256") == sha256_file(lat.path)
+            and done.get("delta_sha256") == (None if delta is None else sha256_file(delta))
             and (done.get("pasted") is not None or not paste_back))
 
 
 def _write_latent_edits(out: Path, lat: Latent, rows: list[list[str]], images: np.ndarray,
                         ws: list[np.ndarray], resolution: int, log: Log,
                         paste_back: bool = False, max_pixels: int = imio.MAX_IMAGE_PIXELS,
-                        styleflow: dict | None = None) -> dict:
+                        styleflow: dict | None = None, delta: Path | None = None) -> dict:
     x = imio.to_uint8(load_input(lat.image, resolution, log, max_pixels))
     recon = imio.to_uint8(images[0])
     width = 2 + max(map(len, rows))
@@ -522,7 +566,9 @@ def _write_latent_edits(out: Path, lat: Latent, rows: list[list[str]], images: n
     record = dict(latent=str(lat.path), latent_sha256=sha256_file(lat.path),
                   image=None if lat.image is None else str(lat.image), rows=rows,
                   columns="input | reconstruction | edits", edited_latents=f"{lat.name}/<label>.npz",
-                  pasted=f"{lat.name}/<label>.png" if photo is not None else None)
+                  pasted=f"{lat.name}/<label>.png" if photo is not None else None,
+                  delta=None if delta is None else str(delta),
+                  delta_sha256=None if delta is None else sha256_file(delta))
     if styleflow is not None:
         record["styleflow"] = styleflow
     imio.atomic_write_json(out / f"{lat.name}.json", record)
@@ -530,19 +576,25 @@ def _write_latent_edits(out: Path, lat: Latent, rows: list[list[str]], images: n
 
 
 def edit_grid(bundle: Any, latents_dir: str | Path, attributes: Sequence[str], strengths: Sequence[float], *,
-              max_image_pixels: int = imio.MAX_IMAGE_PIXELS, log: Log = to_stderr) -> Path | None:
+              max_image_pixels: int = imio.MAX_IMAGE_PIXELS, log: Log = to_stderr,
+              deltas_dir: str | Path | None = None) -> Path | None:
     """The inversion's edit stage (``config.edit_grid``): InterFaceGAN edits of every latent in ``latents_dir``
     (rendered into ``latents_dir/edits/`` by :func:`run_edits` with the loaded ``bundle``, resumable), tiled into
     ``latents_dir/edit_grid.png``: per image a block titled with its name, one row per attribute (labelled),
-    columns input | G(w) | one per strength (labelled above). Returns the grid's path, or None when the folder
-    holds no latent."""
+    columns input | G(w) | one per strength (labelled above). With ``deltas_dir`` (the job's ``pti/``), the
+    latents tuned there, each rendered by its tuned generator, into ``deltas_dir/edits/`` and
+    ``deltas_dir/edit_grid.png``. Returns the grid's path, or None when there is no latent."""
     out = Path(latents_dir)
     names = sorted(p.stem for p in out.glob("*.npz") if p.is_file())
+    home = out if deltas_dir is None else Path(deltas_dir)
+    if deltas_dir is not None:
+        names = [n for n in names if (home / f"{n}.npz").is_file() and (home / f"{n}.json").is_file()]
     if not names:
         return None
     sweeps = tuple(tuple(Edit("interfacegan", s, attribute=a) for s in strengths) for a in attributes)
-    edits_dir = out / "edits"
-    run_edits(EditJob(latents=(str(out),), out_dir=str(edits_dir), sweeps=sweeps, max_image_pixels=max_image_pixels),
+    edits_dir = home / "edits"
+    run_edits(EditJob(latents=tuple(str(out / f"{n}.npz") for n in names), out_dir=str(edits_dir), sweeps=sweeps,
+                      max_image_pixels=max_image_pixels, deltas="" if deltas_dir is None else str(home)),
               bundle, log=log)
     blocks = []
     for name in names:
@@ -550,21 +602,24 @@ def edit_grid(bundle: Any, latents_dir: str | Path, attributes: Sequence[str], s
         tile = (sheet.shape[0] - 2) // len(attributes) - 2
         blocks.append((name, list(zip(attributes, grid_tiles(sheet, len(attributes), 2 + len(strengths), tile)))))
     columns = ["input", "G(w)"] + [f"{s:+g}" if s else "0" for s in strengths]
-    path = imio.atomic_write_bytes(out / "edit_grid.png", imio.png_bytes(labelled_sheet(blocks, columns)))
+    path = imio.atomic_write_bytes(home / "edit_grid.png", imio.png_bytes(labelled_sheet(blocks, columns)))
     log(f"edit grid ({', '.join(attributes)} at {', '.join(columns[2:])}) -> {path}")
     return path
 
 
 def paste_edit_grid(out_dir: str | Path, attributes: Sequence[str], strengths: Sequence[float], *,
-                    max_image_pixels: int = imio.MAX_IMAGE_PIXELS, log: Log = to_stderr) -> list[Path]:
+                    max_image_pixels: int = imio.MAX_IMAGE_PIXELS, log: Log = to_stderr,
+                    deltas_dir: str | Path | None = None) -> list[Path]:
     """The edit stage of a job on photographs (``config.align``), after :func:`edit_grid`:
     ``out_dir/pasted/<photo>__<label>.png`` for every edit (``<label>`` as :attr:`Edit.label`, e.g.
     ``ifg_Smiling_+3``), the photograph with each of its faces whose edits were rendered
     (``out_dir/edits/<face>.png``) edited alike and pasted back. The faces, their photograph and alignment are
     read from the inversion's records (``<photo>__face<j>.json``). A pasted photograph newer than its photograph
-    and edit grids is left as it is; returns those written."""
+    and edit grids is left as it is; returns those written. With ``deltas_dir``, the tuned edits there
+    (``deltas_dir/edits/``) into ``deltas_dir/pasted/``."""
     out = Path(out_dir)
-    edits_dir = out / "edits"
+    home = out if deltas_dir is None else Path(deltas_dir)
+    edits_dir = home / "edits"
     labels = [[Edit("interfacegan", s, attribute=a).label for s in strengths] for a in attributes]
     groups: dict[str, list[Latent]] = {}
     for path in list_latents([out]):
@@ -580,7 +635,7 @@ def paste_edit_grid(out_dir: str | Path, attributes: Sequence[str], strengths: S
         if not rendered:
             continue
         grids = [edits_dir / f"{f.name}.png" for f in rendered]
-        targets = {label: out / faces.PASTED / f"{photo_name}__{label}.png" for row in labels for label in row}
+        targets = {label: home / faces.PASTED / f"{photo_name}__{label}.png" for row in labels for label in row}
         if all(faces.up_to_date(t, grids + [rendered[0].photo]) for t in targets.values()):
             continue
         try:
@@ -596,7 +651,7 @@ def paste_edit_grid(out_dir: str | Path, attributes: Sequence[str], strengths: S
                 crops = [(face_tiles[r][2 + c], f.alignment) for face_tiles, f in zip(tiles, rendered)]
                 written.append(imio.atomic_write_bytes(targets[label], imio.png_bytes(paste.paste_back(photo, crops))))
     if written:
-        log(f"pasted {len(written)} edited photograph(s) -> {out / faces.PASTED}")
+        log(f"pasted {len(written)} edited photograph(s) -> {home / faces.PASTED}")
     return written
 
 

@@ -113,14 +113,14 @@ class Engine:
                       terms={name: term.variables for name, term in self.terms.items()})
         self._arrays = jax.device_put(arrays, replicated)
         # Every entry point is jitted here, once, and traced at the options' matmul precision.
-        jit = functools.partial(_jit_at_precision, self.compute.matmul_precision, out_shardings=data)
+        jit = functools.partial(jit_at_precision, self.compute.matmul_precision, out_shardings=data)
         donate = (1,) if self.compute.donate == "on" else ()
         self._prepare = jit(self._prepare_impl)
         self._init = jit(self._init_impl, static_argnums=(1,))
         self._run = jit(self._step_impl, donate_argnums=donate)
         self._run_chunk = jit(self._chunk_impl, donate_argnums=donate)
         self._finish = jit(self._finish_impl)
-        self._term_gradients = _jit_at_precision(self.compute.matmul_precision, self._term_gradients_impl)
+        self._term_gradients = jit_at_precision(self.compute.matmul_precision, self._term_gradients_impl)
         if self._noise_optimizer is not None:
             self._noise_init = jit(self._noise_init_impl, donate_argnums=donate)
             self._noise_run = jit(self._noise_step_impl, donate_argnums=donate)
@@ -415,7 +415,7 @@ def invert_arrays(
     return joined
 
 
-def _jit_at_precision(precision: str, fn: Callable, **jit_kwargs) -> Callable:
+def jit_at_precision(precision: str, fn: Callable, **jit_kwargs) -> Callable:
     """``jax.jit(fn)`` traced under ``jax.default_matmul_precision(precision)``."""
 
     @functools.wraps(fn)

@@ -99,6 +99,7 @@ from magec_jax.inversion.engine import (
 )
 from magec_jax.inversion.magec_loss import EditMode
 from magec_jax.inversion.protocols import scale_steps
+from magec_jax.inversion.pti import PTIConfig
 from magec_jax.logs import Log, to_stderr
 from magec_jax.weights import sha256_file
 
@@ -192,6 +193,7 @@ class JobConfig:
     align: bool = False
     matmul_precision: str = "highest"
     edit_grid: EditGrid = EditGrid()
+    pti: PTIConfig = PTIConfig()
     distributed: DistributedConfig = DistributedConfig()
 
     def __post_init__(self):
@@ -348,11 +350,12 @@ class _Progress:
         self.log(
             f"[{jax.process_index()}] batch {self.batch + 1}/{self.num_batches} step {steps_done}/{total_steps} "
             f"{self.phase(steps_done)} loss {shown} | {self.done}/{self.total} images done | "
-            f"{elapsed:.0f} s, ETA {_fmt(eta)}"
+            f"{elapsed:.0f} s, ETA {fmt_duration(eta)}"
         )
 
 
-def _fmt(seconds: float) -> str:
+def fmt_duration(seconds: float) -> str:
+    """``1m05s``, ``42s`` or ``?``."""
     if not math.isfinite(seconds):
         return "?"
     m, s = divmod(int(seconds), 60)
@@ -487,7 +490,7 @@ def run(
         imio.atomic_write_json(out_dir / f"summary.process{pid}.json", record)
         _barrier("magec-finished")
         if pid == 0:
-            parts = [_read_json(out_dir / f"summary.process{p}.json") for p in range(nproc)]
+            parts = [read_json(out_dir / f"summary.process{p}.json") for p in range(nproc)]
             record = _merge_records(parts)
     if pid == 0:
         imio.atomic_write_json(out_dir / "summary.json", folder.summary(job, record))
@@ -521,7 +524,7 @@ def _refuse_other_face_results(photos: Sequence[_Input], out_dir: Path, fp: dict
     for result in out_dir.glob("*__face*.json"):
         photo_name, _, face = result.stem.rpartition("__face")
         if photo_name in by_name and face.isdigit() and result.with_suffix(".npz").is_file():
-            record = _read_json(result)
+            record = read_json(result)
             diffs = _result_differences(record, fp, record.get("input_sha256"))  # the photograph: checked later
             if diffs:
                 stale.append((by_name[photo_name], diffs))
@@ -586,7 +589,7 @@ def _invert(job: JobConfig, engine: Engine, mine: Sequence[_Input], batch: int, 
                 local[len(arrays):] = arrays[-1]  # padding rows: a real image, results discarded
             progress.batch, progress.batch_images = b, len(kept)
             t0 = time.perf_counter()
-            out = engine.invert(_global_batch(engine, local), on_chunk=progress.chunk)
+            out = engine.invert(global_batch(engine.data_sharding, local), on_chunk=progress.chunk)
             _COMPILED[engine].add(batch)
             ws, recon = local_rows(out["ws"]), local_rows(out["images"])
             terms, failed = local_rows(out["terms"]), local_rows(out["failed"])
@@ -659,7 +662,8 @@ def _stale_message(out_dir: Path, stale: list[tuple[_Input, list[str]]]) -> str:
             "'recompute' (--config.on_mismatch=recompute) to recompute them, or use another out_dir")
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
+    """A JSON object file's contents, or ``{}`` when it is missing, unreadable or not an object."""
     try:
         value = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -698,7 +702,7 @@ def _sort(inputs: list[_Input], duplicates: list, out_dir: Path, fp: dict[str, A
     # A skip holds for the preprocessing and the reading policy: an image refused over the pixel limit (or by an
     # older policy) is read again when the limit (or the policy) changes. Results do not depend on the limit.
     pre_hash = _short_hash(dict(fp["preprocessing"], reading=imio.reading_settings(max_pixels)))
-    previous = _read_json(out_dir / "summary.json")
+    previous = read_json(out_dir / "summary.json")
 
     def memory(entries: list) -> dict:
         return {(e["image"], e.get("sha256"), e["holds_for"]): e for e in entries
@@ -708,7 +712,7 @@ def _sort(inputs: list[_Input], duplicates: list, out_dir: Path, fp: dict[str, A
     done, stale, skipped_before, failed_before, todo = 0, [], [], [], []
     for item in inputs:
         if is_done(out_dir, item.name):
-            diffs = _result_differences(_read_json(out_dir / f"{item.name}.json"), fp, item.sha256)
+            diffs = _result_differences(read_json(out_dir / f"{item.name}.json"), fp, item.sha256)
             if not diffs:
                 done += 1
                 continue
@@ -741,10 +745,11 @@ def _remove_temporaries(out_dir: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def _global_batch(engine: Engine, local: np.ndarray) -> jax.Array:
+def global_batch(sharding: jax.sharding.Sharding, local: np.ndarray) -> jax.Array:
+    """This process's rows of a batch as the global array sharded by ``sharding`` (all processes' rows)."""
     if jax.process_count() == 1:
-        return jax.device_put(local, engine.data_sharding)
-    return jax.make_array_from_process_local_data(engine.data_sharding, local)
+        return jax.device_put(local, sharding)
+    return jax.make_array_from_process_local_data(sharding, local)
 
 
 def _write_image(out_dir: Path, item: _Input, w_LxD, recon, noise, losses, steps, seconds, batch, fp) -> None:

@@ -23,7 +23,9 @@ import dataclasses
 
 import ml_collections
 
+from magec_jax.configdicts import to_configdict
 from magec_jax.images import MAX_IMAGE_PIXELS
+from magec_jax.inversion.pti import PTIConfig
 from magec_jax.inversion.settings import PAPER_PHASE1, PAPER_PHASE2, InversionSettings, NoisePhase, Phase
 
 PROTOCOLS = ("magec", "wo_magec", "wo_magec300", "i2spp")
@@ -74,7 +76,8 @@ def job_config(protocol: str = "magec", *, steps_scale: float = 1.0) -> ml_colle
     ``steps_scale`` sets the config's field of that name (see the module docstring). ``on_mismatch`` says what
     the job does with results computed under another fingerprint (settings, bundle, preprocessing or input
     file): ``refuse`` (the default: stop with one line naming the differences) or ``recompute`` them.
-    ``align`` makes every face of every photograph an item of its own (``magec_jax.inversion.job``).
+    ``align`` makes every face of every photograph an item of its own (``magec_jax.inversion.job``). ``pti``
+(``enabled`` False) is the pivotal-tuning stage after the inversion (``magec_jax.inversion.pti_job``).
     """
     config = ml_collections.ConfigDict()
     config.name = protocol
@@ -90,6 +93,7 @@ def job_config(protocol: str = "magec", *, steps_scale: float = 1.0) -> ml_colle
     config.matmul_precision = "highest"
     config.inversion = inversion_config(protocol)
     config.edit_grid = ml_collections.ConfigDict(dict(attributes=(), strengths=()))  # empty: no edit stage
+    config.pti = to_configdict(PTIConfig())  # pivotal tuning after the inversion (off; docs/pti.md)
     config.distributed = ml_collections.ConfigDict(
         dict(coordinator_address="", num_processes=1, process_id=0, cpu_collectives="gloo")
     )
