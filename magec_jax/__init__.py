@@ -12,6 +12,8 @@ model file stays light):
 * :func:`protocol_settings` -- a paper protocol as typed :class:`InversionSettings` (phases of :class:`Phase`);
 * :class:`Engine` -- the compiled, vmapped, sharded inversion of image batches; :func:`invert_arrays` -- images
   in memory -> latents, reconstructions and final loss terms;
+* :func:`tune_arrays` -- pivotal tuning of images around their latents (pivots): per image a weight delta of the
+  generator (full or low-rank, :class:`PTISettings`); :class:`Tuner` is its compiled, vmapped, sharded engine;
 * :func:`register_term`, :class:`LossTerm`, :class:`TermInputs` -- add a loss term that phases weight by name;
   :func:`magec_term` builds the MAGEC term with another latent classifier or edit set;
 * :func:`magec_loss` -- the vectorised MAGEC loss of one latent, on its own.
@@ -37,6 +39,9 @@ _EXPORTS = {
     "protocol_settings": "magec_jax.inversion.protocols",
     "Engine": "magec_jax.inversion.engine",
     "invert_arrays": "magec_jax.inversion.engine",
+    "PTISettings": "magec_jax.inversion.pti",
+    "Tuner": "magec_jax.inversion.pti",
+    "tune_arrays": "magec_jax.inversion.pti",
     "LossTerm": "magec_jax.inversion.terms",
     "TermInputs": "magec_jax.inversion.terms",
     "register_term": "magec_jax.inversion.terms",

@@ -331,6 +331,14 @@ class Tuner:
         return dict(images=images, terms=terms, losses=state.losses, steps=state.steps, converged=state.converged,
                     failed=state.failed, delta=state.delta)
 
+    def compile_step(self, state: TuneState, targets: TuneTargets, step: int | np.ndarray) -> Callable[..., Any]:
+        """The step (an integer) or a ``lax.scan`` chunk (a vector of step numbers) compiled ahead of time for
+        these shapes, bound to the tuner's networks and called as ``fn(state, targets, step)``; the call's time
+        is the compile time, and ``fn.func`` is JAX's executable (``memory_analysis()``)."""
+        fn = self._run_chunk if np.ndim(step) else self._run
+        step = np.asarray(step, np.int32)
+        return functools.partial(fn.lower(self._arrays, state, targets, step).compile(), self._arrays)
+
     def compiled_variants(self) -> dict[str, int]:
         """How many times each jitted entry point compiled (one per batch shape)."""
         fns = dict(step=self._run, scan_chunk=self._run_chunk, prepare=self._prepare, finish=self._finish)
