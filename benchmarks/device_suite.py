@@ -22,6 +22,8 @@ the JSON says so. Measurements, most important first:
   * ``b8``, ``b32``, ``b1``: the platform's default options (``engine.AUTO``) at batch 8, 32, 1;
   * ``b8_magec_term``: the MAGEC term alone (value and gradient of the batch), its share of a ``b8`` step;
   * ``bmax``: the largest batch that fits, predicted from the compiled memory of ``b8`` and ``b32``;
+  * ``pti_b8_full``, ``pti_b8_lowrank``: pivotal tuning's step (full-weight and low-rank deltas, batch 8), per
+    image and for PTI's 350 steps;
   * ``b8_precision=...``, ``b8_loop=...``, ``b8_modulation=...``, ``b8_remat=on``: each alternative option;
   * ``bmax_remat=on``: the largest batch with rematerialisation;
   * ``protocol_overhead``: the one-off target preparation and final rendering at the best batch;
@@ -63,11 +65,16 @@ from magec_jax.images import atomic_write_json  # noqa: E402
 from magec_jax.inversion.engine import Engine  # noqa: E402
 from magec_jax.inversion.magec_loss import magec_loss  # noqa: E402
 from magec_jax.inversion.networks import Networks  # noqa: E402
+from magec_jax.inversion.pti import PTISettings, Tuner  # noqa: E402
 from magec_jax.inversion.settings import ComputeOptions, InversionSettings, Phase  # noqa: E402
+from magec_jax.models.deltas import DeltaSpec, delta_bytes  # noqa: E402
 
 PROTOCOL_STEPS = 200  # the MAGEC protocol: 100 + 100 steps
 PAPER_SECONDS_PER_IMAGE = 34.6  # the paper's GPU, 200 MAGEC steps at 1024
 GOAL_SECONDS_PER_IMAGE = 1.0  # issue 14: one H100/H200
+PTI_STEPS = 350  # pivotal tuning's official max_pti_steps
+# pivotal tuning's deltas: the official full-weight tuning and the low-rank alternative (docs/pti.md)
+PTI_DELTAS = {"full": DeltaSpec(), "lowrank": DeltaSpec("lowrank", rank=4, groups=("conv", "torgb", "affine"))}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +128,7 @@ def plan(size: SuiteSize, auto: ComputeOptions) -> list[Plan]:
            Plan(f"b{b}_magec_term", "magec_term", b, {})]
     out += [Plan(f"b{n}", "step", n, {}) for n in size.batches[1:]]
     out.append(Plan("bmax", "step", "max", {}))
+    out += [Plan(f"pti_b{b}_{kind}", "pti", b, {}) for kind in PTI_DELTAS]
     alternatives = dict(
         precision=("float32", "tf32", "bf16"), loop=("dispatch", "scan"), modulation=("non_fused", "fused"),
         remat=("off", "on"),
@@ -244,6 +252,8 @@ class Suite:
             return self.measure_magec_term(item.batch)
         if item.kind == "overhead":
             return self.measure_overhead()
+        if item.kind == "pti":
+            return self.measure_pti(item.batch, PTI_DELTAS[item.name.rsplit("_", 1)[1]])
         settings = self.settings
         if item.kind == "no_magec":
             phases = tuple(Phase(p.steps, {t: w for t, w in p.weights if t != "magec"}) for p in settings.phases)
@@ -353,6 +363,42 @@ class Suite:
             out["fraction_of_step"] = best / step["step_s"]
         return out
 
+    def measure_pti(self, batch: int, spec: DeltaSpec) -> dict:
+        """Pivotal tuning's step (MSE + LPIPS on G(pivot) with the image's weight delta; the official settings)
+        at the platform's options: seconds per image-step and for PTI's 350 steps, and the step's memory."""
+        s = self.size
+        nets = self.networks(self.auto)
+        tuner = Tuner(nets, PTISettings(steps=PTI_STEPS, lpips_threshold=0.0, delta=spec, compute=self.auto))
+        res = s.resolution
+        images = jax.random.uniform(jax.random.key(5), (batch, res, res, 3), minval=-1.0, maxval=1.0)
+        pivots = jnp.broadcast_to(nets.w_avg, (batch, nets.num_ws, nets.w_dim))
+        targets = tuner.prepare(np.asarray(images), np.asarray(pivots))
+        state = tuner.init(batch)
+        scan = tuner.compute.loop == "scan"
+        t = time.perf_counter()
+        compiled = tuner.compile_step(state, targets, np.arange(s.timed, dtype=np.int32) if scan else 0)
+        compile_s = time.perf_counter() - t
+
+        def window(state, start):
+            if scan:
+                return compiled(state, targets, np.arange(start, start + s.timed, dtype=np.int32))
+            for i in range(s.timed):
+                state = compiled(state, targets, np.int32(start + i))
+            return state
+
+        state = jax.block_until_ready(window(state, 0))
+        best = math.inf
+        for r in range(s.repeats):
+            t = time.perf_counter()
+            state = jax.block_until_ready(window(state, (r + 1) * s.timed))
+            best = min(best, (time.perf_counter() - t) / s.timed)
+        return dict(batch=batch, delta=spec.to_dict(), options=dataclasses.asdict(tuner.compute),
+                    compile_s=round(compile_s, 2), step_s=best, s_per_image_step=best / batch,
+                    seconds_per_image_350_steps=PTI_STEPS * best / batch,
+                    losses_finite=bool(np.all(np.isfinite(np.asarray(state.losses)))),
+                    delta_bytes_per_image=delta_bytes(jax.tree.map(lambda x: x[0], state.delta)),
+                    memory=self.memory(compiled))
+
     def measure_overhead(self) -> dict:
         """The one-off work of an inversion besides its steps, at the best batch: preparing the targets
         (descriptor, ID embedding and LPIPS features of the images) and the final rendering with every term."""
@@ -379,7 +425,7 @@ class Suite:
 
     def best(self) -> dict | None:
         steps = [r for r in self.results.values() if r.get("status") == "ok" and "step_s" in r
-                 and not r["name"].endswith("_no_magec")]
+                 and not r["name"].endswith("_no_magec") and not r["name"].startswith("pti_")]
         return min(steps, key=lambda r: r["s_per_image_step"], default=None)
 
     def headline(self) -> dict:
@@ -409,6 +455,10 @@ class Suite:
         base = self.results.get(f"b{self.size.variant_batch}", {})
         if no_magec.get("status") == "ok" and base.get("status") == "ok":
             out["magec_step_overhead_fraction"] = base["step_s"] / no_magec["step_s"] - 1.0
+        for kind in PTI_DELTAS:
+            pti = self.results.get(f"pti_b{self.size.variant_batch}_{kind}", {})
+            if pti.get("status") == "ok":
+                out[f"pti_{kind}_seconds_per_image_350_steps"] = pti["seconds_per_image_350_steps"]
         out["paper_seconds_per_image"] = PAPER_SECONDS_PER_IMAGE
         out["goal_seconds_per_image"] = GOAL_SECONDS_PER_IMAGE
         out["extrapolated"] = self.record["extrapolation"]
@@ -426,6 +476,10 @@ def _available_memory() -> int:
 def _summary(result: dict) -> str:
     if result["status"] != "ok":
         return f"{result['status']}: {result.get('reason', '')}"
+    if "seconds_per_image_350_steps" in result:
+        return (f"PTI batch {result['batch']}: {result['step_s'] * 1e3:.1f} ms/step, "
+                f"{result['seconds_per_image_350_steps']:.3f} s/image for {PTI_STEPS} steps, "
+                f"compile {result['compile_s']:.1f} s")
     if "step_s" in result:
         return (f"batch {result['batch']}: {result['step_s'] * 1e3:.1f} ms/step, "
                 f"{result['seconds_per_image_200_steps']:.3f} s/image for {PROTOCOL_STEPS} steps, "

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import REPO
 
-ONLY = ("b2", "b1", "b2_magec_term", "bmax")
+ONLY = ("b2", "b1", "b2_magec_term", "bmax", "pti_b2_full")
 
 SCRIPT = textwrap.dedent(
     """
@@ -58,9 +58,13 @@ def test_dry_run_writes_the_documented_json(tmp_path):
         assert row["memory"]["executable_bytes"] > 0 and row["memory"]["peak_bytes_in_use"] is None  # CPU
     assert 1 <= rows["bmax"]["batch"] <= 8
     assert 0 < rows["b2_magec_term"]["fraction_of_step"] < 1
+    pti = rows["pti_b2_full"]
+    assert pti["losses_finite"] and pti["seconds_per_image_350_steps"] == 350 * pti["step_s"] / 2
+    assert pti["delta_bytes_per_image"] > 0 and pti["memory"]["executable_bytes"] > 0
+    assert record["magec_32"]["pti_full_seconds_per_image_350_steps"] == pti["seconds_per_image_350_steps"]
     head = record["magec_32"]
     assert head["best_batch"] in {row["batch"] for row in rows.values()}
     assert head["seconds_per_image_200_steps"] == min(
-        r["seconds_per_image_200_steps"] for r in rows.values() if "step_s" in r
+        r["seconds_per_image_200_steps"] for r in rows.values() if "seconds_per_image_200_steps" in r
     )
     assert "extrapolated" in head and head["magec_term_fraction_of_step"] > 0
