@@ -96,29 +96,46 @@ def test_stage_writes_documented_outputs(tuned):
     assert np.abs(tile - np.asarray(Image.open(out / "pti" / "img0.png")).astype(int)).max() <= 1
 
 
-@pytest.mark.slow
-def test_stage_resumes_refuses_and_skips(tuned, tmp_path):
-    out = tmp_path / "out"
+@pytest.fixture(scope="module")
+def retuned(tuned, tmp_path_factory):
+    """The tuned folder copied, rerun unchanged (everything done), then with other settings: refused, then
+    recomputed with low-rank deltas and the locality regulariser after one pivot was lost."""
+    out = tmp_path_factory.mktemp("retuned") / "out"
     shutil.copytree(tuned["out"], out)
     config = tuned["config"].copy_and_resolve_references()
     config.out_dir = str(out)
     config.edit_grid.attributes = ()
     logs: list[str] = []
     stamps = {p: p.stat().st_mtime_ns for p in (out / "pti").glob("img*")}
-    assert invert_cli.run(config, log=logs.append)["pti"]["done"] == 0
-    assert any("3 already tuned" in line for line in logs)
-    assert stamps == {p: p.stat().st_mtime_ns for p in (out / "pti").glob("img*")}
-    config.pti.lr = 1e-3  # other settings: refused in one line naming the field
-    with pytest.raises(MagecError, match=r"settings\.lr: 0\.003 -> 0\.001.*on_mismatch"):
+    unchanged = invert_cli.run(config, log=logs.append)["pti"]
+    resumed = dict(record=unchanged, logs=list(logs),
+                   untouched=stamps == {p: p.stat().st_mtime_ns for p in (out / "pti").glob("img*")})
+    config.pti.delta.kind, config.pti.delta.rank = "lowrank", 2
+    config.pti.delta.groups = ("conv", "torgb", "affine")
+    config.pti.locality.enabled, config.pti.locality.samples = True, 2
+    try:
         invert_cli.run(config, log=logs.append)
+        refused = None
+    except MagecError as e:
+        refused = str(e)
     # A pivot gone (the stage alone, as after an inversion that lost it): the image is skipped with the reason;
     # with recompute the others are tuned again.
     (out / "img1.npz").unlink()
     config.on_mismatch = "recompute"
     logs.clear()
     record = pti_job.run(from_configdict(JobConfig, config), bundle=load_bundle(tuned["bundle"]), log=logs.append)
-    assert record["done"] == 2
-    assert any("pti: skipped img1" in line and "missing pivot" in line for line in logs)
+    return dict(out=out, resumed=resumed, refused=refused, record=record, logs=logs)
+
+
+@pytest.mark.slow
+def test_stage_resumes_refuses_and_skips(retuned):
+    resumed = retuned["resumed"]
+    assert resumed["record"]["done"] == 0 and resumed["untouched"]
+    assert any("3 already tuned" in line for line in resumed["logs"])
+    assert retuned["refused"] is not None and "settings.delta.kind: 'full' -> 'lowrank'" in retuned["refused"]
+    assert "on_mismatch" in retuned["refused"]
+    assert retuned["record"]["done"] == 2
+    assert any("pti: skipped img1" in line and "missing pivot" in line for line in retuned["logs"])
 
 
 @pytest.mark.slow
@@ -152,32 +169,29 @@ def test_tuner_batch_invariance_stop_and_divergence(tuned):
 
 
 @pytest.mark.slow
-def test_lowrank_deltas_and_locality(tuned, tmp_path):
-    bundle = load_bundle(tuned["bundle"])
-    nets = bundle.networks()
-    cfg, variables = bundle.generator
-    rng = np.random.default_rng(6)
-    images = rng.uniform(-1, 1, (2, TINY.img_resolution, TINY.img_resolution, 3)).astype(np.float32)
-    pivots = np.asarray(nets.w_avg)[None, None] + 0.3 * rng.standard_normal((2, TINY.num_ws, TINY.w_dim))
-    settings = PTISettings(steps=4, chunk_steps=2, lr=3e-3, lpips_threshold=0.0, delta=LOWRANK,
-                           locality=LocalitySettings(enabled=True, samples=2))
-    with pytest.raises(ValueError, match="locality_latents"):
-        Tuner(nets, settings)
-    out = tune_arrays(nets, images, pivots, settings, batch_size=2, generator=bundle.generator)
-    assert out["losses"]["locality"].min() > 0 and np.isfinite(out["losses"]["total"]).all()
-    full = deltas.init_delta(variables, deltas.DeltaSpec(), jax.random.key(0))
-    assert deltas.delta_bytes(out["deltas"][0]) < deltas.delta_bytes(full) / 3
-    # Low-rank entries: only matrices, as factors; the file round-trips and renders the tuner's reconstruction.
-    entry = out["deltas"][0]["b8/conv1/weight"]
+def test_lowrank_deltas_and_locality(tuned, retuned):
+    """The recomputed stage's low-rank deltas: factors of matrices only, far smaller than full deltas, the
+    locality term in the loss; a delta file renders the tuned reconstruction outside the stage."""
+    out, full_dir = retuned["out"] / "pti", tuned["out"] / "pti"
+    result = json.loads((out / "img0.json").read_text())
+    assert result["delta"]["kind"] == "lowrank" and result["stop_losses"]["locality"] > 0
+    assert result["delta"]["bytes"] < json.loads((full_dir / "img0.json").read_text())["delta"]["bytes"] / 3
+    stored = deltas.load_delta(out / "img0.npz")
+    assert stored.spec == LOWRANK
+    entry = stored.delta["b8/conv1/weight"]
     assert set(entry) == {"a", "b"} and entry["b"].shape[0] == 2
-    path = deltas.save_delta(tmp_path / "d.npz", out["deltas"][0], LOWRANK,
-                             deltas.generator_record(cfg, variables, "tiny"))
-    tuned_vars = deltas.tuned_variables(variables, path)
-    render = stylegan2.synthesize_fn(cfg)(tuned_vars, jnp.asarray(pivots[:1], jnp.float32), None)[0]
-    np.testing.assert_allclose(np.asarray(render), out["images"][0], atol=1e-4)
+    cfg, variables = stylegan2.load_generator(tuned["bundle"] / "generator")
+    with np.load(retuned["out"] / "img0.npz") as z:
+        w = z["w"]
+    render = stylegan2.synthesize_fn(cfg)(deltas.tuned_variables(variables, out / "img0.npz"), w, None)[0]
+    png = np.asarray(Image.open(out / "img0.png")).astype(int)
+    assert np.abs(imio.to_uint8(np.asarray(render)).astype(int) - png).max() <= 1
+    settings = PTISettings(steps=4, locality=LocalitySettings(enabled=True, samples=2))
     ws = locality_latents(cfg, variables, settings)
     assert ws.shape == (4, 2, TINY.num_ws, TINY.w_dim)
     np.testing.assert_array_equal(ws, locality_latents(cfg, variables, settings))  # seeded, image-independent
+    with pytest.raises(ValueError, match="locality_latents"):
+        Tuner(load_bundle(tuned["bundle"]).networks(), settings)
 
 
 def test_delta_files_refuse_other_generators_and_formats(tmp_path):

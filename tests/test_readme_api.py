@@ -30,8 +30,6 @@ CLAIMS = {
         "\nassert np.all(out_prior['terms']['w_prior'] < before)"
         "\nassert k == 3 and tuple(nets.descriptor.attribute_names) == ('Male', 'Young', 'Smiling')"
         "\nassert np.shape(loss) == () and np.isfinite(float(loss)) and grad.shape == (10, 128)"
-        "\nassert np.all(tuned['terms']['lpips'] < out['terms']['lpips'])"
-        "\nassert np.abs(np.asarray(again[0]) - tuned['images'][0]).max() < 1e-4"
     ),
 }
 
@@ -40,11 +38,10 @@ def python_blocks(path: Path) -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", path.read_text(), flags=re.S | re.M)
 
 
-def test_the_api_guide_has_its_four_examples():
+def test_the_api_guide_has_its_three_examples():
     blocks = python_blocks(API_GUIDE)
-    assert len(blocks) == 4
+    assert len(blocks) == 3
     assert "invert_arrays" in blocks[0] and "register_term" in blocks[1] and "magec_loss" in blocks[2]
-    assert "tune_arrays" in blocks[3]
 
 
 def test_every_claim_belongs_to_a_document_with_python_blocks():
