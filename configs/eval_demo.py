@@ -4,6 +4,8 @@
     nice -n 10 python -m magec_jax.evaluate --config configs/eval_demo.py          # the evaluation set
     python tools/heldout_faces.py --count 16 --exclude runs/lfw_heldout48 --out runs/lfw_heldout_val16
     nice -n 10 python -m magec_jax.evaluate --config configs/eval_demo.py:val      # the validation set
+    nice -n 10 python -m magec_jax.evaluate --config configs/eval_demo.py:pti_val  # pivotal tuning, validation
+    nice -n 10 python -m magec_jax.evaluate --config configs/eval_demo.py:pti      # pivotal tuning, evaluation
 
 Faces: one photograph each of LFW people the demo generator never saw (``tools/heldout_faces.py``): 48 for
 the evaluation (the 8 ``examples/`` are among them), and 16 OTHER people for validation, the only faces on
@@ -20,7 +22,12 @@ MAGEC at alpha 1.5 and 6 (the loss's edit strength; the evaluated edits stay at 
 validation people w/o MAGEC, the chosen MAGEC, MAGEC supervised by StyleFlow (the ``magec_styleflow`` term with
 the bundle's prior, at the chosen weight 1e-3, alone and beside the chosen MAGEC term), scored on the two
 InterFaceGAN edits and on two StyleFlow edits of the same attributes (``gender_logit`` and ``happy_log_odds``
-moved by 2 training standard deviations). Edits: InterFaceGAN "to
+moved by 2 training standard deviations). ``:pti_val`` and ``:pti`` evaluate pivotal tuning (docs/pti.md):
+PTI of the w/o MAGEC pivots and of the chosen MAGEC pivots, each with full weights (the official tuning) and
+with rank-4 deltas, every image's 350 steps taken (``lpips_threshold`` 0), beside the untuned pivots;
+``:pti_val`` also runs the official threshold (0.06) on the w/o MAGEC pivots. Tuned methods reuse the
+pivots of the untuned ones (``pivots``), one image per tuning batch (the fastest on this CPU,
+benchmarks/pti.py). Edits: InterFaceGAN "to
 male" and "to smiling" at strength 3 (the paper's MAGEC alpha), each scored on the faces F says lack the
 attribute. The realism column uses the substitute feature (no full VGG16 offline) against the evaluated faces
 as references, so it is coarse here.
@@ -62,11 +69,24 @@ STYLEFLOW = (
     ("magec_sf_1e-3", "magec", "MAGEC-StyleFlow, l 1e-3", 1.0, {"magec": 0.0, "magec_styleflow": 1e-3}),
     ("magec_both_1e-3", "magec", "MAGEC + MAGEC-StyleFlow, l 1e-3", 1.0, {"magec": 1e-3, "magec_styleflow": 1e-3}),
 )
+# Pivotal tuning (docs/pti.md) of the w/o MAGEC and the chosen MAGEC pivots: (name, label, pivots, {pti field:
+# value}); every image takes all 350 steps (threshold 0); rank 4 at lr 3e-3 on conv / torgb / affine
+FULL = dict(lpips_threshold=0.0)
+RANK4 = dict(lpips_threshold=0.0, lr=3e-3, delta=dict(kind="lowrank", rank=4, groups=("conv", "torgb", "affine")))
+PTI = (
+    ("wo_magec_pti", "w/o MAGEC + PTI", "wo_magec", FULL),
+    ("magec_1e-3_pti", "MAGEC 1e-3 + PTI", "magec_1e-3", FULL),
+    ("wo_magec_pti_r4", "w/o MAGEC + PTI rank 4", "wo_magec", RANK4),
+    ("magec_1e-3_pti_r4", "MAGEC 1e-3 + PTI rank 4", "magec_1e-3", RANK4),
+)
+PTI_VALIDATION = (("wo_magec_pti_t06", "w/o MAGEC + PTI, threshold 0.06", "wo_magec", dict(lpips_threshold=0.06)),)
 VARIANTS = {
     "eval": "the 48 evaluation people: MAGEC, w/o MAGEC, the l_magec 1e-2 ablation, l_magec 1e-3 (chosen on :val)",
     "full": "the same and Image2StyleGAN++ (500 steps)",
     "val": "the 16 validation people: the four methods and MAGEC at alpha 1.5 and alpha 6",
     "sf_val": "the 16 validation people: the StyleFlow-supervised MAGEC terms, InterFaceGAN and StyleFlow edits",
+    "pti_val": "the 16 validation people: PTI (full, rank 4; threshold 0 and 0.06) on w/o MAGEC and MAGEC pivots",
+    "pti": "the 48 evaluation people: PTI (full, rank 4) on w/o MAGEC and MAGEC 1e-3 pivots, and no tuning",
 }
 
 
@@ -74,11 +94,13 @@ def get_config(arg: str = "eval"):
     arg = arg or "eval"
     if arg not in VARIANTS:
         raise ValueError(f"configs/eval_demo.py: unknown variant {arg!r}; expected one of {sorted(VARIANTS)}")
-    validation = arg in ("val", "sf_val")
+    validation = arg in ("val", "sf_val", "pti_val")
     methods = PAPER + CHOSEN + (I2SPP if arg == "full" else ()) + (VALIDATION if arg == "val" else ())
     methods = STYLEFLOW if arg == "sf_val" else methods
+    methods = STYLEFLOW[:2] if arg in ("pti", "pti_val") else methods
     config = ml_collections.ConfigDict()
-    config.name = {"val": "eval_demo_val16", "sf_val": "eval_demo_sf_val16"}.get(arg, "eval_demo48")
+    config.name = {"val": "eval_demo_val16", "sf_val": "eval_demo_sf_val16", "pti_val": "eval_demo_pti_val16",
+                   "pti": "eval_demo_pti48"}.get(arg, "eval_demo48")
     config.bundle = str(REPO / "demo" / "bundle")
     config.images = str(REPO / "runs" / ("lfw_heldout_val16" if validation else "lfw_heldout48"))
     config.out_dir = str(REPO / "runs" / config.name)
@@ -99,7 +121,18 @@ def get_config(arg: str = "eval"):
         job.inversion.compute.loop = "scan"  # 1.9x faster at 64x64 on CPU (configs/demo.py)
         job.label = label
         config.methods[name] = job
-    config.method_order = tuple(m[0] for m in methods)
+    tuned = (PTI + PTI_VALIDATION if arg == "pti_val" else PTI) if arg in ("pti", "pti_val") else ()
+    for name, label, pivots, fields in tuned:
+        job = job_config("wo_magec")  # its inversion block is not used: the pivots are those of `pivots`
+        job.pti.enabled = True
+        job.pti.batch_size = 1
+        job.pti.update(fields)
+        job.batch_size = 16
+        job.label = label
+        job.pivots = pivots
+        config.methods[name] = job
+    # the reference of the paired tests first: PTI as the field runs it (w/o MAGEC pivots, full weights)
+    config.method_order = tuple(m[0] for m in tuned) + tuple(m[0] for m in methods)
     config.edits = ml_collections.ConfigDict()
     config.edits.ifg_male = dict(kind="interfacegan", attribute="Male", strength=3.0, target="Male")
     config.edits.ifg_smile = dict(kind="interfacegan", attribute="Smiling", strength=3.0, target="Smiling")

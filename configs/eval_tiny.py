@@ -4,6 +4,7 @@
         --config.images=FACES --config.out_dir=OUT --config.ganspace=PCA.npz
 
     python -m magec_jax.evaluate --config configs/eval_tiny.py:ifg ...   # InterFaceGAN edit only, no PCA
+    python -m magec_jax.evaluate --config configs/eval_tiny.py:pti ...   # w/o MAGEC, untuned and tuned
 
 Edits: InterFaceGAN "to male" (strength 3, scored on the images F calls female) and, unless ARG is ``ifg``,
 GANSpace component 0 on all 8 layers of a 32x32 generator (strength 2, no target: every image). The realism
@@ -21,7 +22,10 @@ import ml_collections
 from magec_jax.images import MAX_IMAGE_PIXELS
 from magec_jax.inversion.protocols import job_config
 
-VARIANTS = {"ifg": "the InterFaceGAN edit only (no GANSpace PCA needed)"}
+VARIANTS = {
+    "ifg": "the InterFaceGAN edit only (no GANSpace PCA needed)",
+    "pti": "w/o MAGEC and pivotal tuning of its pivots (wo_magec_pti, 18 of PTI's 350 steps), both edits",
+}
 
 
 def get_config(arg: str = ""):
@@ -41,7 +45,14 @@ def get_config(arg: str = ""):
         job.batch_size = 2
         job.label = label
         config.methods[name] = job
-    config.method_order = ("magec", "wo_magec")
+    tuned = job_config("wo_magec")  # pivotal tuning of wo_magec's pivots (the inversion block is not used)
+    tuned.steps_scale = 0.05
+    tuned.batch_size = 2
+    tuned.pti.enabled = True
+    tuned.label = "w/o MAGEC + PTI"
+    tuned.pivots = "wo_magec"
+    config.methods.wo_magec_pti = tuned
+    config.method_order = ("wo_magec", "wo_magec_pti") if arg == "pti" else ("magec", "wo_magec")
     config.edits = ml_collections.ConfigDict()
     config.edits.ifg_male = dict(kind="interfacegan", attribute="Male", strength=3.0, target="Male")
     config.edits.gs_c0 = dict(kind="ganspace", component=0, layers=(0, 8), strength=2.0, target="")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 import warnings
@@ -36,6 +37,7 @@ from magec_jax.evaluation.pipeline import run
 from magec_jax.evaluation.store import read_scores
 from magec_jax.evaluation.stats import betainc, detectable_difference, pairs_for_power, paired_ttest, pearson, student_t_two_sided_p
 from magec_jax.metrics.realism import realism_scores
+from magec_jax.models import deltas as deltas_lib
 from magec_jax.models import lpips as lpips_lib
 from magec_jax.models.resize import resize_images
 from magec_jax.models import stylegan2
@@ -233,6 +235,21 @@ def test_config_errors_are_one_line():
         c[field] = value
         with pytest.raises(MagecError, match=message):
             from_configdict(EvalConfig, c)
+    for pivots, enabled, message in (("nope", True, "pivots names 'nope', which is not another method"),
+                                     ("wo_magec_pti", True, "not another method"),
+                                     ("magec", False, "does not tune them")):
+        c = _config("pti")
+        c.bundle, c.images, c.out_dir = "b", "i", "o"
+        c.methods.wo_magec_pti.pivots = pivots
+        c.methods.wo_magec_pti.pti.enabled = enabled
+        with pytest.raises(MagecError, match=message):
+            from_configdict(EvalConfig, c)
+    c = _config("pti")
+    c.bundle, c.images, c.out_dir = "b", "i", "o"
+    c.methods.wo_magec.pivots = "wo_magec_pti"
+    c.methods.wo_magec.pti.enabled = True
+    with pytest.raises(MagecError, match="whose own pivots come from 'wo_magec'"):
+        from_configdict(EvalConfig, c)
     c = _config()
     c.bundle, c.images, c.out_dir = "b", "i", "o"
     c.edits.bad__name = dict(kind="interfacegan", attribute="Male", strength=1.0, target="")
@@ -311,7 +328,7 @@ def test_evaluation_outputs_are_complete_and_consistent(evaluation):
             assert sorted(rows) == sorted(stored) == sorted(results["common"]["edits"][e])
             for n, r in rows.items():
                 assert r["ecs"] == pytest.approx(2 * r["lpips_gw_cyc"] / (r["lpips_gw_edit"] + r["lpips_edit_cyc"]))
-                assert r["lpips_gw_edit"] > 0
+                assert r["lpips_gw_edit"] > 0 and 0 < r["id"] < 2  # 1 - cos(ID(x_edit), ID(x))
                 if e == "ifg_male":
                     assert 0 <= r["p_before"] <= 1 and r["t"] == pytest.approx(r["p_after"] - r["p_before"])
                 else:
@@ -419,3 +436,64 @@ def test_report_names_the_bundle_relative_to_the_working_directory(evaluation, t
     monkeypatch.chdir(tmp_path)
     old = dict(results, bundle=str(tmp_path / "demo" / "bundle"))
     assert "bundle `demo/bundle`" in report.markdown(old)
+
+
+@pytest.mark.slow
+def test_tuned_method_on_another_methods_pivots(evaluation, tmp_path):
+    """A tuned method (pivotal tuning of w/o MAGEC's pivots) beside the untuned one, on a copy of the module's
+    run: the pivots are reused, not inverted again; reconstruction and edits come from each image's tuned
+    generator; ECS and the latent cycle are undefined; the identity distance is 1 - cos to the real image."""
+    out = tmp_path / "out"
+    shutil.copytree(evaluation["out"], out)
+    config = _config("pti")
+    config.update(dict(evaluation["overrides"], out_dir=str(out)))
+    config.realism.reference_images = str(evaluation["root"] / "refs")
+    logs: list[str] = []
+    nets = evaluation["nets"]
+    results = run(config, networks=nets, log=logs.append)
+    assert "step " not in "\n".join(line for line in logs if not line.startswith("[0] pti"))  # pivots reused
+    assert not (out / "wo_magec_pti" / "inversions").exists() and not (out / "wo_magec_pti" / "reprojections").exists()
+    tuned, base = results["methods"]["wo_magec_pti"], results["methods"]["wo_magec"]
+    assert tuned["tuned"] and tuned["pivots"] == "wo_magec" and not base["tuned"]
+    names = sorted(Path(f).stem for f in FACES)
+    x = np.stack([imio.load_image(evaluation["root"] / "faces" / f"{n}.jpg", 32) for n in names])
+    fp = deltas_lib.generator_fingerprint({k: v for k, v in nets.generator.items() if k != stylegan2.FROZEN})
+    render, embed = jax.jit(nets.synthesize), jax.jit(nets.identity.apply)
+    for i, n in enumerate(names):
+        record = json.loads((out / "wo_magec_pti" / "pti" / f"{n}.json").read_text())
+        assert record["status"] == "ok" and record["steps"] == 18
+        row = tuned["images"][n]
+        assert row["mse"] == record["losses"]["mse"] and row["lpips"] == record["losses"]["lpips"]
+        assert row["steps"] == base["images"][n]["steps"] + 18
+        assert row["mse"] < base["images"][n]["mse"]  # tuning moved G(pivot) toward the image
+        variables = deltas_lib.tuned_variables(nets.generator, out / "wo_magec_pti" / "pti" / f"{n}.npz",
+                                               fingerprint=fp)
+        with np.load(out / "wo_magec" / "inversions" / f"{n}.npz") as z:
+            w = jnp.asarray(z["w"])
+        x_gw = render(variables, w, None)
+        assert row["mse"] == pytest.approx(float(jnp.mean(jnp.square(x_gw[0] - x[i]))), rel=1e-3)
+        for e, rows in tuned["edits"].items():
+            if n not in rows:
+                continue
+            r = rows[n]
+            assert math.isnan(r["ecs"]) and math.isnan(r["recovered"]) and math.isnan(r["lpips_gw_cyc"])
+            with np.load(out / "wo_magec_pti" / "edits" / f"{e}__{n}.npz") as ze:
+                x_edit = render(variables, jnp.asarray(ze["w"]), None)
+                np.testing.assert_array_equal(ze["w"], np.load(out / "wo_magec" / "edits" / f"{e}__{n}.npz")["w"])
+            emb = embed(nets.identity.variables, jnp.concatenate([x_edit, jnp.asarray(x[i: i + 1])]))
+            assert r["id"] == pytest.approx(1.0 - float(jnp.dot(emb[0], emb[1])), abs=2e-4)
+            assert r["id"] != base["edits"][e][n]["id"]  # another generator rendered the same edited latent
+    means = results["means"]["wo_magec_pti"]
+    assert math.isnan(means["ecs/gs_c0"]) and math.isfinite(means["id/gs_c0"]) and math.isfinite(means["t/ifg_male"])
+    assert math.isnan(results["ttests"]["ecs/gs_c0"]["wo_magec_pti"]["p_value"])
+    assert results["ttests"]["id/gs_c0"]["wo_magec_pti"]["n"] == 2
+    md = (out / "results.md").read_text()
+    assert "Tuned methods (pivotal tuning: w/o MAGEC + PTI)" in md and "| w/o MAGEC + PTI |" in md
+    tile = 34
+    assert Image.open(out / "figures" / "comparison.png").size == (2 + 4 * tile, 2 + 4 * tile)
+    assert not (out / "figures" / "ecs_wo_magec_pti_gs_c0.png").exists()
+    # Resumed: nothing tuned, rendered or scored again.
+    logs.clear()
+    run(config, networks=nets, log=logs.append)
+    assert any("2 pivots, 2 already tuned" in line for line in logs)
+    assert not any("scoring" in line or "rendering" in line for line in logs)

@@ -9,9 +9,13 @@ Config fields::
                                       every method's jobs (default: Pillow's bomb warning threshold)
     batch_size                        images per compiled render / LPIPS / F / feature call
     ganspace                          GANSpace PCA file ("" : the bundle's ``ganspace`` entry, if any)
-    methods.<name>                    an inversion job config (``protocols.job_config``) plus ``label``;
-                                      its bundle / images / out_dir / max_image_pixels are set by the
-                                      evaluation
+    methods.<name>                    an inversion job config (``protocols.job_config``) plus ``label`` and
+                                      ``pivots``; its bundle / images / out_dir / max_image_pixels are set
+                                      by the evaluation. With ``pti.enabled`` the method is a tuned one:
+                                      pivotal tuning of its pivots, its edits rendered by each image's tuned
+                                      generator (no re-projection: ECS is undefined, see pipeline). pivots:
+                                      another method whose inversions it tunes instead of inverting itself
+                                      (so that tunings and the untuned method share pivots; "" : its own)
     method_order                      the methods to run, in table order; the first is the reference of the
                                       paired t-tests
     edits.<name>                      kind "interfacegan": attribute, strength, target
@@ -82,32 +86,42 @@ class EditSpec:
 
 @dataclasses.dataclass(frozen=True)
 class MethodFields:
-    """``methods.<name>``: an inversion job config and its table label ("" : the method's name), side by side
-    in one block."""
+    """``methods.<name>``: an inversion job config, its table label ("" : the method's name) and the method whose
+    pivots it tunes ("" : its own), side by side in one block."""
 
     job: JobConfig
     label: str = ""
+    pivots: str = ""
 
     @classmethod
     def from_config_value(cls, value: Any, where: str) -> MethodFields:
         """The block read as the job config's fields plus ``label`` (the ``magec_jax.configdicts`` hook)."""
         if not hasattr(value, "keys"):
             raise ConfigError(f"{where} must be an inversion job config plus a label, got {value!r}")
-        label = value["label"] if "label" in value.keys() else ""
-        if not isinstance(label, str):
-            raise ConfigError(f"{where}.label must be a string, got {label!r}")
-        job = {key: value[key] for key in value.keys() if key != "label"}
-        return cls(job=from_configdict(JobConfig, job, where=where), label=label)
+        extra = {}
+        for key in ("label", "pivots"):
+            extra[key] = value[key] if key in value.keys() else ""
+            if not isinstance(extra[key], str):
+                raise ConfigError(f"{where}.{key} must be a string, got {extra[key]!r}")
+        job = {key: value[key] for key in value.keys() if key not in extra}
+        return cls(job=from_configdict(JobConfig, job, where=where), **extra)
 
 
 @dataclasses.dataclass(frozen=True)
 class MethodSpec:
-    """One inversion method: its name (an output folder), table label and inversion job config (whose bundle,
-    images and out_dir the evaluation sets)."""
+    """One inversion method: its name (an output folder), table label, inversion job config (whose bundle,
+    images and out_dir the evaluation sets) and the method whose inversions are its pivots (itself unless
+    ``pivots`` names another)."""
 
     name: str
     label: str
     job: JobConfig
+    pivots: str
+
+    @property
+    def tuned(self) -> bool:
+        """Whether the method tunes the generator per image (``job.pti.enabled``)."""
+        return self.job.pti.enabled
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,12 +190,29 @@ class EvalConfig:
             raise ValueError(f"num_images must be non-negative, got {self.num_images}")
         if self.max_image_pixels < 1:
             raise ValueError(f"max_image_pixels must be a positive integer, got {self.max_image_pixels}")
+        for name, fields in self.methods.items():
+            if not fields.pivots:
+                continue
+            source = self.methods.get(fields.pivots)
+            if source is None or fields.pivots == name:
+                raise ValueError(f"methods.{name}.pivots names {fields.pivots!r}, which is not another method "
+                                 f"({', '.join(m for m in self.methods if m != name)})")
+            if source.pivots:
+                raise ValueError(f"methods.{name}.pivots names {fields.pivots!r}, whose own pivots come from "
+                                 f"{source.pivots!r}: name the method that inverts")
+            if not fields.job.pti.enabled:
+                raise ValueError(f"methods.{name} takes the pivots of {fields.pivots!r} but does not tune them "
+                                 "(pti.enabled is False): it would be that method again")
 
     @functools.cached_property
     def method_specs(self) -> tuple[MethodSpec, ...]:
         """The methods to run, in table order (the first is the reference of the paired t-tests)."""
-        return tuple(MethodSpec(name, self.methods[name].label or name, self.methods[name].job)
-                     for name in self.method_order)
+        return tuple(self.method(name) for name in self.method_order)
+
+    def method(self, name: str) -> MethodSpec:
+        """Any method of ``methods`` (also one the order leaves out, e.g. another method's pivots)."""
+        fields = self.methods[name]
+        return MethodSpec(name, fields.label or name, fields.job, fields.pivots or name)
 
     @functools.cached_property
     def edit_specs(self) -> tuple[EditSpec, ...]:

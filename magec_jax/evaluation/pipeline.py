@@ -10,8 +10,18 @@ Stages, per method (each one's outputs are files written atomically; a rerun ski
     x_edit --inversion job--> <m>/reprojections/        w' = p(x_edit)      (same job, same engine)
     --> <m>/scores/<e>.npz                              LPIPS(G(w), x_edit), LPIPS(x_edit, x_cyc),
                                                         LPIPS(G(w), x_cyc) with x_cyc = G(e^-1(w')),
-                                                        P_F(target) of G(w) and x_edit, realism features
+                                                        P_F(target) of G(w) and x_edit, the identity
+                                                        distance 1 - cos(ID(x_edit), ID(x)), realism features
     --> results.json, results.md, figures/*.png         rebuilt from the files above on every run
+
+A tuned method (``pti.enabled``: pivotal tuning, ``magec_jax.inversion.pti_job``) tunes a weight delta per
+image on its pivots (its own inversions, or those of the method ``pivots`` names) into ``<m>/pti/``, and
+renders ``G_i(w)`` and ``x_edit = G_i(e(w))`` with each image's tuned generator ``G_i``; the edited latent
+``e(w)`` is the one the untuned method on the same pivots renders, so the two differ by the generator only.
+Its edits are not re-projected and its ECS is undefined (NaN): a re-projection ``p(x_edit)`` would be a new
+inversion followed by a new tuning, whose generator is not ``G_i``, so the cycle would compare two generators
+rather than measure how the edit survives one. Its reconstruction numbers are the tuned generator's; its steps
+and seconds are the pivot's and the tuning's together.
 
 ``images.txt`` (the evaluated images, absolute paths) and ``<m>/reproject.txt`` (the edited images) are the
 list files the inversion jobs read; outputs are named by the images' file names (which must be unique).
@@ -48,9 +58,12 @@ from magec_jax.evaluation import report
 from magec_jax.evaluation.metrics import attribute_probabilities
 from magec_jax.evaluation.store import read_rows, read_scores, write_rows, write_scores
 from magec_jax.inversion import job as job_lib
+from magec_jax.inversion import pti_job
 from magec_jax.inversion.engine import Engine, Networks
 from magec_jax.inversion.magec_loss import binarize
 from magec_jax.logs import Log, to_stderr
+from magec_jax.models import deltas as deltas_lib
+from magec_jax.models.stylegan2 import FROZEN
 from magec_jax.supervision.styleflow import descriptor_context_fn
 
 
@@ -67,7 +80,7 @@ class Evaluator:
     """
 
     def __init__(self, cfg: EvalConfig, nets: Networks, bundle: Any, log: Log = to_stderr):
-        self.cfg, self.nets, self.log = cfg, nets, log
+        self.cfg, self.nets, self.bundle, self.log = cfg, nets, bundle, log
         self.out = Path(cfg.out_dir)
         pca, pca_source = load_pca(bundle, cfg.ganspace, nets.w_dim)
         self.renderer = Renderer(nets.synthesize, nets.generator, nets.noise_init, cfg.batch_size)
@@ -88,6 +101,10 @@ class Evaluator:
         self._lpips = jax.jit(nets.lpips)
         self._features = jax.jit(self.extractor.apply)
         self._logits = None if nets.descriptor is None else jax.jit(nets.descriptor.apply)
+        self._identity = None if nets.identity is None else jax.jit(nets.identity.apply)
+        self._generator_fp = deltas_lib.generator_fingerprint(
+            {k: v for k, v in nets.generator.items() if k != FROZEN}) if any(
+            m.tuned for m in cfg.method_specs) else None
 
     # ---- compiled batch functions (one shape each: batches of cfg.batch_size) ------------------------------
 
@@ -106,6 +123,14 @@ class Evaluator:
         fn = lambda a: self._features(self.extractor.variables, a)  # noqa: E731
         return map_batches(fn, images, batch_size=self.cfg.batch_size)
 
+    def identity_distance(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """``1 - cos(ID(x), ID(y))`` per image pair ``[N]`` with the bundle's identity network (NaN without one)."""
+        if self._identity is None:
+            return np.full(len(x), np.nan, np.float32)
+        fn = lambda a: self._identity(self.nets.identity.variables, a)  # noqa: E731
+        ex, ey = map_batches(fn, x, batch_size=self.cfg.batch_size), map_batches(fn, y, batch_size=self.cfg.batch_size)
+        return (1.0 - np.sum(np.asarray(ex, np.float32) * np.asarray(ey, np.float32), axis=-1)).astype(np.float32)
+
     def probability(self, images: np.ndarray, target: str) -> np.ndarray:
         """F's probability of ``target`` per image ``[N]``."""
         desc = self.nets.descriptor
@@ -116,8 +141,16 @@ class Evaluator:
     def method_dir(self, method: MethodSpec) -> Path:
         return self.out / method.name
 
+    def pivots_of(self, method: MethodSpec) -> MethodSpec:
+        """The method whose inversions are ``method``'s latents (itself unless it names ``pivots``)."""
+        return method if method.pivots == method.name else self.cfg.method(method.pivots)
+
     def inversions(self, method: MethodSpec) -> Path:
-        return self.method_dir(method) / "inversions"
+        return self.method_dir(self.pivots_of(method)) / "inversions"
+
+    def tuned_dir(self, method: MethodSpec) -> Path:
+        """A tuned method's weight deltas and tuned reconstructions (``pti_job``'s layout)."""
+        return self.method_dir(method) / pti_job.PTI_DIR
 
     def reprojections(self, method: MethodSpec) -> Path:
         return self.method_dir(method) / "reprojections"
@@ -221,10 +254,38 @@ class Evaluator:
         job_lib.run(self.job_config(method, real.list_file, self.inversions(method), method.name), engine=engine,
                     log=self.log)
 
+    def tune(self, method: MethodSpec, real: "RealImages") -> None:
+        """A tuned method's pivotal tuning of its pivots (the PTI stage; it resumes by itself)."""
+        self.log(f"evaluate [{method.name}]: pivotal tuning of the pivots of {self.pivots_of(method).name}")
+        job = self.job_config(method, real.list_file, self.inversions(method), method.name)
+        pti_job.run(job, bundle=self.bundle, networks=self.nets, tuned_dir=self.tuned_dir(method), log=self.log)
+
+    def has_result(self, method: MethodSpec, name: str) -> bool:
+        """Whether the image has its latent (and, for a tuned method, its tuned generator)."""
+        if not job_lib.is_done(self.inversions(method), name):
+            return False
+        return not method.tuned or pti_job.is_tuned(self.tuned_dir(method), name)
+
     def subset(self, method: MethodSpec, real: "RealImages", spec: EditSpec) -> list[str]:
-        """The images an edit is scored on for a method: inverted, and lacking the target."""
-        inv = self.inversions(method)
-        return [n for n in real.names if job_lib.is_done(inv, n) and self.lacks(real, spec, n)]
+        """The images an edit is scored on for a method: inverted (and tuned), and lacking the target."""
+        return [n for n in real.names if self.has_result(method, n) and self.lacks(real, spec, n)]
+
+    def tuned_generator(self, method: MethodSpec, name: str) -> Any:
+        """The generator's variables with the image's weight delta applied (a tuned method's)."""
+        return deltas_lib.tuned_variables(self.nets.generator, self.tuned_dir(method) / f"{name}.npz",
+                                          str(self.cfg.bundle), self._generator_fp)
+
+    def render(self, method: MethodSpec, names: Sequence[str], ws_NxLxD: np.ndarray,
+               latents: Sequence[Latent]) -> np.ndarray:
+        """``G(ws[i])`` for rows belonging to the images ``names[i]`` (rendered with ``latents[i]``'s noise): by
+        the bundle's generator, or for a tuned method by each image's tuned generator (one call per image)."""
+        if not method.tuned:
+            return self.renderer(ws_NxLxD, self.renderer.noise_for(latents))
+        out = np.zeros((len(names), self.nets.resolution, self.nets.resolution, 3), np.float32)
+        for name in dict.fromkeys(names):
+            rows = [i for i, n in enumerate(names) if n == name]
+            out[rows] = self.renderer(ws_NxLxD[rows], variables=self.tuned_generator(method, name))
+        return out
 
     def write_edits(self, method: MethodSpec, real: "RealImages") -> Path:
         """x_edit = G(e(w)) as PNG (and its latent) for every (edit, image) of the subsets; returns the list
@@ -241,7 +302,7 @@ class Evaluator:
         for chunk in _chunks(todo, self.cfg.batch_size):
             lats = [load_latent(self.inversions(method) / f"{name}.npz") for _, name in chunk]
             ws = np.stack([self.editor.apply(spec.edit, lat.w_LxD) for (spec, _), lat in zip(chunk, lats)])
-            images = self.renderer(ws, self.renderer.noise_for(lats))
+            images = self.render(method, [name for _, name in chunk], ws, lats)
             for (spec, name), lat, w, img in zip(chunk, lats, ws, images):
                 path = self.edited(method, spec, name)
                 noise = {} if lat.noise is None else {f"noise_{i}": n for i, n in enumerate(lat.noise)}
@@ -263,10 +324,11 @@ class Evaluator:
     # ---- stage 3: per-image scores ---------------------------------------------------------------------------
 
     def score(self, method: MethodSpec, real: "RealImages") -> None:
-        """LPIPS triple, F probabilities and realism features of every scored (edit, image); cached per edit."""
+        """LPIPS triple, F probabilities, identity distance and realism features of every scored (edit, image);
+        cached per edit."""
         for spec in self.cfg.edit_specs:
             names = [n for n in self.subset(method, real, spec)
-                     if job_lib.is_done(self.reprojections(method), f"{spec.name}__{n}")]
+                     if method.tuned or job_lib.is_done(self.reprojections(method), f"{spec.name}__{n}")]
             path = self.scores_file(method, spec)
             cached = read_scores(path, self.extractor.name)
             todo = [n for n in names if n not in cached]
@@ -275,27 +337,30 @@ class Evaluator:
             self.log(f"evaluate [{method.name}]: scoring {spec.name} on {len(todo)} images")
             t0 = time.perf_counter()
             for done, chunk in enumerate(_chunks(todo, self.cfg.batch_size), start=1):
-                cached.update(self._score_chunk(method, spec, chunk))
+                cached.update(self._score_chunk(method, spec, chunk, real))
                 write_scores(path, cached, self.extractor.name)
                 elapsed = time.perf_counter() - t0
                 left = elapsed / done * (-(-len(todo) // self.cfg.batch_size) - done)
                 self.log(f"evaluate [{method.name}] {spec.name}: {min(done * self.cfg.batch_size, len(todo))}/"
                          f"{len(todo)} scored, {elapsed:.0f} s, ETA {left:.0f} s")
 
-    def _score_chunk(self, method: MethodSpec, spec: EditSpec, names: Sequence[str]) -> dict[str, dict]:
+    def _score_chunk(self, method: MethodSpec, spec: EditSpec, names: Sequence[str],
+                     real: "RealImages") -> dict[str, dict]:
         lats = [load_latent(self.inversions(method) / f"{n}.npz") for n in names]
-        again = [load_latent(self.reprojections(method) / f"{spec.name}__{n}.npz") for n in names]
         w = np.stack([lat.w_LxD for lat in lats])
-        noise, noise_again = self.renderer.noise_for(lats), self.renderer.noise_for(again)
-        x_gw = self.renderer(w, noise)
-        x_edit = self.renderer(self.editor.apply(spec.edit, w), noise)
-        x_cyc = self.renderer(self.editor.apply(spec.edit.inverse(), np.stack([a.w_LxD for a in again])), noise_again)
-        rows = dict(
-            lpips_gw_edit=self.lpips(x_gw, x_edit),
-            lpips_edit_cyc=self.lpips(x_edit, x_cyc),
-            lpips_gw_cyc=self.lpips(x_gw, x_cyc),
-            features=self.features(x_edit),
-        )
+        both = self.render(method, list(names) * 2, np.concatenate([w, self.editor.apply(spec.edit, w)]), lats * 2)
+        x_gw, x_edit = both[: len(names)], both[len(names):]
+        x_real = np.stack([self.load_input(real.path_of[n]) for n in names])
+        rows = dict(lpips_gw_edit=self.lpips(x_gw, x_edit), features=self.features(x_edit),
+                    id_edit=self.identity_distance(x_edit, x_real))
+        if method.tuned:  # no re-projection: ECS is undefined for a tuned generator (module docstring)
+            rows["lpips_edit_cyc"] = rows["lpips_gw_cyc"] = np.full(len(names), np.nan, np.float32)
+        else:
+            again = [load_latent(self.reprojections(method) / f"{spec.name}__{n}.npz") for n in names]
+            x_cyc = self.renderer(self.editor.apply(spec.edit.inverse(), np.stack([a.w_LxD for a in again])),
+                                  self.renderer.noise_for(again))
+            rows["lpips_edit_cyc"] = self.lpips(x_edit, x_cyc)
+            rows["lpips_gw_cyc"] = self.lpips(x_gw, x_cyc)
         if spec.target:
             rows["p_before"] = self.probability(x_gw, spec.target)
             rows["p_after"] = self.probability(x_edit, spec.target)
@@ -354,10 +419,13 @@ def run(config: ml_collections.ConfigDict, *, networks: Networks | None = None, 
     method_seconds = {}
     for method in cfg.method_specs:
         t_method = time.perf_counter()
-        engine = ev.engine(method)
-        ev.invert(method, real, engine)
+        engine = ev.engine(ev.pivots_of(method))
+        ev.invert(ev.pivots_of(method), real, engine)
+        if method.tuned:
+            ev.tune(method, real)
         list_file = ev.write_edits(method, real)
-        ev.reproject(method, list_file, engine)
+        if not method.tuned:
+            ev.reproject(method, list_file, engine)
         ev.score(method, real)
         method_seconds[method.name] = time.perf_counter() - t_method
         log(f"evaluate [{method.name}]: done, {time.perf_counter() - t0:.0f} s since start")

@@ -3,11 +3,14 @@
 ``results.json``::
 
     realism_features   {name, description, substitute}: which feature the realism score used
-    methods            {m: {label, images: {name: {mse, lpips, steps, seconds, w_spread}},
+    methods            {m: {label, tuned, pivots, images: {name: {mse, lpips, steps, seconds, w_spread}},
                             edits: {e: {name: {ecs, lpips_gw_edit, lpips_edit_cyc, lpips_gw_cyc,
-                                               p_before, p_after, t, realism, recovered, cycle_error}}}}}
+                                               p_before, p_after, t, id, realism, recovered, cycle_error}}}}}
+                       (a tuned method: reconstruction by the tuned generators, steps and seconds of the
+                       pivot and the tuning together; ecs, recovered and cycle_error NaN, see pipeline)
     common             {reconstruction: [names], edits: {e: [names]}}: the images every method has
-    means              {m: {mse, lpips, steps, seconds, ecs/<e>, realism/<e>, t/<e>}}: over ``common``
+    means              {m: {mse, lpips, steps, seconds, ecs/<e>, realism/<e>, t/<e>, id/<e>}}: over ``common``;
+                       id: the identity distance 1 - cos(ID(x_edit), ID(x)) to the real image
     ttests             {metric: {m: {statistic, p_value, df, mean_difference, n, ci_low, ci_high, detectable}}}: each
                        method against the reference method (the first), paired over ``common``; ``detectable``:
                        the smallest true difference the test finds with 80% power (``stats.detectable_difference``)
@@ -42,7 +45,6 @@ from magec_jax import images as imio
 from magec_jax.evaluation.metrics import edit_consistency, improved_target, latent_cycle, mean_or_nan, w_spread
 from magec_jax.evaluation.stats import detectable_difference, paired_ttest, pearson
 from magec_jax.evaluation.store import read_scores
-from magec_jax.inversion import job as job_lib
 from magec_jax.metrics.realism import realism_scores
 from magec_jax.paths import portable_path
 
@@ -59,6 +61,7 @@ _COLUMNS = {
     "ecs": ("ECS", "{:.3f}", False),
     "realism": ("realism", "{:.3f}", True),
     "t": ("t", "{:.3f}", True),
+    "id": ("ID dist.", "{:.3f}", False),
 }
 
 
@@ -74,11 +77,15 @@ def build(ev: "Evaluator", real: "RealImages", reference: tuple[list[str], np.nd
         inv = ev.inversions(method)
         images = {}
         for name in real.names:
-            if job_lib.is_done(inv, name):
+            if ev.has_result(method, name):
                 rec = _read_json(inv / f"{name}.json")
-                images[name] = dict(mse=rec["losses"]["mse"], lpips=rec["losses"]["lpips"], steps=rec["steps"],
-                                    seconds=rec["seconds"],
-                                    w_spread=float(w_spread(ev.latent(method, name).w_LxD[None])[0]))
+                row = dict(mse=rec["losses"]["mse"], lpips=rec["losses"]["lpips"], steps=rec["steps"],
+                           seconds=rec["seconds"], w_spread=float(w_spread(ev.latent(method, name).w_LxD[None])[0]))
+                if method.tuned:
+                    tuned = _read_json(ev.tuned_dir(method) / f"{name}.json")
+                    row.update(mse=tuned["losses"]["mse"], lpips=tuned["losses"]["lpips"],
+                               steps=row["steps"] + tuned["steps"], seconds=row["seconds"] + tuned["seconds"])
+                images[name] = row
         edits = {}
         for spec in cfg.edit_specs:
             scores = read_scores(ev.scores_file(method, spec), ev.extractor.name)
@@ -90,16 +97,19 @@ def build(ev: "Evaluator", real: "RealImages", reference: tuple[list[str], np.nd
                 t = improved_target(col["p_before"], col["p_after"])
                 realistic = realism_scores(reference[1], col["features"].astype(np.float32), k=cfg.realism.k,
                                            clamp_to_percentile=cfg.realism.clamp_percentile).realism
-                w = np.stack([ev.latent(method, n).w_LxD for n in names])
-                again = np.stack([ev.latent(method, n, spec).w_LxD for n in names])
-                recovered, cycle_error = latent_cycle(w, ev.editor.apply(spec.edit, w), again)
+                recovered = cycle_error = np.full(len(names), np.nan)
+                if not method.tuned:
+                    w = np.stack([ev.latent(method, n).w_LxD for n in names])
+                    again = np.stack([ev.latent(method, n, spec).w_LxD for n in names])
+                    recovered, cycle_error = latent_cycle(w, ev.editor.apply(spec.edit, w), again)
                 for i, n in enumerate(names):
-                    rows[n] = dict(ecs=ecs[i], t=t[i], realism=float(realistic[i]), recovered=float(recovered[i]),
-                                   cycle_error=float(cycle_error[i]),
+                    rows[n] = dict(ecs=ecs[i], t=t[i], id=float(col["id_edit"][i]), realism=float(realistic[i]),
+                                   recovered=float(recovered[i]), cycle_error=float(cycle_error[i]),
                                    **{k: float(col[k][i]) for k in
                                       ("lpips_gw_edit", "lpips_edit_cyc", "lpips_gw_cyc", "p_before", "p_after")})
             edits[spec.name] = rows
-        methods[method.name] = dict(label=method.label, images=images, edits=edits)
+        methods[method.name] = dict(label=method.label, tuned=method.tuned, pivots=method.pivots, images=images,
+                                    edits=edits)
 
     common_rec = [n for n in real.names if all(n in methods[m.name]["images"] for m in cfg.method_specs)]
     common_edits = {s.name: [n for n in real.names
@@ -192,6 +202,9 @@ def _per_image_columns(method: dict, cfg: "EvalConfig", common_rec: list[str], c
         if spec.target:
             rows = method["edits"][spec.name]
             cols[f"t/{spec.name}"] = np.asarray([rows[n]["t"] for n in common_edits[spec.name]], np.float64)
+    for spec in cfg.edit_specs:
+        rows = method["edits"][spec.name]
+        cols[f"id/{spec.name}"] = np.asarray([rows[n]["id"] for n in common_edits[spec.name]], np.float64)
     return cols
 
 
@@ -242,9 +255,17 @@ def markdown(results: dict) -> str:
     lines = [f"# Evaluation {results['name']}".rstrip(), ""]
     lines.append(f"{results['images']} images; bundle `{portable_path(results['bundle'])}`; reference method "
                  f"`{results['reference_method']}`. Means over the images that every method inverted "
-                 f"({len(results['common']['reconstruction'])}); ECS, realism and t over the images lacking each "
-                 "edit's target attribute (by the descriptor F on the real image).")
+                 f"({len(results['common']['reconstruction'])}); ECS, realism, t and the identity distance after the "
+                 "edit (ID dist.: 1 - cos of the identity network's embeddings of x_edit and the real image) over "
+                 "the images lacking each edit's target attribute (by the descriptor F on the real image).")
     lines.append("")
+    tuned = [results["methods"][m]["label"] for m in methods if results["methods"][m].get("tuned")]
+    if tuned:
+        lines.append("Tuned methods (pivotal tuning: " + ", ".join(tuned) + ") reconstruct and edit with each "
+                     "image's tuned generator; their steps and s/image add the tuning to the pivot's inversion, and "
+                     "their ECS is n/a: re-projecting x_edit would mean a new inversion and a new tuning, whose "
+                     "generator is not the one that rendered x_edit.")
+        lines.append("")
     head = ["method"] + [_title(k) for k in keys]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("| " + " | ".join("---" for _ in head) + " |")
@@ -352,20 +373,19 @@ def _comparison_figure(ev: "Evaluator", real: "RealImages", results: dict) -> No
     names = results["common"]["reconstruction"][: ev.cfg.figures.num_images]
     if not names:
         return
-    ws, lats, tiles_x = [], [], {}
-    for name in names:
-        tiles_x[name] = imio.to_uint8(ev.load_input(real.path_of[name]))
-        for method in ev.cfg.method_specs:
-            lat = ev.latent(method, name)
-            ws += [lat.w_LxD] + [ev.editor.apply(s.edit, lat.w_LxD) for s in ev.cfg.edit_specs]
-            lats += [lat] * (1 + len(ev.cfg.edit_specs))
-    images = ev.renderer(np.stack(ws), ev.renderer.noise_for(lats))
     per_row = 1 + len(ev.cfg.edit_specs)
-    tiles, k = [], 0
-    for name in names:
-        for _ in ev.cfg.method_specs:
-            tiles += [tiles_x[name]] + [imio.to_uint8(img) for img in images[k: k + per_row]]
-            k += per_row
+    rendered = {}
+    for method in ev.cfg.method_specs:
+        lats = [ev.latent(method, name) for name in names]
+        ws = [[lat.w_LxD] + [ev.editor.apply(s.edit, lat.w_LxD) for s in ev.cfg.edit_specs] for lat in lats]
+        images = ev.render(method, [n for n in names for _ in range(per_row)], np.concatenate(ws),
+                           [lat for lat in lats for _ in range(per_row)])
+        rendered[method.name] = images.reshape(len(names), per_row, *images.shape[1:])
+    tiles = []
+    for i, name in enumerate(names):
+        x = imio.to_uint8(ev.load_input(real.path_of[name]))
+        for method in ev.cfg.method_specs:
+            tiles += [x] + [imio.to_uint8(img) for img in rendered[method.name][i]]
     path = ev.out / "figures" / "comparison.png"
     imio.atomic_write_bytes(path, imio.png_bytes(imio.grid(tiles, columns=1 + per_row)))
 

@@ -1,7 +1,8 @@
 """The evaluation's cache files: ``{key: row}`` tables stored as one atomic ``.npz`` each.
 
 Every file keeps ``names`` (sorted) and one stacked array per column; files that depend on the realism
-feature also keep its ``kind``, and one written with another kind reads as empty (it is recomputed).
+feature also keep its ``kind``, and one written with another kind, or a scores file that lacks a column of
+:data:`SCORE_KEYS` (written before the column existed), reads as empty (it is recomputed).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 from magec_jax import images as imio
 from magec_jax.errors import FileFormatError
 
-SCORE_KEYS = ("lpips_gw_edit", "lpips_edit_cyc", "lpips_gw_cyc", "p_before", "p_after", "features")
+SCORE_KEYS = ("lpips_gw_edit", "lpips_edit_cyc", "lpips_gw_cyc", "p_before", "p_after", "id_edit", "features")
 
 
 def read_rows(path: Path, key: str, kind: str | None = None) -> dict[str, np.ndarray]:
@@ -36,13 +37,13 @@ def write_rows(path: Path, key: str, rows: dict[str, np.ndarray], **extra: np.nd
 
 
 def read_scores(path: Path, kind: str) -> dict[str, dict[str, np.ndarray]]:
-    """Per-image scores of one (method, edit): ``{name: {key: value}}`` (empty when absent or computed with
-    another realism feature)."""
+    """Per-image scores of one (method, edit): ``{name: {key: value}}`` (empty when absent, computed with
+    another realism feature, or without one of the columns)."""
     if not path.is_file():
         return {}
     try:
         with np.load(path, allow_pickle=False) as z:
-            if str(z["kind"]) != kind:
+            if str(z["kind"]) != kind or not set(SCORE_KEYS) <= set(z.files):
                 return {}
             names = list(map(str, z["names"]))
             columns = {k: z[k] for k in SCORE_KEYS}  # each z[k] reads the file: once per column

@@ -84,21 +84,26 @@ class _Item:
 
 
 def run(job: JobConfig, *, bundle: NetworkSource | None = None, networks: Networks | None = None,
-        tuner: Tuner | None = None, log: Log = to_stderr) -> dict[str, Any] | None:
+        tuner: Tuner | None = None, tuned_dir: str | Path | None = None,
+        log: Log = to_stderr) -> dict[str, Any] | None:
     """Runs the stage over ``job.out_dir`` when ``job.pti.enabled``; returns this run's record (None when off).
 
-    Give ``bundle`` (a loaded bundle: its networks are built only when there is something to tune, and the
-    locality regulariser samples its mapping network) or ``networks`` (or a ``tuner`` built for them).
+    The results go to ``tuned_dir`` (default ``job.out_dir/pti``; another folder lets several tunings share one
+    inversion's pivots, as the evaluation's methods with ``pivots`` do). Give ``bundle`` (a loaded bundle: its
+    networks are built only when there is something to tune, the deltas record its generator, and the locality
+    regulariser samples its mapping network), ``networks`` (already built; with ``bundle`` too, they are used
+    instead of building the bundle's), or a ``tuner`` built for them.
 
     Raises:
       MagecError: results computed with other settings and ``on_mismatch`` ``refuse``.
     """
     if not job.pti.enabled:
         return None
-    if sum(source is not None for source in (bundle, networks, tuner)) != 1:
-        raise ValueError("the PTI stage needs exactly one of bundle, networks or tuner")
+    if (tuner is None) == (bundle is None and networks is None):
+        raise ValueError("the PTI stage needs a tuner, or a bundle and/or networks")
     settings = settings_run(job)
-    out, tdir = Path(job.out_dir), Path(job.out_dir) / PTI_DIR
+    out = Path(job.out_dir)
+    tdir = out / PTI_DIR if tuned_dir is None else Path(tuned_dir)
     pid, nproc = jax.process_index(), jax.process_count()
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     t_stage = time.perf_counter()
@@ -212,6 +217,13 @@ def run(job: JobConfig, *, bundle: NetworkSource | None = None, networks: Networ
     if job.align and pid == 0:
         paste_tuned(tdir, items, max_pixels=job.max_image_pixels, log=log)
     return record
+
+
+def is_tuned(tuned_dir: str | Path, name: str) -> bool:
+    """Whether ``tuned_dir`` holds a finished tuning of the image ``name`` (its record says ok, its delta exists);
+    whether the settings still match is :func:`run`'s business."""
+    tdir = Path(tuned_dir)
+    return read_json(tdir / f"{name}.json").get("status") == "ok" and (tdir / f"{name}.npz").is_file()
 
 
 def _list_pivots(out: Path) -> tuple[list[_Item], list[dict]]:
