@@ -25,7 +25,8 @@ InterFaceGAN edits and on two StyleFlow edits of the same attributes (``gender_l
 moved by 2 training standard deviations). ``:pti_val`` and ``:pti`` evaluate pivotal tuning (docs/pti.md):
 PTI of the w/o MAGEC pivots and of the chosen MAGEC pivots, each with full weights (the official tuning) and
 with rank-4 deltas, every image's 350 steps taken (``lpips_threshold`` 0), beside the untuned pivots;
-``:pti_val`` also runs the official threshold (0.06) on the w/o MAGEC pivots. Tuned methods reuse the
+``:pti_val`` also runs, on the w/o MAGEC pivots, the official threshold (0.06) and rank 4 on the convolutions
+only and on every parameter group. Tuned methods reuse the
 pivots of the untuned ones (``pivots``), one image per tuning batch (the fastest on this CPU,
 benchmarks/pti.py). Edits: InterFaceGAN "to
 male" and "to smiling" at strength 3 (the paper's MAGEC alpha), each scored on the faces F says lack the
@@ -79,13 +80,21 @@ PTI = (
     ("wo_magec_pti_r4", "w/o MAGEC + PTI rank 4", "wo_magec", RANK4),
     ("magec_1e-3_pti_r4", "MAGEC 1e-3 + PTI rank 4", "magec_1e-3", RANK4),
 )
-PTI_VALIDATION = (("wo_magec_pti_t06", "w/o MAGEC + PTI, threshold 0.06", "wo_magec", dict(lpips_threshold=0.06)),)
+# on the validation people only: the official threshold, and which parameters the rank-4 delta tunes
+PTI_VALIDATION = (
+    ("wo_magec_pti_t06", "w/o MAGEC + PTI, threshold 0.06", "wo_magec", dict(lpips_threshold=0.06)),
+    ("wo_magec_pti_r4_conv", "w/o MAGEC + PTI rank 4, conv only", "wo_magec", dict(RANK4, delta=dict(
+        kind="lowrank", rank=4, groups=("conv",)))),
+    ("wo_magec_pti_r4_all", "w/o MAGEC + PTI rank 4, every group", "wo_magec", dict(RANK4, delta=dict(
+        kind="lowrank", rank=4, groups=("conv", "torgb", "affine", "bias", "const", "noise_strength")))),
+)
 VARIANTS = {
     "eval": "the 48 evaluation people: MAGEC, w/o MAGEC, the l_magec 1e-2 ablation, l_magec 1e-3 (chosen on :val)",
     "full": "the same and Image2StyleGAN++ (500 steps)",
     "val": "the 16 validation people: the four methods and MAGEC at alpha 1.5 and alpha 6",
     "sf_val": "the 16 validation people: the StyleFlow-supervised MAGEC terms, InterFaceGAN and StyleFlow edits",
-    "pti_val": "the 16 validation people: PTI (full, rank 4; threshold 0 and 0.06) on w/o MAGEC and MAGEC pivots",
+    "pti_val": "the 16 validation people: PTI (full, rank 4 on three sets of groups, threshold 0 and 0.06) on w/o "
+               "MAGEC and MAGEC pivots",
     "pti": "the 48 evaluation people: PTI (full, rank 4) on w/o MAGEC and MAGEC 1e-3 pivots, and no tuning",
 }
 

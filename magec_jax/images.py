@@ -220,6 +220,13 @@ def load_image(path: str | os.PathLike, resolution: int, *, min_size: int | None
         several frames, an unsupported mode, transparency, or too small.
       ValueError: an unknown ``framing`` (before the file is read).
     """
+    return load_framed(path, resolution, min_size=min_size, max_pixels=max_pixels, framing=framing)[0]
+
+
+def load_framed(path: str | os.PathLike, resolution: int, *, min_size: int | None = None,
+                max_pixels: int = MAX_IMAGE_PIXELS,
+                framing: str = "square") -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """:func:`load_image` and the content box of :func:`frame` (where the picture is; :func:`content_mask`)."""
     if framing not in FRAMINGS:
         raise ValueError(f"unknown framing {framing!r} (expected one of {', '.join(FRAMINGS)})")
     path = Path(path)
@@ -229,8 +236,8 @@ def load_image(path: str | os.PathLike, resolution: int, *, min_size: int | None
     side, which = (min(w, h), "shorter") if framing == "square" else (max(w, h), "longer")
     if side < min_size:
         raise FileFormatError(path, f"too small: {w}x{h}, the {which} side must be at least {min_size} px")
-    pixels, _ = frame(img, resolution, framing)
-    return pixels.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+    pixels, box = frame(img, resolution, framing)
+    return pixels.astype(np.float32) / np.float32(127.5) - np.float32(1.0), box
 
 
 def frame(img: Image.Image, resolution: int, framing: str = "square", *,

@@ -82,6 +82,7 @@ class Evaluator:
     def __init__(self, cfg: EvalConfig, nets: Networks, bundle: Any, log: Log = to_stderr):
         self.cfg, self.nets, self.bundle, self.log = cfg, nets, bundle, log
         self.out = Path(cfg.out_dir)
+        self.framing = bundle.image_framing()  # how the images are framed for the generator (and its jobs)
         pca, pca_source = load_pca(bundle, cfg.ganspace, nets.w_dim)
         self.renderer = Renderer(nets.synthesize, nets.generator, nets.noise_init, cfg.batch_size)
         flow, contexts = None, None
@@ -163,7 +164,8 @@ class Evaluator:
         return self.method_dir(method) / "scores" / f"{spec.name}.npz"
 
     def load_input(self, path: Path) -> np.ndarray:
-        return imio.load_image(path, self.nets.resolution, max_pixels=self.cfg.max_image_pixels)
+        return imio.load_image(path, self.nets.resolution, max_pixels=self.cfg.max_image_pixels,
+                               framing=self.framing)
 
     # ---- stage 1: the real images -------------------------------------------------------------------------
 
@@ -242,7 +244,8 @@ class Evaluator:
     def job_config(self, method: MethodSpec, images: Path, out_dir: Path, name: str) -> job_lib.JobConfig:
         """The method's inversion job on ``images`` (a list file), writing to ``out_dir``."""
         return dataclasses.replace(method.job, bundle=self.cfg.bundle, images=str(images), out_dir=str(out_dir),
-                                   name=name, max_image_pixels=self.cfg.max_image_pixels)
+                                   name=name, max_image_pixels=self.cfg.max_image_pixels,
+                                   framing=method.job.framing or self.framing)
 
     def engine(self, method: MethodSpec) -> Engine:
         """One engine for the method's settings: its inversion and re-projection jobs share the compiled steps."""

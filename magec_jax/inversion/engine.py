@@ -55,10 +55,15 @@ __all__ = [
 
 
 class Targets(NamedTuple):
-    """Per-image constants of the loss, computed once per batch (batch axis first on every leaf)."""
+    """Per-image constants of the loss, computed once per batch (batch axis first on every leaf).
+
+    ``masks`` (None: every pixel counts) restricts the loss to each image's content area: the terms see G(w)
+    where the mask is 1 and the target where it is 0, so pixels outside it (a letterbox's bands) add nothing to any term
+    and send no gradient; the terms' means still run over the whole image."""
 
     images: jax.Array  # [B, H, W, C] in [-1, 1]
     prepared: dict  # term name -> that term's prepared constants (terms with a ``prepare`` only)
+    masks: jax.Array | None = None  # [B, H, W, 1] in {0, 1}
 
 
 class State(NamedTuple):
@@ -140,6 +145,8 @@ class Engine:
         when one of them reads the image."""
         renders = any(self.terms[n].renders for n in names)
         image = self._render(arrays, latent_LxD, noise) if renders else None
+        if image is not None and target.masks is not None:
+            image = jnp.where(target.masks > 0, image, target.images)
         ws = self._ws(latent_LxD)
         values = []
         for name in names:
@@ -165,11 +172,12 @@ class Engine:
 
     # ---- batched, jitted entry points --------------------------------------------------------------
 
-    def _prepare_impl(self, arrays, images_BxHxWxC) -> Targets:
+    def _prepare_impl(self, arrays, images_BxHxWxC, masks_BxHxW) -> Targets:
         images = images_BxHxWxC.astype(jnp.float32)
         prepared = {name: term.prepare(arrays["terms"][name], images)
                     for name, term in self.terms.items() if term.prepare is not None}
-        return Targets(images, prepared)
+        masks = None if masks_BxHxW is None else masks_BxHxW.astype(jnp.float32)[..., None]
+        return Targets(images, prepared, masks)
 
     def _init_impl(self, arrays, batch: int) -> State:
         rows = 1 if self.settings.latent_space == "w" else self.nets.num_ws
@@ -264,12 +272,15 @@ class Engine:
         self,
         images_BxHxWxC: jax.Array,
         *,
+        masks_BxHxW: jax.Array | None = None,
         on_chunk: Callable[[int, int, State], None] | None = None,
     ) -> dict[str, jax.Array]:
         """Inverts one batch (its size a multiple of the mesh size; images already at G's resolution).
 
         Args:
           images_BxHxWxC: targets in [-1, 1], a global array sharded over ``'data'`` or a host array.
+          masks_BxHxW: each image's content area (1 inside, 0 on letterbox bands; :class:`Targets`), sharded
+            like the images; None: the whole image (a separate compiled program).
           on_chunk: called as ``on_chunk(steps_done, total_steps, state)`` every ``chunk_steps`` steps, the
             only place where the host looks at device values (for progress).
 
@@ -279,7 +290,7 @@ class Engine:
           (tuple, empty without noise stage).
         """
         s = self.settings
-        targets = self.prepare(images_BxHxWxC)
+        targets = self.prepare(images_BxHxWxC, masks_BxHxW)
         state = self._init(self._arrays, targets.images.shape[0])
         noise_steps = 0 if s.noise_phase is None else s.noise_phase.steps
         total = s.total_steps + noise_steps
@@ -294,21 +305,26 @@ class Engine:
         ws, recon, terms = self._finish(self._arrays, state, targets)
         return dict(ws=ws, images=recon, terms=terms, failed=state.failed, noise=state.noise)
 
-    def prepare(self, images_BxHxWxC: jax.Array) -> Targets:
-        """The per-image constants of every term for a batch of targets (sharded over ``'data'``)."""
-        images = images_BxHxWxC
-        if not isinstance(images, jax.Array) or images.sharding != self.data_sharding:
-            images = jax.device_put(images, self.data_sharding)
-        return self._prepare(self._arrays, images)
+    def prepare(self, images_BxHxWxC: jax.Array, masks_BxHxW: jax.Array | None = None) -> Targets:
+        """The per-image constants of every term for a batch of targets (sharded over ``'data'``), with their
+        content masks when given."""
+        def placed(array):
+            if array is None or (isinstance(array, jax.Array) and array.sharding == self.data_sharding):
+                return array
+            return jax.device_put(array, self.data_sharding)
 
-    def evaluate(self, latents_BxLxD: jax.Array, images_BxHxWxC: jax.Array) -> dict[str, jax.Array]:
-        """Renders latents (default noise) and computes every term in :attr:`term_names` against the targets.
+        return self._prepare(self._arrays, placed(images_BxHxWxC), placed(masks_BxHxW))
+
+    def evaluate(self, latents_BxLxD: jax.Array, images_BxHxWxC: jax.Array,
+                 masks_BxHxW: jax.Array | None = None) -> dict[str, jax.Array]:
+        """Renders latents (default noise) and computes every term in :attr:`term_names` against the targets
+        (within their content masks when given).
 
         Returns:
           dict with ``ws`` ``[B, num_ws, w_dim]``, ``images`` (renders) and ``terms`` ``[B, T]``, exactly as
           :meth:`invert` reports a finished inversion.
         """
-        targets = self.prepare(images_BxHxWxC)
+        targets = self.prepare(images_BxHxWxC, masks_BxHxW)
         latents = jax.device_put(jnp.asarray(latents_BxLxD, jnp.float32), self.data_sharding)
         state = self._init(self._arrays, latents.shape[0])._replace(latent=latents)
         ws, images, terms = self._finish(self._arrays, state, targets)

@@ -44,10 +44,16 @@ aligned crop, and its ``<name>__face<j>.json`` also records ``photo``, ``face``,
 the edit stage adds ``pasted/<name>__<label>.png`` (``magec_jax.editing.render.paste_edit_grid``). Pasted
 photographs are rewritten when older than their sources.
 
+Inputs that are not aligned faces are framed as the bundle's generator data was (:func:`image_framing`;
+``config.framing`` overrides it): the centred square, or the whole image letterboxed on black (a cars bundle).
+Letterboxed inputs keep their content box, and with ``mask_bands`` (the default) the engine's losses see only
+it (``engine.Targets``: outside it G(w) is replaced by the target, so the bands add nothing and send no
+gradient). A non-face bundle never aligns: ``align`` on one is refused in one line.
+
 The fingerprint (:func:`fingerprint`): the inversion settings actually run (after ``steps_scale``; the
 progress interval ``chunk_steps`` left out; of the compute options only the resolved precision),
 ``matmul_precision``, the bundle (:func:`bundle_identity`) and the preprocessing (resolution, minimum size,
-crop, resize; with ``align``, the framing and the detector's settings). The pixel limit ``max_image_pixels``
+crop, resize, for a letterbox the loss area; with ``align``, the framing and the detector's settings). The pixel limit ``max_image_pixels``
 is not in it: it decides only whether a file is read, never what is computed from one that is, so changing it
 leaves finished results done. A skipped image is remembered for the preprocessing and the reading settings
 (``magec_jax.images.reading_settings``: the reading policy's version and the pixel limit), so it is read again
@@ -191,6 +197,8 @@ class JobConfig:
     min_size: int | None = None  # None: half the resolution
     max_image_pixels: int = imio.MAX_IMAGE_PIXELS  # larger inputs are refused unread; not in the fingerprint
     align: bool = False
+    framing: Literal["", "square", "letterbox"] = ""  # "": the bundle's (image_framing), square without one
+    mask_bands: bool = True  # letterbox framing: the losses see only each image's content area
     matmul_precision: str = "highest"
     edit_grid: EditGrid = EditGrid()
     pti: PTIConfig = PTIConfig()
@@ -259,16 +267,39 @@ def bundle_identity(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def preprocessing(job: JobConfig, resolution: int, align: dict[str, Any] | None = None) -> dict[str, Any]:
-    """How an input file becomes the target image (the input policy of ``magec_jax.images``); with ``align``
-    (``faces.pipeline.alignment_settings``), how a photograph's faces become aligned crops."""
+def image_framing(job: JobConfig, bundle: NetworkSource | None = None) -> str:
+    """How the job frames an input that is not aligned (``magec_jax.images.frame``): the config's ``framing``,
+    else the bundle's (``Bundle.image_framing``: its generator's data), else ``"square"``."""
+    if job.framing:
+        return job.framing
+    return bundle.image_framing() if bundle is not None else "square"
+
+
+def preprocessing(job: JobConfig, resolution: int, align: dict[str, Any] | None = None,
+                  framing: str = "square") -> dict[str, Any]:
+    """How an input file becomes the target image (the input policy of ``magec_jax.images``, ``framing`` as
+    :func:`image_framing` resolves it); with ``align`` (``faces.pipeline.alignment_settings``), how a
+    photograph's faces become aligned crops."""
     min_size = resolution // 2 if job.min_size is None else job.min_size
     if align is not None:
         return dict(resolution=resolution, min_size=min_size, crop="aligned face", align=align)
+    if framing == "letterbox":
+        return dict(resolution=resolution, min_size=min_size, crop="letterbox", resize="lanczos",
+                    loss_area="content" if job.mask_bands else "whole frame")
     return dict(resolution=resolution, min_size=min_size, crop="centred square", resize="lanczos")
 
 
-def fingerprint(job: JobConfig, resolution: int, bundle_id: str, align: dict[str, Any] | None = None) -> dict[str, Any]:
+def content_masks(job: JobConfig, framing: str, boxes: Sequence[tuple[int, int, int, int]],
+                  resolution: int) -> np.ndarray | None:
+    """The engine's content masks ``[B, H, W]`` for letterboxed inputs with ``mask_bands`` (None otherwise:
+    every pixel counts)."""
+    if framing != "letterbox" or not job.mask_bands:
+        return None
+    return np.stack([imio.content_mask(box, resolution) for box in boxes])
+
+
+def fingerprint(job: JobConfig, resolution: int, bundle_id: str, align: dict[str, Any] | None = None,
+                framing: str = "square") -> dict[str, Any]:
     """Everything but the input file that decides a result, as JSON-ready data (see the module docstring)."""
     settings = dataclasses.asdict(job.settings)
     del settings["chunk_steps"]  # how often progress is read, not what is computed
@@ -276,7 +307,7 @@ def fingerprint(job: JobConfig, resolution: int, bundle_id: str, align: dict[str
     # float rounding; modulation, loop, donation and remat do not.
     settings["compute"] = dict(precision=job.settings.compute.resolved().precision)
     record = dict(settings=settings, matmul_precision=job.matmul_precision, bundle=bundle_id,
-                  preprocessing=preprocessing(job, resolution, align))
+                  preprocessing=preprocessing(job, resolution, align, framing))
     return json.loads(json.dumps(record))
 
 
@@ -375,7 +406,10 @@ class NetworkSource(Protocol):
         """The generator's image resolution, without loading weights."""
 
     def framing(self) -> faces.Framing:
-        """How photographs are aligned for the generator (``config.align``)."""
+        """How photographs are aligned for the generator (``config.align``; refused for a non-face bundle)."""
+
+    def image_framing(self) -> str:
+        """How the generator's data framed an image: ``"square"`` or ``"letterbox"`` (``magec_jax.images``)."""
 
     def networks(self) -> Networks:
         """The engine's networks (loads the weights)."""
@@ -419,7 +453,6 @@ def run(
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     t_job = time.perf_counter()
 
-    inputs, duplicates = _list_inputs(job, out_dir)
     if engine is not None:
         resolution = engine.nets.resolution
     elif networks is not None:
@@ -427,15 +460,19 @@ def run(
     else:
         resolution = bundle.resolution()
     aligned, align_settings = None, None
+    framing = image_framing(job, bundle)
+    if job.align:  # a bundle that does not align (not of faces) refuses before anything is read
+        face_framing = bundle.framing() if bundle is not None else faces.Framing.ffhq(resolution)
+    inputs, duplicates = _list_inputs(job, out_dir)
     if job.align:
-        framing = bundle.framing() if bundle is not None else faces.Framing.ffhq(resolution)
-        align_settings = faces.alignment_settings(framing)
+        align_settings = faces.alignment_settings(face_framing)
         fp = fingerprint(job, resolution, bundle_identity(job.bundle), align_settings)
         if job.on_mismatch == "refuse":  # before the alignment stage rewrites aligned/ for new settings
             _refuse_other_face_results(inputs, out_dir, fp)
-        aligned = _align(inputs, out_dir, framing, job.max_image_pixels, log)
+        aligned = _align(inputs, out_dir, face_framing, job.max_image_pixels, log)
         inputs = [_Input(f.crop, f.name, _digest(f.crop), _face_entries(f)) for f in aligned.faces]
-    fp = fingerprint(job, resolution, bundle_identity(job.bundle), align_settings)
+        framing = "square"  # aligned crops are the generator's square
+    fp = fingerprint(job, resolution, bundle_identity(job.bundle), align_settings, framing)
     folder = _sort(inputs, duplicates, out_dir, fp, job.max_image_pixels)
     if folder.stale and job.on_mismatch == "refuse":
         raise MagecError(_stale_message(out_dir, folder.stale))
@@ -444,8 +481,8 @@ def run(
     new_skips = [dict(image=str(p), reason=reason) for p, reason in duplicates]
     valid = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=_WORKERS) as pool:
-        problems = pool.map(lambda item: _problem(item.path, resolution, job.min_size, job.max_image_pixels),
-                            folder.todo)
+        problems = pool.map(lambda item: _problem(item.path, resolution, job.min_size, job.max_image_pixels,
+                                                  framing), folder.todo)
         for item, problem in zip(folder.todo, problems):
             if problem is None:
                 valid.append(item)
@@ -483,7 +520,7 @@ def run(
     if num_batches:
         if engine is None:
             engine = Engine(networks if networks is not None else bundle.networks(), job.settings)
-        _invert(job, engine, mine, batch, num_batches, record, folder, out_dir, log)
+        _invert(job, engine, mine, batch, num_batches, record, folder, out_dir, framing, log)
     record["seconds"] = time.perf_counter() - t_job
     record["seconds_per_image"] = record["seconds"] / max(record["done"], 1)
     if nproc > 1:
@@ -553,9 +590,9 @@ def batch_plan(count: int, batch_size: int, devices: int = 1) -> tuple[int, int]
 
 
 def _invert(job: JobConfig, engine: Engine, mine: Sequence[_Input], batch: int, num_batches: int,
-            record: dict, folder: "_Folder", out_dir: Path, log: Log) -> None:
-    """Inverts this process's valid images in ``num_batches`` batches of ``batch``, writing each result and,
-    after each batch, the summary."""
+            record: dict, folder: "_Folder", out_dir: Path, framing: str, log: Log) -> None:
+    """Inverts this process's valid images (framed as ``framing``) in ``num_batches`` batches of ``batch``,
+    writing each result and, after each batch, the summary."""
     resolution = engine.nets.resolution
     pid, nproc = jax.process_index(), jax.process_count()
     progress = _Progress(len(mine), num_batches, job.settings, log)
@@ -564,20 +601,22 @@ def _invert(job: JobConfig, engine: Engine, mine: Sequence[_Input], batch: int, 
             "(once per batch size; about a minute on a CPU)")
 
     def load(items: Sequence[_Input]):
-        arrays, kept, skipped = [], [], []
+        arrays, boxes, kept, skipped = [], [], [], []
         for item in items:
             try:
-                arrays.append(imio.load_image(item.path, resolution, min_size=job.min_size,
-                                              max_pixels=job.max_image_pixels))
+                pixels, box = imio.load_framed(item.path, resolution, min_size=job.min_size,
+                                               max_pixels=job.max_image_pixels, framing=framing)
+                arrays.append(pixels)
+                boxes.append(box)
                 kept.append(item)
             except FileFormatError as e:  # changed since it was checked
                 skipped.append(dict(image=str(item.path), reason=e.problem))
-        return arrays, kept, skipped
+        return arrays, boxes, kept, skipped
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         future = pool.submit(load, mine[0:batch])
         for b in range(num_batches):
-            arrays, kept, skipped = future.result()
+            arrays, boxes, kept, skipped = future.result()
             if b + 1 < num_batches:
                 future = pool.submit(load, mine[(b + 1) * batch: (b + 2) * batch])
             for s in skipped:
@@ -587,9 +626,12 @@ def _invert(job: JobConfig, engine: Engine, mine: Sequence[_Input], batch: int, 
             if arrays:
                 local[: len(arrays)] = np.stack(arrays)
                 local[len(arrays):] = arrays[-1]  # padding rows: a real image, results discarded
+            padded = boxes + boxes[-1:] * (batch - len(boxes)) if boxes else [(0, 0, resolution, resolution)] * batch
+            masks = content_masks(job, framing, padded, resolution)
             progress.batch, progress.batch_images = b, len(kept)
             t0 = time.perf_counter()
-            out = engine.invert(global_batch(engine.data_sharding, local), on_chunk=progress.chunk)
+            out = engine.invert(global_batch(engine.data_sharding, local), on_chunk=progress.chunk,
+                                masks_BxHxW=None if masks is None else global_batch(engine.data_sharding, masks))
             _COMPILED[engine].add(batch)
             ws, recon = local_rows(out["ws"]), local_rows(out["images"])
             terms, failed = local_rows(out["terms"]), local_rows(out["failed"])
@@ -643,10 +685,10 @@ def _digest(path: Path) -> str | None:
         return None
 
 
-def _problem(path: Path, resolution: int, min_size: int | None, max_pixels: int) -> str | None:
+def _problem(path: Path, resolution: int, min_size: int | None, max_pixels: int, framing: str) -> str | None:
     """Why an input cannot be inverted, or None when it can."""
     try:
-        imio.load_image(path, resolution, min_size=min_size, max_pixels=max_pixels)
+        imio.load_image(path, resolution, min_size=min_size, max_pixels=max_pixels, framing=framing)
     except FileFormatError as e:
         return e.problem
     return None

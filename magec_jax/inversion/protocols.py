@@ -76,7 +76,9 @@ def job_config(protocol: str = "magec", *, steps_scale: float = 1.0) -> ml_colle
     ``steps_scale`` sets the config's field of that name (see the module docstring). ``on_mismatch`` says what
     the job does with results computed under another fingerprint (settings, bundle, preprocessing or input
     file): ``refuse`` (the default: stop with one line naming the differences) or ``recompute`` them.
-    ``align`` makes every face of every photograph an item of its own (``magec_jax.inversion.job``). ``pti``
+    ``align`` makes every face of every photograph an item of its own (``magec_jax.inversion.job``); other
+    inputs are framed as ``framing`` says (``""``: as the bundle's generator data was, ``Bundle.image_framing``),
+    and with letterbox framing ``mask_bands`` restricts the losses to each image's content area. ``pti``
 (``enabled`` False) is the pivotal-tuning stage after the inversion (``magec_jax.inversion.pti_job``).
     """
     config = ml_collections.ConfigDict()
@@ -90,6 +92,8 @@ def job_config(protocol: str = "magec", *, steps_scale: float = 1.0) -> ml_colle
     config.min_size = ml_collections.FieldReference(None, field_type=int)
     config.max_image_pixels = MAX_IMAGE_PIXELS  # larger images are refused before decoding (bombs); see images.py
     config.align = False  # True: find the faces of each photograph, align them to the bundle's framing, paste back
+    config.framing = ""  # how other inputs are framed: "" the bundle's (square, or letterbox for e.g. cars)
+    config.mask_bands = True  # letterboxed inputs: the losses see only the content area, not the black bands
     config.matmul_precision = "highest"
     config.inversion = inversion_config(protocol)
     config.edit_grid = ml_collections.ConfigDict(dict(attributes=(), strengths=()))  # empty: no edit stage

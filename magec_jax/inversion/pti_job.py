@@ -15,7 +15,9 @@ For every image the job has a result for (``<name>.npz`` and ``<name>.json`` in 
   * ``summary.json``: ``fingerprint``, ``images``, ``done``, ``failed`` and ``skipped`` (with reasons) and
     every run's record; with photographs (``config.align``), ``pasted/<photo>.png``: the tuned faces pasted back.
 
-Resumable like the inversion: an image whose ``pti/<name>.json`` has this stage's fingerprint (the settings
+Each image is framed as the inversion framed it (``job.image_framing``); the tuning has no content mask, so a
+letterbox's black bands are fitted like any pixel (the generator already makes them). Resumable like the
+inversion: an image whose ``pti/<name>.json`` has this stage's fingerprint (the settings
 run, after ``steps_scale``; the bundle; the generator's weights) and the current pivot's sha256 is done; a pivot
 that changed is tuned again; results computed with other settings are refused in one line unless
 ``on_mismatch`` is ``recompute``. A tuning whose loss or gradient becomes non-finite is reported as failed and
@@ -44,7 +46,8 @@ from magec_jax.faces import pipeline as faces
 from magec_jax.faces.align import Alignment, AlignmentError
 from magec_jax.inversion.engine import Networks, local_rows
 from magec_jax.inversion.job import (
-    JobConfig, NetworkSource, batch_plan, bundle_identity, differences, fmt_duration, global_batch, read_json,
+    JobConfig, NetworkSource, batch_plan, bundle_identity, differences, fmt_duration, global_batch, image_framing,
+    read_json,
 )
 from magec_jax.inversion.pti import LOSS_COLUMNS, PTISettings, Tuner, locality_latents
 from magec_jax.logs import Log, to_stderr
@@ -151,8 +154,10 @@ def run(job: JobConfig, *, bundle: NetworkSource | None = None, networks: Networ
             image = item.record.get("image")
             if not image:
                 raise FileFormatError(out / f"{item.name}.json", "no input image recorded")
+            framing = "square" if item.record.get("alignment") else image_framing(job, bundle)
             valid.append((item, imio.load_image(image, resolution, min_size=job.min_size,
-                                                max_pixels=job.max_image_pixels), _pivot(item, latent_shape)))
+                                                max_pixels=job.max_image_pixels, framing=framing),
+                          _pivot(item, latent_shape)))
         except FileFormatError as e:
             skipped.append(dict(name=item.name, reason=str(e)))
     for s in skipped:
