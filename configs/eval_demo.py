@@ -25,7 +25,8 @@ InterFaceGAN edits and on two StyleFlow edits of the same attributes (``gender_l
 moved by 2 training standard deviations). ``:pti_val`` and ``:pti`` evaluate pivotal tuning (docs/pti.md):
 PTI of the w/o MAGEC pivots and of the chosen MAGEC pivots, each with full weights (the official tuning) and
 with rank-4 deltas, every image's 350 steps taken (``lpips_threshold`` 0), beside the untuned pivots;
-``:pti_val`` also runs, on the w/o MAGEC pivots, the official threshold (0.06) and rank 4 on the convolutions
+In ``:pti`` the untuned methods are not re-projected (``ecs`` off: their ECS on these people is the
+``:eval`` run's). ``:pti_val`` also runs, on the w/o MAGEC pivots, the official threshold (0.06) and rank 4 on the convolutions
 only and on every parameter group. Tuned methods reuse the
 pivots of the untuned ones (``pivots``), one image per tuning batch (the fastest on this CPU,
 benchmarks/pti.py). Edits: InterFaceGAN "to
@@ -129,6 +130,8 @@ def get_config(arg: str = "eval"):
         job.batch_size = 16
         job.inversion.compute.loop = "scan"  # 1.9x faster at 64x64 on CPU (configs/demo.py)
         job.label = label
+        if arg == "pti":  # their ECS on these people is the :eval run's; the PTI study compares t, ID, realism
+            job.ecs = False
         config.methods[name] = job
     tuned = (PTI + PTI_VALIDATION if arg == "pti_val" else PTI) if arg in ("pti", "pti_val") else ()
     for name, label, pivots, fields in tuned:

@@ -235,6 +235,11 @@ def test_config_errors_are_one_line():
         c[field] = value
         with pytest.raises(MagecError, match=message):
             from_configdict(EvalConfig, c)
+    c = _config("pti")
+    c.bundle, c.images, c.out_dir = "b", "i", "o"
+    c.methods.wo_magec.ecs = "no"
+    with pytest.raises(MagecError, match="methods.wo_magec.ecs must be a bool, got 'no'"):
+        from_configdict(EvalConfig, c)
     for pivots, enabled, message in (("nope", True, "pivots names 'nope', which is not another method"),
                                      ("wo_magec_pti", True, "not another method"),
                                      ("magec", False, "does not tune them")):
@@ -492,6 +497,15 @@ def test_tuned_method_on_another_methods_pivots(evaluation, tmp_path):
     tile = 34
     assert Image.open(out / "figures" / "comparison.png").size == (2 + 4 * tile, 2 + 4 * tile)
     assert not (out / "figures" / "ecs_wo_magec_pti_gs_c0.png").exists()
+    # w/o MAGEC without its re-projections (ecs off): its ECS and latent cycle are n/a, the rest stays.
+    config.methods.wo_magec.ecs = False
+    partial = run(config, networks=nets, log=logs.append)
+    assert not partial["methods"]["wo_magec"]["reprojected"]
+    assert all(math.isnan(r["ecs"]) and math.isnan(r["recovered"]) and math.isfinite(r["id"])
+               for r in partial["methods"]["wo_magec"]["edits"]["gs_c0"].values())
+    assert partial["means"]["wo_magec"]["t/ifg_male"] == pytest.approx(results["means"]["wo_magec"]["t/ifg_male"])
+    assert "Not re-projected (`ecs` off, to save the re-projection): w/o MAGEC" in (out / "results.md").read_text()
+    config.methods.wo_magec.ecs = True
     # Resumed: nothing tuned, rendered or scored again.
     logs.clear()
     run(config, networks=nets, log=logs.append)

@@ -15,7 +15,9 @@ Config fields::
                                       pivotal tuning of its pivots, its edits rendered by each image's tuned
                                       generator (no re-projection: ECS is undefined, see pipeline). pivots:
                                       another method whose inversions it tunes instead of inverting itself
-                                      (so that tunings and the untuned method share pivots; "" : its own)
+                                      (so that tunings and the untuned method share pivots; "" : its own).
+                                      ecs: False skips the re-projection of its edits (about half of an
+                                      untuned method's time): no ECS and no latent cycle for it
     method_order                      the methods to run, in table order; the first is the reference of the
                                       paired t-tests
     edits.<name>                      kind "interfacegan": attribute, strength, target
@@ -92,17 +94,18 @@ class MethodFields:
     job: JobConfig
     label: str = ""
     pivots: str = ""
+    ecs: bool = True
 
     @classmethod
     def from_config_value(cls, value: Any, where: str) -> MethodFields:
         """The block read as the job config's fields plus ``label`` (the ``magec_jax.configdicts`` hook)."""
         if not hasattr(value, "keys"):
             raise ConfigError(f"{where} must be an inversion job config plus a label, got {value!r}")
-        extra = {}
-        for key in ("label", "pivots"):
-            extra[key] = value[key] if key in value.keys() else ""
-            if not isinstance(extra[key], str):
-                raise ConfigError(f"{where}.{key} must be a string, got {extra[key]!r}")
+        extra: dict[str, Any] = {}
+        for key, default in (("label", ""), ("pivots", ""), ("ecs", True)):
+            extra[key] = value[key] if key in value.keys() else default
+            if type(extra[key]) is not type(default):
+                raise ConfigError(f"{where}.{key} must be a {type(default).__name__}, got {extra[key]!r}")
         job = {key: value[key] for key in value.keys() if key not in extra}
         return cls(job=from_configdict(JobConfig, job, where=where), **extra)
 
@@ -117,11 +120,17 @@ class MethodSpec:
     label: str
     job: JobConfig
     pivots: str
+    ecs: bool = True
 
     @property
     def tuned(self) -> bool:
         """Whether the method tunes the generator per image (``job.pti.enabled``)."""
         return self.job.pti.enabled
+
+    @property
+    def reprojects(self) -> bool:
+        """Whether its edits are re-projected (for ECS and the latent cycle): asked for, and not tuned."""
+        return self.ecs and not self.tuned
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,7 +221,7 @@ class EvalConfig:
     def method(self, name: str) -> MethodSpec:
         """Any method of ``methods`` (also one the order leaves out, e.g. another method's pivots)."""
         fields = self.methods[name]
-        return MethodSpec(name, fields.label or name, fields.job, fields.pivots or name)
+        return MethodSpec(name, fields.label or name, fields.job, fields.pivots or name, fields.ecs)
 
     @functools.cached_property
     def edit_specs(self) -> tuple[EditSpec, ...]:

@@ -18,7 +18,8 @@ A tuned method (``pti.enabled``: pivotal tuning, ``magec_jax.inversion.pti_job``
 image on its pivots (its own inversions, or those of the method ``pivots`` names) into ``<m>/pti/``, and
 renders ``G_i(w)`` and ``x_edit = G_i(e(w))`` with each image's tuned generator ``G_i``; the edited latent
 ``e(w)`` is the one the untuned method on the same pivots renders, so the two differ by the generator only.
-Its edits are not re-projected and its ECS is undefined (NaN): a re-projection ``p(x_edit)`` would be a new
+A method with ``ecs`` off skips the re-projection (no ECS, no latent cycle). A tuned method's edits are
+not re-projected and its ECS is undefined (NaN): a re-projection ``p(x_edit)`` would be a new
 inversion followed by a new tuning, whose generator is not ``G_i``, so the cycle would compare two generators
 rather than measure how the edit survives one. Its reconstruction numbers are the tuned generator's; its steps
 and seconds are the pivot's and the tuning's together.
@@ -331,7 +332,7 @@ class Evaluator:
         cached per edit."""
         for spec in self.cfg.edit_specs:
             names = [n for n in self.subset(method, real, spec)
-                     if method.tuned or job_lib.is_done(self.reprojections(method), f"{spec.name}__{n}")]
+                     if not method.reprojects or job_lib.is_done(self.reprojections(method), f"{spec.name}__{n}")]
             path = self.scores_file(method, spec)
             cached = read_scores(path, self.extractor.name)
             todo = [n for n in names if n not in cached]
@@ -356,7 +357,7 @@ class Evaluator:
         x_real = np.stack([self.load_input(real.path_of[n]) for n in names])
         rows = dict(lpips_gw_edit=self.lpips(x_gw, x_edit), features=self.features(x_edit),
                     id_edit=self.identity_distance(x_edit, x_real))
-        if method.tuned:  # no re-projection: ECS is undefined for a tuned generator (module docstring)
+        if not method.reprojects:  # ECS undefined for a tuned generator (module docstring) or not asked for
             rows["lpips_edit_cyc"] = rows["lpips_gw_cyc"] = np.full(len(names), np.nan, np.float32)
         else:
             again = [load_latent(self.reprojections(method) / f"{spec.name}__{n}.npz") for n in names]
@@ -427,7 +428,7 @@ def run(config: ml_collections.ConfigDict, *, networks: Networks | None = None, 
         if method.tuned:
             ev.tune(method, real)
         list_file = ev.write_edits(method, real)
-        if not method.tuned:
+        if method.reprojects:
             ev.reproject(method, list_file, engine)
         ev.score(method, real)
         method_seconds[method.name] = time.perf_counter() - t_method

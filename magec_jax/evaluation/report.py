@@ -3,7 +3,7 @@
 ``results.json``::
 
     realism_features   {name, description, substitute}: which feature the realism score used
-    methods            {m: {label, tuned, pivots, images: {name: {mse, lpips, steps, seconds, w_spread}},
+    methods            {m: {label, tuned, pivots, reprojected, images: {name: {mse, lpips, steps, seconds, w_spread}},
                             edits: {e: {name: {ecs, lpips_gw_edit, lpips_edit_cyc, lpips_gw_cyc,
                                                p_before, p_after, t, id, realism, recovered, cycle_error}}}}}
                        (a tuned method: reconstruction by the tuned generators, steps and seconds of the
@@ -93,12 +93,14 @@ def build(ev: "Evaluator", real: "RealImages", reference: tuple[list[str], np.nd
             rows: dict[str, dict] = {}
             if names:
                 col = {k: np.asarray([scores[n][k] for n in names], np.float64) for k in next(iter(scores.values()))}
+                if not method.reprojects:  # scores cached by an earlier run with re-projections do not count
+                    col["lpips_gw_cyc"] = col["lpips_edit_cyc"] = np.full(len(names), np.nan)
                 ecs = edit_consistency(col["lpips_gw_cyc"], col["lpips_gw_edit"], col["lpips_edit_cyc"])
                 t = improved_target(col["p_before"], col["p_after"])
                 realistic = realism_scores(reference[1], col["features"].astype(np.float32), k=cfg.realism.k,
                                            clamp_to_percentile=cfg.realism.clamp_percentile).realism
                 recovered = cycle_error = np.full(len(names), np.nan)
-                if not method.tuned:
+                if method.reprojects:
                     w = np.stack([ev.latent(method, n).w_LxD for n in names])
                     again = np.stack([ev.latent(method, n, spec).w_LxD for n in names])
                     recovered, cycle_error = latent_cycle(w, ev.editor.apply(spec.edit, w), again)
@@ -108,8 +110,8 @@ def build(ev: "Evaluator", real: "RealImages", reference: tuple[list[str], np.nd
                                    **{k: float(col[k][i]) for k in
                                       ("lpips_gw_edit", "lpips_edit_cyc", "lpips_gw_cyc", "p_before", "p_after")})
             edits[spec.name] = rows
-        methods[method.name] = dict(label=method.label, tuned=method.tuned, pivots=method.pivots, images=images,
-                                    edits=edits)
+        methods[method.name] = dict(label=method.label, tuned=method.tuned, pivots=method.pivots,
+                                    reprojected=method.reprojects, images=images, edits=edits)
 
     common_rec = [n for n in real.names if all(n in methods[m.name]["images"] for m in cfg.method_specs)]
     common_edits = {s.name: [n for n in real.names
@@ -265,6 +267,12 @@ def markdown(results: dict) -> str:
                      "image's tuned generator; their steps and s/image add the tuning to the pivot's inversion, and "
                      "their ECS is n/a: re-projecting x_edit would mean a new inversion and a new tuning, whose "
                      "generator is not the one that rendered x_edit.")
+        lines.append("")
+    unprojected = [results["methods"][m]["label"] for m in methods
+                   if not results["methods"][m].get("tuned") and not results["methods"][m].get("reprojected", True)]
+    if unprojected:
+        lines.append("Not re-projected (`ecs` off, to save the re-projection): " + ", ".join(unprojected)
+                     + "; their ECS and latent cycle are n/a.")
         lines.append("")
     head = ["method"] + [_title(k) for k in keys]
     lines.append("| " + " | ".join(head) + " |")
