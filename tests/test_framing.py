@@ -137,8 +137,19 @@ def test_a_non_face_bundle_frames_as_its_data_and_never_aligns(tmp_path):
     from magec_jax.inversion.protocols import job_config
 
     gen = tiny_generator(tmp_path / "generator")
-    cars = build_bundle(tmp_path / "cars", generator=gen, domain="cars", framing="letterbox", w_avg_samples=100)
+    cars = build_bundle(tmp_path / "cars", generator=gen, domain="cars", framing="letterbox", w_avg_samples=100,
+                        identity=("vgg16_relu5_3", None))
     assert load_bundle(cars.path).domain == "cars" and cars.image_framing() == "letterbox"
+    # Its ID network: ImageNet VGG16's pooled relu5_3 (the LPIPS weights' trunk), unit length.
+    identity = cars.identity()
+    images = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+    emb = np.asarray(identity(images))
+    from magec_jax.evaluation.features import substitute_extractor
+    from ports.loss_nets import packaged_lpips
+
+    pooled = np.asarray(substitute_extractor(packaged_lpips()).apply(identity.variables, images))
+    np.testing.assert_allclose(emb, pooled / np.linalg.norm(pooled, axis=1, keepdims=True), rtol=1e-5, atol=1e-6)
+    assert identity.name == "vgg16_relu5_3" and 0 < float(emb[0] @ emb[1]) < 1
     config = job_config("wo_magec")
     config.bundle, config.images, config.out_dir = str(cars.path), str(tmp_path), str(tmp_path / "out")
     assert job_lib.image_framing(job_lib.JobConfig(**_job_fields(config)), cars) == "letterbox"

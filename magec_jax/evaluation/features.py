@@ -24,7 +24,6 @@ import jax
 import jax.numpy as jnp
 
 from magec_jax.models import vgg16
-from magec_jax.models.lpips import VGG16Features
 from magec_jax.weights import Converted
 from ports.loss_nets import convert_vgg16_fc2, convert_vgg16_fc2_state_dict
 
@@ -53,11 +52,6 @@ class FeatureExtractor:
         return self.name != FC2
 
 
-def _relu5_3_mean(variables: Any, images_BxHxWxC: jax.Array) -> jax.Array:
-    relu5_3 = VGG16Features().apply(variables, vgg16.imagenet_input(images_BxHxWxC))[-1]
-    return jnp.mean(relu5_3, axis=(1, 2))
-
-
 def substitute_extractor(lpips_variables: Mapping[str, Any]) -> FeatureExtractor:
     """The substitute feature on the LPIPS-VGG16 trunk weights (``lpips_variables['params']['features']``)."""
     trunk = {"params": lpips_variables["params"]["features"]}
@@ -65,7 +59,7 @@ def substitute_extractor(lpips_variables: Mapping[str, Any]) -> FeatureExtractor
         name=SUBSTITUTE,
         description="SUBSTITUTE feature: spatial mean of VGG16 relu5_3 (LPIPS trunk weights, 224x224 input), "
         "not the paper's VGG16 fc2; realism values are not comparable with the paper's",
-        apply=_relu5_3_mean,
+        apply=vgg16.relu5_3_mean,
         variables=trunk,
     )
 
