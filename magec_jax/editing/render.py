@@ -309,12 +309,14 @@ class Renderer:
         )
 
 
-def load_input(image: Path | None, resolution: int, log: Log, max_pixels: int = imio.MAX_IMAGE_PIXELS) -> np.ndarray:
-    """The inversion's input image by the job's input policy (any size accepted; over ``max_pixels`` refused
-    unread), or a mid-grey tile with a one-line report when it is unknown or unreadable."""
+def load_input(image: Path | None, resolution: int, log: Log, max_pixels: int = imio.MAX_IMAGE_PIXELS,
+               framing: str = "square") -> np.ndarray:
+    """The inversion's input image by the job's input policy (framed as ``framing``: the bundle's
+    ``image_framing``; any size accepted; over ``max_pixels`` refused unread), or a mid-grey tile with a one-line
+    report when it is unknown or unreadable."""
     if image is not None:
         try:
-            return imio.load_image(image, resolution, min_size=0, max_pixels=max_pixels)
+            return imio.load_image(image, resolution, min_size=0, max_pixels=max_pixels, framing=framing)
         except FileFormatError as e:
             log(f"warning: {e}; showing a grey tile")
     return np.zeros((resolution, resolution, 3), np.float32)
@@ -453,7 +455,7 @@ def run_edits(job: EditJob, bundle: Any, *, log: Log = to_stderr,
             results[lat.name] = _write_latent_edits(out, lat, rows, mine, latents_i, cfg.img_resolution, log,
                                                     job.paste_back, job.max_image_pixels,
                                                     flow_records[i] if flow_records else None,
-                                                    delta_paths.get(lat.name))
+                                                    delta_paths.get(lat.name), bundle.image_framing())
         log(f"edit: {min(g + group, len(pending))}/{len(pending)} latents rendered")
     if not pending and (out / "grid.png").is_file():
         return results  # nothing new: the sheet of the previous run stands
@@ -539,8 +541,8 @@ def _edits_done(out: Path, lat: Latent, rows: list[list[str]], paste_back: bool,
 def _write_latent_edits(out: Path, lat: Latent, rows: list[list[str]], images: np.ndarray,
                         ws: list[np.ndarray], resolution: int, log: Log,
                         paste_back: bool = False, max_pixels: int = imio.MAX_IMAGE_PIXELS,
-                        styleflow: dict | None = None, delta: Path | None = None) -> dict:
-    x = imio.to_uint8(load_input(lat.image, resolution, log, max_pixels))
+                        styleflow: dict | None = None, delta: Path | None = None, framing: str = "square") -> dict:
+    x = imio.to_uint8(load_input(lat.image, resolution, log, max_pixels, framing))
     recon = imio.to_uint8(images[0])
     width = 2 + max(map(len, rows))
     tiles, k = [], 1
