@@ -23,11 +23,13 @@ validation people w/o MAGEC, the chosen MAGEC, MAGEC supervised by StyleFlow (th
 the bundle's prior, at the chosen weight 1e-3, alone and beside the chosen MAGEC term), scored on the two
 InterFaceGAN edits and on two StyleFlow edits of the same attributes (``gender_logit`` and ``happy_log_odds``
 moved by 2 training standard deviations). ``:pti_val`` and ``:pti`` evaluate pivotal tuning (docs/pti.md):
-PTI of the w/o MAGEC pivots and of the chosen MAGEC pivots, each with full weights (the official tuning) and
-with rank-4 deltas, every image's 350 steps taken (``lpips_threshold`` 0), beside the untuned pivots;
+PTI of the w/o MAGEC pivots and of the chosen MAGEC pivots, with full weights (the official tuning) and with
+rank-4 deltas, every image's 350 steps taken (``lpips_threshold`` 0), beside the untuned pivots; ``:pti`` with
+the rank-4 delta chosen on ``:pti_val`` (every parameter group), ``:pti_val`` with rank 4 on conv, torgb and
+affine on both pivots, and on the w/o MAGEC pivots the official threshold (0.06), rank 4 on the convolutions only
+and on every group.
 In ``:pti`` the untuned methods are not re-projected (``ecs`` off: their ECS on these people is the
-``:eval`` run's). ``:pti_val`` also runs, on the w/o MAGEC pivots, the official threshold (0.06) and rank 4 on the convolutions
-only and on every parameter group. Tuned methods reuse the
+``:eval`` run's). Tuned methods reuse the
 pivots of the untuned ones (``pivots``), one image per tuning batch (the fastest on this CPU,
 benchmarks/pti.py). Edits: InterFaceGAN "to
 male" and "to smiling" at strength 3 (the paper's MAGEC alpha), each scored on the faces F says lack the
@@ -72,22 +74,30 @@ STYLEFLOW = (
     ("magec_both_1e-3", "magec", "MAGEC + MAGEC-StyleFlow, l 1e-3", 1.0, {"magec": 1e-3, "magec_styleflow": 1e-3}),
 )
 # Pivotal tuning (docs/pti.md) of the w/o MAGEC and the chosen MAGEC pivots: (name, label, pivots, {pti field:
-# value}); every image takes all 350 steps (threshold 0); rank 4 at lr 3e-3 on conv / torgb / affine
+# value}); every image takes all 350 steps (threshold 0). Low-rank deltas at lr 3e-3 (tenfold PTI's: the factors
+# start at zero and need it), rank 4.
 FULL = dict(lpips_threshold=0.0)
 RANK4 = dict(lpips_threshold=0.0, lr=3e-3, delta=dict(kind="lowrank", rank=4, groups=("conv", "torgb", "affine")))
+RANK4_ALL = dict(RANK4, delta=dict(kind="lowrank", rank=4, groups=("conv", "torgb", "affine", "bias", "const",
+                                                                   "noise_strength")))
 PTI = (
     ("wo_magec_pti", "w/o MAGEC + PTI", "wo_magec", FULL),
     ("magec_1e-3_pti", "MAGEC 1e-3 + PTI", "magec_1e-3", FULL),
-    ("wo_magec_pti_r4", "w/o MAGEC + PTI rank 4", "wo_magec", RANK4),
-    ("magec_1e-3_pti_r4", "MAGEC 1e-3 + PTI rank 4", "magec_1e-3", RANK4),
+)
+# chosen on the validation people: of the low-rank deltas tried there, the only one whose edit scores (t, the
+# identity distance, realism) differ from full-weight PTI's by no significant amount on either edit
+PTI_CHOSEN = (
+    ("wo_magec_pti_r4_all", "w/o MAGEC + PTI rank 4, every group", "wo_magec", RANK4_ALL),
+    ("magec_1e-3_pti_r4_all", "MAGEC 1e-3 + PTI rank 4, every group", "magec_1e-3", RANK4_ALL),
 )
 # on the validation people only: the official threshold, and which parameters the rank-4 delta tunes
 PTI_VALIDATION = (
+    ("wo_magec_pti_r4", "w/o MAGEC + PTI rank 4", "wo_magec", RANK4),
+    ("magec_1e-3_pti_r4", "MAGEC 1e-3 + PTI rank 4", "magec_1e-3", RANK4),
     ("wo_magec_pti_t06", "w/o MAGEC + PTI, threshold 0.06", "wo_magec", dict(lpips_threshold=0.06)),
     ("wo_magec_pti_r4_conv", "w/o MAGEC + PTI rank 4, conv only", "wo_magec", dict(RANK4, delta=dict(
         kind="lowrank", rank=4, groups=("conv",)))),
-    ("wo_magec_pti_r4_all", "w/o MAGEC + PTI rank 4, every group", "wo_magec", dict(RANK4, delta=dict(
-        kind="lowrank", rank=4, groups=("conv", "torgb", "affine", "bias", "const", "noise_strength")))),
+    ("wo_magec_pti_r4_all", "w/o MAGEC + PTI rank 4, every group", "wo_magec", RANK4_ALL),
 )
 VARIANTS = {
     "eval": "the 48 evaluation people: MAGEC, w/o MAGEC, the l_magec 1e-2 ablation, l_magec 1e-3 (chosen on :val)",
@@ -96,7 +106,8 @@ VARIANTS = {
     "sf_val": "the 16 validation people: the StyleFlow-supervised MAGEC terms, InterFaceGAN and StyleFlow edits",
     "pti_val": "the 16 validation people: PTI (full, rank 4 on three sets of groups, threshold 0 and 0.06) on w/o "
                "MAGEC and MAGEC pivots",
-    "pti": "the 48 evaluation people: PTI (full, rank 4) on w/o MAGEC and MAGEC 1e-3 pivots, and no tuning",
+    "pti": "the 48 evaluation people: PTI (full, and rank 4 on every group) on w/o MAGEC and MAGEC 1e-3 pivots, "
+           "and no tuning",
 }
 
 
@@ -133,7 +144,7 @@ def get_config(arg: str = "eval"):
         if arg == "pti":  # their ECS on these people is the :eval run's; the PTI study compares t, ID, realism
             job.ecs = False
         config.methods[name] = job
-    tuned = (PTI + PTI_VALIDATION if arg == "pti_val" else PTI) if arg in ("pti", "pti_val") else ()
+    tuned = {"pti_val": PTI + PTI_VALIDATION, "pti": PTI + PTI_CHOSEN}.get(arg, ())
     for name, label, pivots, fields in tuned:
         job = job_config("wo_magec")  # its inversion block is not used: the pivots are those of `pivots`
         job.pti.enabled = True
