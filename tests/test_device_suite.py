@@ -15,8 +15,7 @@ import pytest
 
 from conftest import REPO
 
-# b1 is left out: the same code path as b2 at another batch (one compile of the loss networks saved)
-ONLY = ("b2", "b2_magec_term", "bmax", "pti_b2_full")
+ONLY = ("b2", "b1", "b2_magec_term", "bmax", "pti_b2_full")  # bmax's memory prediction needs b2 and b1
 
 SCRIPT = textwrap.dedent(
     """
@@ -52,7 +51,7 @@ def test_dry_run_writes_the_documented_json(tmp_path):
     assert record["status"] == "complete" and record["machine"]["cpu"]["model"]
     rows = {m["name"]: m for m in record["measurements"]}
     assert set(rows) == set(ONLY) and all(m["status"] == "ok" for m in rows.values()), rows
-    for name in ("b2", "bmax"):
+    for name in ("b2", "b1", "bmax"):
         row = rows[name]
         assert row["step_s"] > 0 and row["compile_s"] > 0 and row["losses_finite"]
         assert row["seconds_per_image_200_steps"] == 200 * row["step_s"] / row["batch"]

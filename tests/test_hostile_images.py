@@ -256,7 +256,7 @@ def test_evaluation_reads_skip_and_report_every_bad_file(hostile, tmp_path):
     nets = standins.networks()
     lines: list[str] = []
     ev = Evaluator.__new__(Evaluator)  # the networks and layout only: no bundle to load
-    ev.cfg, ev.nets, ev.log, ev.out = cfg, nets, lines.append, Path(cfg.out_dir)
+    ev.cfg, ev.nets, ev.log, ev.out, ev.framing = cfg, nets, lines.append, Path(cfg.out_dir), "square"
     ev._logits = jax.jit(nets.descriptor.apply)
     real = ev.real_images()
     assert sorted(real.logits) == sorted(Path(n).stem for n in GOOD)
